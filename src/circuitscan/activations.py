@@ -1,0 +1,129 @@
+"""Per-head outputs, aggregated over positions inside the hook, batch by batch.
+
+A head's output into the residual stream is ``z_h @ W_O^h`` (TransformerLens's
+``hook_result``). Because that map is linear, the mean over positions of the output
+equals the mean of ``z_h`` mapped through ``W_O^h``; so the hook aggregates ``z``
+([batch, pos, heads, d_head], small) first and multiplies by ``W_O`` once per example,
+never materialising [batch, pos, heads, d_model]. The forward pass is aborted right
+after the last layer's ``z`` is seen: the last attention output projection, the last
+MLP, the final norm and the unembedding are never computed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import CircuitscanError
+from .types import HeadActivations, PromptSet
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import ModelHandle
+
+AGGREGATIONS = ("mean", "last", "all")
+
+
+class _StopForward(Exception):
+    """Raised inside the last hook to end the forward pass early."""
+
+
+def _aggregate(z: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
+    """[b, p, h, d] -> [b, h, d] (mean / last) or [b, p, h, d] (all)."""
+    if how == "all":
+        return z if mask is None else z * mask[:, :, None, None].to(z.dtype)
+    if mask is None:
+        return z.mean(1) if how == "mean" else z[:, -1]
+    m = mask.to(z.dtype)
+    if how == "mean":
+        return (z * m[:, :, None, None]).sum(1) / m.sum(1).clamp_min(1)[:, None, None]
+    # last real token: padding is on the left, so the last position is real
+    return z[:, -1]
+
+
+def head_outputs(
+    model: ModelHandle,
+    prompts: PromptSet,
+    *,
+    aggregation: str = "mean",
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> HeadActivations:
+    """Run ``model`` over every prompt and return per-head outputs.
+
+    Args:
+        model: a loaded model.
+        prompts: positives and negatives of one task, equal lengths.
+        aggregation: ``"mean"`` over real tokens (the paper), ``"last"`` position, or
+            ``"all"`` positions kept.
+        batch_size: prompts per forward pass.
+        progress: show a progress bar (default: on a terminal, for long runs).
+
+    Returns:
+        :class:`HeadActivations` with positives first, then negatives.
+    """
+    import torch
+
+    from .progress import bar
+
+    if aggregation not in AGGREGATIONS:
+        raise CircuitscanError(f"aggregation {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
+    if batch_size < 1:
+        raise CircuitscanError(f"batch_size must be >= 1, got {batch_size}")
+    tokens, labels = prompts.all_tokens()
+    masks = prompts.all_masks()
+    layout = model.layout
+    n, seq = tokens.shape
+    vocab = int(model.bridge.cfg.d_vocab)
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
+        raise CircuitscanError(
+            f"task {prompts.task!r} has token ids outside the model's vocabulary 0..{vocab - 1}"
+        )
+    n_layers, n_heads, d_model = layout.n_layers, layout.n_heads, model.d_model
+    w_o = model.bridge.W_O.detach()  # [L, H, d_head, d_model]
+    shape = (n, seq, layout.n_total, d_model) if aggregation == "all" else (n, layout.n_total, d_model)
+    out = torch.empty(shape, dtype=torch.float32)
+
+    state: dict[str, object] = {}
+
+    def make_hook(layer: int):
+        def hook(z: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
+            if z.ndim == 3:  # some adapters give concatenated heads
+                z = z.reshape(z.shape[0], z.shape[1], n_heads, -1)
+            agg = _aggregate(z, state.get("mask"), aggregation)
+            res = torch.einsum("...hd,hdm->...hm", agg.to(w_o.dtype), w_o[layer])
+            lo, hi = state["lo"], state["hi"]
+            cols = slice(layer * n_heads, (layer + 1) * n_heads)
+            if aggregation == "all":
+                out[lo:hi, :, cols] = res.float()
+            else:
+                out[lo:hi, cols] = res.float()
+            if layer == n_layers - 1:
+                raise _StopForward
+            return z
+
+        return hook
+
+    hooks = [(model.hook_z(layer), make_hook(layer)) for layer in range(n_layers)]
+    n_batches = (n + batch_size - 1) // batch_size
+    show = progress if progress is not None else None
+    with torch.inference_mode(), bar("caching head outputs", n_batches, show=show if n_batches > 4 else False) as advance:
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            state["lo"], state["hi"] = lo, hi
+            state["mask"] = None if masks is None else masks[lo:hi]
+            kwargs = {}
+            if masks is not None:
+                kwargs["attention_mask"] = masks[lo:hi]
+            try:
+                model.bridge.run_with_hooks(tokens[lo:hi], fwd_hooks=hooks, **kwargs)
+            except _StopForward:
+                pass
+            advance()
+    if not torch.isfinite(out).all():
+        bad = (~torch.isfinite(out)).reshape(n, -1).any(-1).nonzero().flatten().tolist()
+        raise CircuitscanError(
+            f"model {model.spec!r} produced non-finite head outputs on {len(bad)} prompt(s) "
+            f"(first: example {bad[0]}); check the model weights and the prompts"
+        )
+    return HeadActivations(x=out, labels=labels, layout=layout, aggregation=aggregation)

@@ -1,0 +1,103 @@
+"""Edge-level scores (METHOD.md section 6) without the heads^2 x codes^2 tensor.
+
+U[h1, h2] counts the distinct code pairs (c1, c2) that heads h1 and h2 show together
+on some positive example and never on a negative one. Instead of building C+ and C-
+([heads, heads, codes, codes], ~6.6 GB each for GPT-2 in the authors' code), we ask,
+for every positive example p and head pair, two yes/no questions with matrix products:
+
+* seen in negatives?  S[p, h1, h2] = sum_m [c_p,h1 == c_m,h1] [c_p,h2 == c_m,h2]
+  (one batched matmul of the positive-vs-negative equality matrices);
+* first time among positives?  D[p, h1, h2] = sum_{p' < p} [c_p,h1 == c_p',h1] [c_p,h2 == c_p',h2].
+
+Then U = sum_p [S == 0][D == 0]. Memory is O(chunk x heads^2); time is two batched
+matmuls of size n_pos x heads x n x heads.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Bool, Float, Int
+
+from ..errors import CircuitscanError
+from ..types import Codes
+
+
+def cooccurrence_unique(
+    codes: Codes, *, mask: Bool[torch.Tensor, " n"] | None = None, chunk: int = 32
+) -> Float[torch.Tensor, "heads heads"]:
+    """The head-pair matrix U (symmetric; the diagonal is the node-level count)."""
+    keep = torch.ones_like(codes.labels) if mask is None else mask
+    pos = codes.codes[keep & codes.labels]
+    neg = codes.codes[keep & ~codes.labels]
+    n_pos, heads = pos.shape
+    if n_pos == 0 or neg.shape[0] == 0:
+        raise CircuitscanError("edge scores need both positive and negative examples to count on")
+    dtype = torch.float32  # counts up to n <= 2^24 are exact
+    U = torch.zeros(heads, heads, dtype=dtype)
+    for lo in range(0, n_pos, chunk):
+        hi = min(n_pos, lo + chunk)
+        block = pos[lo:hi]  # [b, heads]
+        # equality with every negative: [b, n_neg, heads] -> batched [b, heads, n_neg] @ [b, n_neg, heads]
+        eq_neg = (block[:, None, :] == neg[None, :, :]).to(dtype)
+        seen_neg = torch.bmm(eq_neg.transpose(1, 2), eq_neg)
+        # equality with earlier positives (strictly before p)
+        eq_pos = (block[:, None, :] == pos[None, :hi, :]).to(dtype)  # [b, hi, heads]
+        earlier = torch.arange(hi)[None, :] < torch.arange(lo, hi)[:, None]  # [b, hi]
+        eq_pos = eq_pos * earlier[:, :, None].to(dtype)
+        seen_before = torch.bmm(eq_pos.transpose(1, 2), eq_pos)
+        U += ((seen_neg == 0) & (seen_before == 0)).to(dtype).sum(0)
+    return U
+
+
+def cooccurrence_unique_reference(
+    codes: Codes, *, mask: Bool[torch.Tensor, " n"] | None = None
+) -> Float[torch.Tensor, "heads heads"]:
+    """The obvious, slow definition of U with Python sets (for tests)."""
+    keep = torch.ones_like(codes.labels) if mask is None else mask
+    pos = codes.codes[keep & codes.labels].tolist()
+    neg = codes.codes[keep & ~codes.labels].tolist()
+    heads = codes.codes.shape[1]
+    U = torch.zeros(heads, heads)
+    for h1 in range(heads):
+        for h2 in range(heads):
+            p = {(row[h1], row[h2]) for row in pos}
+            q = {(row[h1], row[h2]) for row in neg}
+            U[h1, h2] = len(p - q)
+    return U
+
+
+def top_pairs(U: Float[torch.Tensor, "heads heads"], k: int | None) -> Int[torch.Tensor, "k 2"]:
+    """The top-k unordered head pairs (h1 < h2) by U.
+
+    Only pairs with U > 0 are eligible: a pair with no positive-only code pair carries
+    no evidence, and letting index order pick among the zero-U ties would inject noise.
+    ``k=None`` means half of all unordered pairs (the paper's heuristic). Pairs tied
+    with the k-th are all kept, so the result never depends on head order.
+    """
+    heads = U.shape[0]
+    iu = torch.triu_indices(heads, heads, offset=1)
+    vals = U[iu[0], iu[1]]
+    n_pairs = vals.numel()
+    k = n_pairs // 2 if k is None else min(k, n_pairs)
+    positive = vals > 0
+    if k == 0 or not positive.any():
+        return torch.zeros(0, 2, dtype=torch.long)
+    kth = torch.sort(vals, descending=True).values[k - 1]
+    chosen = positive & (vals >= kth)
+    return iu[:, chosen].T.contiguous()
+
+
+def edge_scores(
+    codes: Codes,
+    *,
+    k: int | None = None,
+    mask: Bool[torch.Tensor, " n"] | None = None,
+) -> tuple[Float[torch.Tensor, " heads"], Float[torch.Tensor, "heads heads"], Int[torch.Tensor, "k 2"]]:
+    """Per-head edge-level counts u (how often each head is in a top-k pair), U, the pairs."""
+    U = cooccurrence_unique(codes, mask=mask)
+    pairs = top_pairs(U, k)
+    u = torch.zeros(U.shape[0])
+    if pairs.numel():
+        u.index_add_(0, pairs[:, 0], torch.ones(pairs.shape[0]))
+        u.index_add_(0, pairs[:, 1], torch.ones(pairs.shape[0]))
+    return u, U, pairs

@@ -1,0 +1,65 @@
+"""Arguments and helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import CircuitscanError
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help="model spec: smollm2-135m, gpt2-random, toy-planted, "
+                   "a local HF directory, a .gguf file or a hub name (see `circuitscan models`)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory for gpt2-random")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", "-t", default=None, help="task name (see `circuitscan tasks`)")
+    p.add_argument("--task-file", default=None, help="a custom task file (JSONL or CSV)")
+    p.add_argument("--examples", "-n", type=positive_int, default=250,
+                   help="positive prompts, and as many negatives (default 250)")
+    p.add_argument("--seed", type=int, default=0, help="seed for prompts and the SAE (default 0)")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    from ..models import load_model
+
+    return load_model(args.model, device=args.device, tokenizer=args.tokenizer, seed=args.seed)
+
+
+def build_prompts_from_args(args: argparse.Namespace, model) -> Any:
+    from ..tasks import build_task
+
+    if args.task_file:
+        try:
+            from ..tasks.custom import load_task_file
+        except ModuleNotFoundError as exc:  # pragma: no cover - until custom tasks land
+            raise CircuitscanError("--task-file is not supported yet") from exc
+        return load_task_file(Path(args.task_file), model, n=args.examples)
+    if not args.task:
+        raise CircuitscanError("give a task: --task NAME (see `circuitscan tasks`) or --task-file FILE")
+    return build_task(args.task, model, args.examples, seed=args.seed)

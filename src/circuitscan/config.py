@@ -1,0 +1,115 @@
+"""Frozen, validated configuration for each stage. Invalid values raise CircuitscanError."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .errors import CircuitscanError
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise CircuitscanError(msg)
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """The sparse autoencoder of METHOD.md section 3 and its training.
+
+    Attributes:
+        n_features: dictionary size (the paper: 200, projecting down from d_model).
+        l1: sparsity weight lambda (paper: 0.02; the authors use 0.05 for docstring).
+        lr: Adam learning rate.
+        epochs: full-batch training steps.
+        train_examples: examples the SAE is trained on (each gives n_heads rows).
+        balanced: draw train examples half positive, half negative (False: at random
+            from the shuffled pool, as the authors' code does).
+        loss: ``"paper"`` = per row sum of squared errors + l1 * L1 norm, averaged over
+            rows; ``"authors"`` = mean squared error over elements + l1 * mean L1 norm
+            (the authors' code: the L1 term weighs d_model times more).
+        decoder_norm: ``"atoms"`` = unit-norm dictionary atoms (the paper);
+            ``"authors"`` = normalise the other axis, as the authors' code does.
+        seed: all randomness (initialisation, example selection).
+    """
+
+    n_features: int = 200
+    l1: float = 0.02
+    lr: float = 1e-3
+    epochs: int = 500
+    train_examples: int = 10
+    balanced: bool = True
+    loss: str = "paper"
+    decoder_norm: str = "atoms"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.n_features >= 1, f"n_features must be >= 1, got {self.n_features}")
+        _check(self.l1 >= 0 and math.isfinite(self.l1), f"l1 must be a finite number >= 0, got {self.l1}")
+        _check(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.train_examples >= 1, f"train_examples must be >= 1, got {self.train_examples}")
+        _check(self.loss in ("paper", "authors"), f"loss must be 'paper' or 'authors', got {self.loss!r}")
+        _check(
+            self.decoder_norm in ("atoms", "authors"),
+            f"decoder_norm must be 'atoms' or 'authors', got {self.decoder_norm!r}",
+        )
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How codes become per-head scores (METHOD.md sections 4-6).
+
+    Attributes:
+        silent: what code a head gets when no SAE feature fires on it:
+            ``"own-code"`` (default) gives it the extra code ``n_features``, so silence is
+            one shared, honest code; ``"zero"`` maps it to feature 0 (the authors' argmax).
+        count_on: ``"held-out"`` counts codes only on examples the SAE did not train on;
+            ``"all"`` counts on every example, the training ones included (authors' code).
+        normalise: divide unique positive codes by all codes seen at the head.
+        softmax: ``"global"`` over all heads (paper default) or ``"layer"``.
+        threshold: theta on softmaxed scores for the predicted circuit (None: the
+            best-F1 threshold when a ground truth is known, else the paper's 1e-7 style
+            rule is not assumed and the top heads by score are shown).
+        edge_k: top-k head pairs for edge scores; None = half of all head pairs.
+    """
+
+    silent: str = "own-code"
+    count_on: str = "held-out"
+    normalise: bool = False
+    softmax: str = "global"
+    threshold: float | None = None
+    edge_k: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.silent in ("own-code", "zero"), f"silent must be 'own-code' or 'zero', got {self.silent!r}")
+        _check(self.count_on in ("held-out", "all"), f"count_on must be 'held-out' or 'all', got {self.count_on!r}")
+        _check(self.softmax in ("global", "layer"), f"softmax must be 'global' or 'layer', got {self.softmax!r}")
+        _check(
+            self.threshold is None or (0 <= self.threshold <= 1),
+            f"threshold must be in [0, 1] (it applies to softmaxed scores), got {self.threshold}",
+        )
+        _check(self.edge_k is None or self.edge_k >= 1, f"edge_k must be >= 1, got {self.edge_k}")
+
+
+AUTHORS_COMPAT = {
+    "sae": {"loss": "authors", "decoder_norm": "authors", "balanced": False},
+    "scoring": {"silent": "zero", "count_on": "all"},
+}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]):
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    _check(not unknown, f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
+    return cls(**data)
+
+
+def authors_compat(sae: SAEConfig, scoring: ScoringConfig) -> tuple[SAEConfig, ScoringConfig]:
+    """Switch every deviation of the authors' code on (METHOD.md section 3)."""
+    return replace(sae, **AUTHORS_COMPAT["sae"]), replace(scoring, **AUTHORS_COMPAT["scoring"])

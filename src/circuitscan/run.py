@@ -1,0 +1,194 @@
+"""The ``discover`` pipeline as a library call: task -> activations -> SAE -> codes -> scores -> run dir."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import SAEConfig, ScoringConfig
+from .errors import CircuitscanError
+from .evaluation.ground_truth import GroundTruthMetrics, evaluate_against
+from .methods.sae_codes import Discovery, SAECodesConfig, run_sae_codes
+from .models.handle import ModelHandle
+from .rundir import CODES, CONFIG, METRICS, SAE, SCORES, RunWriter
+from .types import GroundTruth, PromptSet, Scores
+
+LEVELS = ("node", "edge", "both")
+
+
+@dataclass
+class RunResult:
+    """What :func:`discover` returns (and wrote, if ``out`` was given)."""
+
+    discovery: Discovery
+    prompts: PromptSet
+    model: ModelHandle
+    ground_truth: GroundTruth | None
+    metrics: dict[str, GroundTruthMetrics] = field(default_factory=dict)
+    circuits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    out: Path | None = None
+
+    @property
+    def scores(self) -> list[Scores]:
+        d = self.discovery
+        return [s for s in (d.node, d.edge) if s is not None]
+
+
+def predicted_circuit(scores: Scores, threshold: float | None, gt_metrics: GroundTruthMetrics | None) -> dict[str, Any]:
+    """The circuit at a threshold: the given one, else best-F1, else above uniform.
+
+    Without a ground truth or a threshold, the rule is "softmaxed score above the uniform
+    level 1 / n_heads": heads with more positive-only evidence than average.
+    """
+    if threshold is not None:
+        thr, rule = threshold, "given threshold"
+    elif gt_metrics is not None:
+        thr, rule = gt_metrics.best_threshold, "best-F1 threshold against the ground truth"
+    else:
+        thr, rule = 1.0 / scores.layout.n_total, "score above uniform (1 / n_heads)"
+    flat = scores.flat
+    chosen = [scores.layout.head(i).name for i in (flat >= thr).nonzero().flatten().tolist()]
+    return {"threshold": float(thr), "rule": rule, "heads": chosen, "size": len(chosen)}
+
+
+def discover(
+    model: ModelHandle,
+    prompts: PromptSet,
+    *,
+    sae: SAEConfig | None = None,
+    scoring: ScoringConfig | None = None,
+    level: str = "node",
+    ground_truth: GroundTruth | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    aggregation: str = "mean",
+    batch_size: int = 64,
+    extra_config: dict[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
+) -> RunResult:
+    """Find the heads of the circuit behind ``prompts`` in ``model``; optionally write a run dir.
+
+    Args:
+        model: a loaded model (:func:`circuitscan.load_model`).
+        prompts: the task's positives and negatives (:func:`circuitscan.build_task`).
+        sae, scoring: stage configs (defaults: the paper's).
+        level: ``"node"``, ``"edge"`` or ``"both"``.
+        ground_truth: heads to evaluate against (ROC AUC, F1).
+        out: run directory to write (must not exist or be empty).
+    """
+    if level not in LEVELS:
+        raise CircuitscanError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    sae = sae or SAEConfig()
+    scoring = scoring or ScoringConfig()
+    n_examples = prompts.n_positive + prompts.n_negative
+    if scoring.count_on == "held-out" and sae.train_examples >= n_examples:
+        raise CircuitscanError(
+            f"the SAE trains on {sae.train_examples} of {n_examples} examples, leaving none to count codes "
+            "on; use more examples or --count-on all"
+        )
+    if ground_truth is not None:
+        ground_truth.check_layout(model.layout)
+    writer = RunWriter(Path(out), overwrite=overwrite) if out is not None else None
+    try:
+        cfg = SAECodesConfig(sae=sae, scoring=scoring, level=level, aggregation=aggregation, batch_size=batch_size)
+        d = run_sae_codes(model, prompts, cfg)
+        all_timings = {**(timings or {}), **d.timings}
+        result = RunResult(discovery=d, prompts=prompts, model=model, ground_truth=ground_truth, timings=all_timings)
+        t = time.perf_counter()
+        for s in result.scores:
+            m = evaluate_against(s, ground_truth, threshold=scoring.threshold) if ground_truth else None
+            if m is not None:
+                result.metrics[s.method] = m
+            result.circuits[s.method] = predicted_circuit(s, scoring.threshold, m)
+        result.timings["evaluate"] = time.perf_counter() - t
+        if writer is not None:
+            _write_run(writer, result, cfg, extra_config or {})
+            result.out = writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return result
+
+
+def scores_to_json(s: Scores) -> dict[str, Any]:
+    names = s.layout.names()
+    flat = s.flat.tolist()
+    order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+    rank = [0] * len(flat)
+    for r, i in enumerate(order):
+        rank[i] = r + 1
+    out: dict[str, Any] = {
+        "heads": names,
+        "scores": flat,
+        "rank": rank,
+        "wall_time_s": s.wall_time_s,
+        "forward_passes": s.forward_passes,
+        "backward_passes": s.backward_passes,
+    }
+    for key, value in s.stats.items():
+        if key == "top_pairs":
+            pairs = value.tolist()
+            U = s.pairs
+            out["top_pairs"] = [
+                [names[a], names[b], float(U[a, b]) if U is not None else None] for a, b in pairs
+            ]
+        elif hasattr(value, "reshape") and value.numel() == len(flat):
+            out[key] = value.reshape(-1).tolist()
+        else:
+            out[key] = value
+    if s.pairs is not None:
+        out["pairs"] = {"matrix": s.pairs.tolist(), "meaning": "U[h1,h2]: distinct code pairs seen on positives only"}
+    return out
+
+
+def _write_run(writer: RunWriter, result: RunResult, cfg: SAECodesConfig, extra: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    from .sae import save_sae
+
+    d = result.discovery
+    config = {
+        "circuitscan_version": __version__,
+        "command": "discover",
+        "model": result.model.describe(),
+        "task": {"name": result.prompts.task, "n_positive": result.prompts.n_positive,
+                 "n_negative": result.prompts.n_negative, "seq_len": result.prompts.seq_len,
+                 **{k: v for k, v in result.prompts.metadata.items() if isinstance(v, int | float | str | bool)}},
+        "sae": asdict(cfg.sae),
+        "scoring": asdict(cfg.scoring),
+        "level": cfg.level,
+        "aggregation": cfg.aggregation,
+        "batch_size": cfg.batch_size,
+        "ground_truth": None if result.ground_truth is None else {
+            "name": result.ground_truth.name, "model": result.ground_truth.model,
+            "heads": sorted(h.name for h in result.ground_truth.heads),
+            "classes": {k: [h.name for h in v] for k, v in result.ground_truth.classes.items()},
+        },
+        **extra,
+    }
+    writer.json(CONFIG, config)
+    writer.json(SCORES, {"layout": result.model.layout.to_dict(), "methods": {s.method: scores_to_json(s) for s in result.scores}})
+    metrics = {
+        "timings_s": result.timings,
+        "sae": {"final_mse": d.train.final_mse, "final_l0": d.train.final_l0, "losses": d.train.losses,
+                "train_indices": d.train.train_indices.tolist(), "seconds": d.train.seconds},
+        "circuits": result.circuits,
+        "ground_truth": {k: v.to_dict() for k, v in result.metrics.items()},
+        "notes": {
+            "sae-codes-pairs": "the paper's 'edge-level' result: a score per HEAD from top head pairs; "
+            "its AUC is over heads, not over edges",
+        },
+    }
+    writer.json(METRICS, metrics)
+    save_file(
+        {"codes": d.codes.codes.contiguous(), "labels": d.codes.labels.to("cpu").to(dtype=d.codes.codes.dtype),
+         "count_mask": d.count_mask.long()},
+        str(writer.path(CODES)),
+        metadata={"n_codes": str(d.codes.n_codes), **{k: str(v) for k, v in result.model.layout.to_dict().items()}},
+    )
+    save_sae(d.train.sae, cfg.sae, writer.path(SAE))

@@ -1,0 +1,9 @@
+"""The sparse autoencoder of O'Neill & Bui (METHOD.md section 3): model, training, I/O."""
+
+from __future__ import annotations
+
+from .io import load_sae, save_sae
+from .model import SparseAutoencoder
+from .train import TrainResult, fit, select_train_examples, train_sae
+
+__all__ = ["SparseAutoencoder", "TrainResult", "load_sae", "save_sae", "fit", "select_train_examples", "train_sae"]

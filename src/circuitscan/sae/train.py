@@ -1,0 +1,202 @@
+"""Full-batch Adam training of the SAE, with the gradient written out by hand.
+
+The loss (per row, averaged over rows; see :class:`SAEConfig` for the authors' variant):
+
+    L = ||h - h_hat||^2 + lambda * ||z||_1
+
+Each step: forward, hand-derived gradients (five matmuls, no autograd graph), remove
+from each atom's gradient its component parallel to the atom, Adam, renormalise the
+atoms. :func:`loss_and_grads` is checked against autograd in the tests.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from ..config import SAEConfig
+from ..errors import CircuitscanError, TrainingError
+from .model import SparseAutoencoder
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What training produced: the SAE, which examples it saw, and its loss curve."""
+
+    sae: SparseAutoencoder
+    train_indices: Int[Tensor, " n_train"]
+    losses: list[float] = field(default_factory=list)  # every `log_every` epochs, and the last
+    final_mse: float = 0.0
+    final_l0: float = 0.0
+    seconds: float = 0.0
+
+
+def select_train_examples(
+    labels: Bool[Tensor, " n"], cfg: SAEConfig, generator: torch.Generator, *, paired: bool = True
+) -> Int[Tensor, " n_train"]:
+    """Pick ``cfg.train_examples`` example indices (balanced or from the shuffled pool).
+
+    With ``paired`` (positives then negatives, the i-th negative the corruption of the
+    i-th positive) and an even balanced count, whole pairs are drawn.
+    """
+    n = labels.numel()
+    k = cfg.train_examples
+    if k > n:
+        raise CircuitscanError(f"train_examples={k} but the task has only {n} examples")
+    if not cfg.balanced:
+        return torch.randperm(n, generator=generator)[:k].sort().values
+    pos = labels.nonzero().flatten()
+    neg = (~labels).nonzero().flatten()
+    k_pos = (k + 1) // 2
+    k_neg = k - k_pos
+    if paired and k_pos == k_neg and k_pos <= pos.numel() == neg.numel():
+        # take whole pairs, so the examples left for counting stay paired: otherwise a
+        # counted positive whose negative twin was used for training shows codes that
+        # look "positive-only" at heads that do not care about the task at all
+        chosen = torch.randperm(pos.numel(), generator=generator)[:k_pos]
+        return torch.cat([pos[chosen], neg[chosen]]).sort().values
+    if k_pos > pos.numel() or k_neg > neg.numel():
+        raise CircuitscanError(
+            f"a balanced training set of {k} examples needs {k_pos} positives and {k_neg} "
+            f"negatives; the task has {pos.numel()} and {neg.numel()}"
+        )
+    p = pos[torch.randperm(pos.numel(), generator=generator)[:k_pos]]
+    q = neg[torch.randperm(neg.numel(), generator=generator)[:k_neg]]
+    return torch.cat([p, q]).sort().values
+
+
+def init_sae(d_in: int, cfg: SAEConfig, data: Float[Tensor, "n d"], generator: torch.Generator) -> SparseAutoencoder:
+    """Random unit atoms, encoder = transposed dictionary, tied bias = data mean."""
+    sae = SparseAutoencoder(d_in, cfg.n_features)
+    with torch.no_grad():
+        w = torch.randn(cfg.n_features, d_in, generator=generator)
+        sae.W_D.copy_(w / w.norm(dim=1, keepdim=True))
+        _normalise(sae.W_D, cfg.decoder_norm)
+        sae.W_E.copy_(sae.W_D.T)
+        sae.b.copy_(data.mean(0))
+    return sae
+
+
+def _norm_dim(mode: str) -> int:
+    # atoms are the rows of W_D [F, d]; the authors' code normalises the other axis
+    return 1 if mode == "atoms" else 0
+
+
+def _normalise(w_d: Tensor, mode: str) -> None:
+    dim = _norm_dim(mode)
+    w_d.div_(w_d.norm(dim=dim, keepdim=True).clamp_min(1e-12))
+
+
+def _project_out_parallel(grad: Tensor, w_d: Tensor, mode: str) -> None:
+    dim = _norm_dim(mode)
+    grad.sub_((grad * w_d).sum(dim=dim, keepdim=True) * w_d)
+
+
+def loss_and_grads(
+    sae: SparseAutoencoder, x: Float[Tensor, "n d"], cfg: SAEConfig, *, with_grads: bool = True
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor] | None]:
+    """Loss, its reconstruction part, z, and (optionally) hand-derived gradients.
+
+    Returns:
+        (loss, mse_per_element, z, grads) where grads maps parameter names to tensors.
+    """
+    n, d = x.shape
+    W_E, b_E, W_D, b = sae.W_E.detach(), sae.b_E.detach(), sae.W_D.detach(), sae.b.detach()
+    xc = x - b
+    pre = torch.addmm(b_E, xc, W_E)
+    z = torch.relu(pre)
+    r = torch.addmm(b - x, z, W_D)  # h_hat - h
+    sq = r.square().sum()
+    l1 = z.sum()  # z >= 0
+    a = 1.0 / n if cfg.loss == "paper" else 1.0 / (n * d)
+    c = cfg.l1 / n
+    loss = a * sq + c * l1
+    mse = sq / (n * d)
+    if not with_grads:
+        return loss, mse, z, None
+    g = r.mul_(2 * a)  # dL/dh_hat, reuses r's storage
+    grad_W_D = z.T @ g
+    dz = torch.addmm((z > 0).to(z.dtype) * c, g, W_D.T)  # = g W_D^T + c * 1[z > 0]
+    dpre = dz.mul_(pre > 0)
+    grad_W_E = xc.T @ dpre
+    sum_dpre = dpre.sum(0)
+    grad_b_E = sum_dpre
+    grad_b = g.sum(0) - W_E @ sum_dpre
+    grads = {"W_E": grad_W_E, "b_E": grad_b_E, "W_D": grad_W_D, "b": grad_b}
+    return loss, mse, z, grads
+
+
+def train_sae(
+    data: Float[Tensor, "n d"],
+    cfg: SAEConfig,
+    *,
+    generator: torch.Generator | None = None,
+    log_every: int = 25,
+) -> tuple[SparseAutoencoder, list[float]]:
+    """Train an SAE on the rows of ``data`` (full batch). Returns the SAE and its loss curve.
+
+    Raises:
+        TrainingError: the data is not finite or the loss diverges.
+    """
+    if data.ndim != 2 or data.shape[0] == 0:
+        raise CircuitscanError(f"SAE training data must be a non-empty [rows, d] matrix, got {tuple(data.shape)}")
+    if not torch.isfinite(data).all():
+        raise TrainingError("SAE training data contains NaN or inf; the head activations are not finite")
+    data = data.float().contiguous()
+    gen = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+    sae = init_sae(data.shape[1], cfg, data, gen)
+    params = dict(sae.named_parameters())
+    opt = torch.optim.Adam(list(params.values()), lr=cfg.lr)
+    losses: list[float] = []
+    first = None
+    for epoch in range(cfg.epochs):
+        loss, _, _, grads = loss_and_grads(sae, data, cfg)
+        assert grads is not None
+        _project_out_parallel(grads["W_D"], params["W_D"].detach(), cfg.decoder_norm)
+        for name, p in params.items():
+            p.grad = grads[name]
+        opt.step()
+        with torch.no_grad():
+            _normalise(params["W_D"], cfg.decoder_norm)
+        if epoch % log_every == 0 or epoch == cfg.epochs - 1:
+            value = float(loss)
+            if first is None:
+                first = value
+            if not (value == value and abs(value) < float("inf")) or value > 1e6 * max(first, 1e-12):
+                raise TrainingError(
+                    f"SAE training diverged at epoch {epoch} (loss {value:.3g}, started at {first:.3g}); "
+                    f"lower the learning rate (lr={cfg.lr}) or l1 (l1={cfg.l1})"
+                )
+            losses.append(value)
+    for p in params.values():
+        p.grad = None
+    return sae, losses
+
+
+def fit(
+    x: Float[Tensor, "n_examples n_heads d"],
+    labels: Bool[Tensor, " n_examples"],
+    cfg: SAEConfig,
+    *,
+    paired: bool = True,
+) -> TrainResult:
+    """Select training examples, train on all their head rows, report final stats."""
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    idx = select_train_examples(labels, cfg, gen, paired=paired)
+    rows = x[idx].reshape(-1, x.shape[-1])
+    sae, losses = train_sae(rows, cfg, generator=gen)
+    with torch.no_grad():
+        _, mse, z, _ = loss_and_grads(sae, rows.float(), cfg, with_grads=False)
+    return TrainResult(
+        sae=sae,
+        train_indices=idx,
+        losses=losses,
+        final_mse=float(mse),
+        final_l0=float((z > 0).float().sum(1).mean()),
+        seconds=time.perf_counter() - t0,
+    )
