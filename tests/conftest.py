@@ -1,0 +1,48 @@
+"""Shared fixtures. Models are loaded once per session; tiers:
+
+* unit: toy models only, no files outside the repo, seconds;
+* integration (``@pytest.mark.slow``): the real smollm2-135m (and gpt2-random).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("CIRCUITSCAN_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def planted():
+    from circuitscan.models import load_model
+
+    return load_model("toy-planted")
+
+
+@pytest.fixture(scope="session")
+def planted_prompts(planted):
+    from circuitscan.tasks import build_task
+
+    return build_task("planted", planted, 40, seed=0)
+
+
+@pytest.fixture(scope="session")
+def gpt2_random():
+    from circuitscan.models import load_model
+
+    return load_model("gpt2-random")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from circuitscan.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+def build_sae_cfg(**overrides):
+    """An SAEConfig from defaults with keyword overrides (tests state only what matters)."""
+    from circuitscan.config import SAEConfig
+
+    return SAEConfig(**overrides)

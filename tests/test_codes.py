@@ -1,0 +1,114 @@
+"""Codes -> scores: node counts by hand, the vectorised U against the obvious definition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuitscan.codes import (
+    cooccurrence_unique,
+    cooccurrence_unique_reference,
+    discretise,
+    edge_scores,
+    node_scores,
+    softmax_scores,
+    unique_positive_codes,
+)
+from circuitscan.codes.edge import top_pairs
+from circuitscan.errors import CircuitscanError
+from circuitscan.sae import SparseAutoencoder
+from circuitscan.types import Codes, HeadLayout
+
+
+def _codes(rows, labels, layout, n_codes=10):
+    return Codes(torch.tensor(rows), torch.tensor(labels), layout, n_codes)
+
+
+def test_unique_positive_codes_by_hand():
+    layout = HeadLayout(1, 3)
+    # head 0: pos {1, 2}, neg {1}      -> 1 unique
+    # head 1: pos {5},    neg {5}      -> 0
+    # head 2: pos {3, 4}, neg {7, 8}   -> 2
+    c = _codes([[1, 5, 3], [2, 5, 4], [1, 5, 7], [1, 5, 8]], [True, True, False, False], layout)
+    assert unique_positive_codes(c).tolist() == [1.0, 0.0, 2.0]
+    # normalised by all codes seen: 1/2, 0/1, 2/4
+    assert unique_positive_codes(c, normalise=True).tolist() == [0.5, 0.0, 0.5]
+    # counting only some examples: drop the second positive
+    mask = torch.tensor([True, False, True, True])
+    assert unique_positive_codes(c, mask=mask).tolist() == [0.0, 0.0, 1.0]
+
+
+def test_counting_needs_both_classes():
+    c = _codes([[1], [2]], [True, True], HeadLayout(1, 1))
+    with pytest.raises(CircuitscanError, match="0 negative"):
+        unique_positive_codes(c)
+
+
+def test_softmax_global_and_per_layer():
+    u = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    g = softmax_scores(u, 2, "global")
+    assert torch.isclose(g.sum(), torch.tensor(1.0, dtype=g.dtype))
+    per = softmax_scores(u, 2, "layer")
+    assert torch.allclose(per.reshape(2, 2).sum(1), torch.ones(2, dtype=per.dtype))
+    assert torch.equal(torch.argsort(g), torch.argsort(u))  # monotone
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_U_equals_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    layout = HeadLayout(3, 4)
+    n = 30
+    codes = torch.randint(0, 4, (n, layout.n_total), generator=g)
+    labels = torch.rand(n, generator=g) < 0.5
+    c = Codes(codes, labels, layout, 4)
+    fast = cooccurrence_unique(c, chunk=7)  # a chunk that does not divide n
+    slow = cooccurrence_unique_reference(c)
+    assert torch.equal(fast, slow)
+    mask = torch.rand(n, generator=g) < 0.7
+    assert torch.equal(cooccurrence_unique(c, mask=mask), cooccurrence_unique_reference(c, mask=mask))
+    # the diagonal is the node-level count
+    assert torch.equal(torch.diagonal(fast), unique_positive_codes(c))
+
+
+def test_top_pairs_ignores_zero_pairs_and_keeps_ties():
+    U = torch.tensor([[0, 3, 1, 0], [3, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.float)
+    # unordered pairs: (0,1)=3 (0,2)=1 (0,3)=0 (1,2)=1 (1,3)=0 (2,3)=0; k=2 -> 3 and the tied 1s
+    pairs = top_pairs(U, 2).tolist()
+    assert pairs == [[0, 1], [0, 2], [1, 2]]
+    assert top_pairs(U, 1).tolist() == [[0, 1]]
+    # default k = half of 6 pairs = 3; zero pairs never enter
+    assert all(U[a, b] > 0 for a, b in top_pairs(U, None).tolist())
+
+
+def test_edge_scores_count_pair_membership():
+    layout = HeadLayout(1, 3)
+    # heads 0 and 1 each show the same codes on both classes (no node-level signal), but
+    # the combinations (1,6) and (2,5) occur only on positives
+    rows = [[1, 5, 1], [1, 6, 1], [2, 5, 1], [1, 5, 1], [2, 6, 1]]
+    c = _codes(rows, [True, True, True, False, False], layout)
+    assert unique_positive_codes(c).tolist() == [0.0, 0.0, 0.0]
+    u, U, pairs = edge_scores(c, k=1)
+    assert U[0, 1] == 2 and U[0, 2] == 0 and U[1, 2] == 0
+    assert pairs.tolist() == [[0, 1]]
+    assert u.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_silent_rows_get_their_own_code():
+    sae = SparseAutoencoder(2, 3)
+    with torch.no_grad():
+        sae.W_E.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        sae.b_E.fill_(0.0)
+    x = torch.tensor([[[2.0, 0.0], [-1.0, -1.0]], [[0.0, 3.0], [-2.0, -1.0]]])  # [2 examples, 2 heads, 2]
+    labels = torch.tensor([True, False])
+    c = discretise(sae, x, labels, HeadLayout(1, 2))
+    assert c.codes.tolist() == [[0, 3], [1, 3]] and c.n_codes == 4
+    c0 = discretise(sae, x, labels, HeadLayout(1, 2), silent="zero")
+    assert c0.codes.tolist() == [[0, 0], [1, 0]] and c0.n_codes == 3
+
+
+def test_node_scores_returns_raw_and_softmax():
+    layout = HeadLayout(1, 2)
+    c = _codes([[1, 1], [2, 1], [1, 1], [1, 1]], [True, True, False, False], layout)
+    u, s = node_scores(c)
+    assert u.tolist() == [1.0, 0.0]
+    assert s[0] > s[1]
