@@ -1,14 +1,21 @@
-"""Indirect object identification, the paper's flavour (METHOD.md section 1).
+"""Indirect object identification, in two flavours.
 
-Positive: "When Elon and Sam finished their meeting, Elon gave the model to" -> " Sam".
-Negative: the same prompt with the repeated subject replaced by a third name, so that
-no name is "the other one" ("..., Andrej gave the model to").
+``flavour="oneill-bui"`` (the paper, METHOD.md section 1; task name ``ioi``)
+    Positive: "When Elon and Sam finished their meeting, Elon gave the model to" -> " Sam".
+    Negative: the same prompt with the repeated subject replaced by a third name, so no
+    name is "the other one" ("..., Andrej gave the model to"). Prompts come from several
+    templates in the style of Wang et al. (2022). Each negative differs from its positive
+    in exactly one token (the second subject).
 
-Prompts come from several templates in the style of Wang et al. (2022). Names, places
-and objects are kept only if they are single tokens (with a leading space) for the
-model's tokenizer; after filling, only prompts of the most common token length are
-kept, so every prompt of the set has the same length. Each negative differs from its
-positive in exactly one token (the second subject).
+``flavour="acdc"`` (Conmy et al. 2023; task name ``ioi-acdc``)
+    One template, "Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to", answer
+    " [A]". The corrupted prompt replaces all three names (IO, S1, S2) by three fresh,
+    distinct random names (ACDC's "ABC" dataset), so it differs in exactly three tokens.
+
+In both, the answer is the indirect object (IO, ``answers[:, 0]``) and the wrong answer the
+subject (S, ``wrong_answers[:, 0]``), for logit differences logit(IO) - logit(S). Names,
+places and objects are kept only if they are single tokens (with a leading space) for the
+model's tokenizer; only prompt pairs of the most common token length are kept.
 """
 
 from __future__ import annotations
@@ -18,9 +25,15 @@ import random
 from ..errors import TaskError
 from ..models.handle import ModelHandle
 from ..types import PromptSet
-from .base import modal_length, require, single_token_words, word_list
+from .base import (
+    keep_equal_length,
+    require,
+    require_tokenizer,
+    single_token_words,
+    word_list,
+)
 
-# [A] = indirect object (answer), [B] = subject (repeated), [C] = third name (negative)
+# [A] = indirect object (answer), [B] = subject; its LAST occurrence is the repeated subject
 TEMPLATES = (
     "When [A] and [B] went to the [PLACE], [B] gave a [OBJECT] to",
     "When [B] and [A] went to the [PLACE], [B] gave a [OBJECT] to",
@@ -37,10 +50,29 @@ TEMPLATES = (
     "The [PLACE] [A] and [B] went to had a [OBJECT]. [B] gave it to",
     "The [PLACE] [B] and [A] went to had a [OBJECT]. [B] gave it to",
 )
+ACDC_TEMPLATE = "Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to"
+FLAVOURS = ("oneill-bui", "acdc")
 
 
-def _fill(template: str, a: str, b: str, place: str, obj: str) -> str:
-    return template.replace("[A]", a).replace("[B]", b).replace("[PLACE]", place).replace("[OBJECT]", obj)
+def _fill(template: str, a: str, b: str, place: str, obj: str, *, s2: str | None = None) -> str:
+    """Fill a template; ``s2`` replaces only the last (repeated) subject."""
+    head, sep, tail = template.rpartition("[B]")
+    if not sep:
+        raise TaskError(f"ioi template {template!r} has no [B] (the subject)")
+    template = head + "\0" + tail
+    text = template.replace("[A]", a).replace("[B]", b).replace("[PLACE]", place).replace("[OBJECT]", obj)
+    return text.replace("\0", b if s2 is None else s2)
+
+
+def _check_templates(templates: tuple[str, ...]) -> None:
+    if not templates:
+        raise TaskError("ioi: give at least one template")
+    for t in templates:
+        if t.count("[A]") != 1 or t.count("[B]") != 2:
+            raise TaskError(
+                f"ioi template {t!r} must contain [A] (the indirect object) once and [B] (the "
+                "subject) twice; [PLACE] and [OBJECT] are optional"
+            )
 
 
 def build_ioi(
@@ -48,51 +80,80 @@ def build_ioi(
     n: int = 250,
     *,
     seed: int = 0,
-    templates: tuple[str, ...] = TEMPLATES,
+    flavour: str = "oneill-bui",
+    templates: tuple[str, ...] | None = None,
 ) -> PromptSet:
-    """``n`` positive and ``n`` paired negative IOI prompts for ``model``'s tokenizer."""
+    """``n`` positive and ``n`` paired negative IOI prompts for ``model``'s tokenizer.
+
+    Args:
+        model: the model whose tokenizer the prompts are built for.
+        n: number of positive (and of negative) prompts.
+        seed: seed for every random choice.
+        flavour: ``"oneill-bui"`` (third-name negatives, many templates) or ``"acdc"``
+            (ACDC's template, all three names random in the negative).
+        templates: override the templates ([A], [B] twice, [PLACE], [OBJECT]).
+
+    Returns:
+        A :class:`PromptSet` with ``answers`` = IO and ``wrong_answers`` = S ([n, 1] each).
+    """
     import torch
 
+    if flavour not in FLAVOURS:
+        raise TaskError(f"ioi: unknown flavour {flavour!r}; valid: {', '.join(FLAVOURS)}")
     if n < 1:
         raise TaskError(f"ioi needs n >= 1 prompts, got {n}")
+    task = "ioi" if flavour == "oneill-bui" else "ioi-acdc"
+    require_tokenizer(model, task)
+    if templates is None:
+        templates = TEMPLATES if flavour == "oneill-bui" else (ACDC_TEMPLATE,)
+    templates = tuple(templates)
+    _check_templates(templates)
     names = single_token_words(model, word_list("names.txt"))
     places = single_token_words(model, word_list("places.txt"))
     objects = single_token_words(model, word_list("objects.txt"))
-    require(names, 3, "names", model, "ioi")
-    require(places, 1, "places", model, "ioi")
-    require(objects, 1, "objects", model, "ioi")
+    require(names, 5, "names", model, task)
+    require(places, 1, "places", model, task)
+    require(objects, 1, "objects", model, task)
     rng = random.Random(seed)
-    # draw a pool, then keep the most common token length
-    pool = []
+    pool: list[tuple[str, str, str, str]] = []
     for _ in range(max(4 * n, 200)):
         t = rng.choice(templates)
-        a, b, c = rng.sample(names, 3)
+        a, b = rng.sample(names, 2)
         place, obj = rng.choice(places), rng.choice(objects)
         pos = _fill(t, a, b, place, obj)
-        first_b = pos.index(b)
-        # replace only the SECOND subject: split at the first occurrence of B
-        second = pos.index(b, first_b + len(b))
-        neg = pos[:second] + c + pos[second + len(b) :]
+        if flavour == "oneill-bui":
+            c = rng.choice([x for x in names if x not in (a, b)])
+            neg = _fill(t, a, b, place, obj, s2=c)
+        else:
+            x, y, z = rng.sample([w for w in names if w not in (a, b)], 3)
+            neg = _fill(t, x, y, place, obj, s2=z)
         pool.append((pos, neg, a, b))
-    toks_pos = model.to_tokens([p for p, _, _, _ in pool])
-    toks_neg = model.to_tokens([q for _, q, _, _ in pool])
-    length = modal_length([len(t) for t in toks_pos])
-    keep = [i for i in range(len(pool)) if len(toks_pos[i]) == length and len(toks_neg[i]) == length]
-    if len(keep) < n:
-        raise TaskError(
-            f"ioi: only {len(keep)} prompts of equal token length ({length}) could be made for "
-            f"model {model.spec!r}; ask for fewer (n={n})"
-        )
-    keep = keep[:n]
+    keep, toks_pos, toks_neg, length = keep_equal_length(
+        model, [p[0] for p in pool], [p[1] for p in pool], n, task
+    )
     answers = [model.single_token_id(" " + pool[i][2]) for i in keep]
     wrong = [model.single_token_id(" " + pool[i][3]) for i in keep]
     return PromptSet(
-        task="ioi",
-        positive=torch.tensor([toks_pos[i] for i in keep]),
-        negative=torch.tensor([toks_neg[i] for i in keep]),
+        task=task,
+        positive=torch.tensor(toks_pos),
+        negative=torch.tensor(toks_neg),
         positive_text=tuple(pool[i][0] for i in keep),
         negative_text=tuple(pool[i][1] for i in keep),
         answers=torch.tensor(answers)[:, None],
         wrong_answers=torch.tensor(wrong)[:, None],
-        metadata={"flavour": "oneill-bui", "seed": seed, "seq_len": length, "n_names": len(names)},
+        metadata={
+            "metric": "logit_diff",
+            "flavour": flavour,
+            "seed": seed,
+            "seq_len": length,
+            "n_names": len(names),
+            "n_templates": len(templates),
+        },
     )
+
+
+def build_ioi_acdc(
+    model: ModelHandle, n: int = 250, *, seed: int = 0, templates: tuple[str, ...] | None = None
+) -> PromptSet:
+    """ACDC's IOI: :func:`build_ioi` with ``flavour="acdc"``."""
+    return build_ioi(model, n, seed=seed, flavour="acdc", templates=templates)
