@@ -115,3 +115,16 @@ def test_config_rejects_bad_values():
         build_sae_cfg(n_features=0)
     with pytest.raises(CircuitscanError, match="loss"):
         build_sae_cfg(loss="l2")
+
+
+def test_bf16_matmuls_stay_close_to_fp32():
+    x = _data()
+    cfg32 = build_sae_cfg(n_features=16, l1=0.05)
+    cfg16 = build_sae_cfg(n_features=16, l1=0.05, precision="bf16")
+    sae = init_sae(x.shape[1], cfg32, x, torch.Generator().manual_seed(0))
+    l32, _, _, g32 = loss_and_grads(sae, x, cfg32)
+    l16, _, _, g16 = loss_and_grads(sae, x, cfg16)
+    assert torch.isclose(l16, l32, rtol=2e-2)
+    for name in g32:
+        rel = (g16[name] - g32[name]).norm() / g32[name].norm().clamp_min(1e-12)
+        assert rel < 5e-2, name

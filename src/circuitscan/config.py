@@ -31,6 +31,9 @@ class SAEConfig:
             (the authors' code: the L1 term weighs d_model times more).
         decoder_norm: ``"atoms"`` = unit-norm dictionary atoms (the paper);
             ``"authors"`` = normalise the other axis, as the authors' code does.
+        precision: ``"fp32"`` (default) or ``"bf16"``: the training matmuls in bfloat16
+            (parameters, elementwise maths and Adam stay fp32); about 2x faster on CPUs
+            with bf16 units, slightly different codes.
         seed: all randomness (initialisation, example selection).
     """
 
@@ -42,6 +45,7 @@ class SAEConfig:
     balanced: bool = True
     loss: str = "paper"
     decoder_norm: str = "atoms"
+    precision: str = "fp32"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -55,6 +59,7 @@ class SAEConfig:
             self.decoder_norm in ("atoms", "authors"),
             f"decoder_norm must be 'atoms' or 'authors', got {self.decoder_norm!r}",
         )
+        _check(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
 
 @dataclass(frozen=True)

@@ -106,10 +106,19 @@ def loss_and_grads(
     """
     n, d = x.shape
     W_E, b_E, W_D, b = sae.W_E.detach(), sae.b_E.detach(), sae.W_D.detach(), sae.b.detach()
+    low = torch.bfloat16 if cfg.precision == "bf16" else None
+
+    def mm(bias: Tensor | None, a: Tensor, m: Tensor) -> Tensor:
+        # matmuls in bf16 when asked (fp32 accumulate, fp32 results and parameters)
+        if low is None:
+            return a @ m if bias is None else torch.addmm(bias, a, m)
+        out = a.to(low) @ m.to(low)
+        return out.float() if bias is None else out.float().add_(bias)
+
     xc = x - b
-    pre = torch.addmm(b_E, xc, W_E)
+    pre = mm(b_E, xc, W_E)
     z = torch.relu(pre)
-    r = torch.addmm(b - x, z, W_D)  # h_hat - h
+    r = mm(b - x, z, W_D)  # h_hat - h
     sq = r.square().sum()
     l1 = z.sum()  # z >= 0
     a = 1.0 / n if cfg.loss == "paper" else 1.0 / (n * d)
@@ -119,10 +128,10 @@ def loss_and_grads(
     if not with_grads:
         return loss, mse, z, None
     g = r.mul_(2 * a)  # dL/dh_hat, reuses r's storage
-    grad_W_D = z.T @ g
-    dz = torch.addmm((z > 0).to(z.dtype) * c, g, W_D.T)  # = g W_D^T + c * 1[z > 0]
+    grad_W_D = mm(None, z.T, g)
+    dz = mm((z > 0).to(z.dtype) * c, g, W_D.T)  # = g W_D^T + c * 1[z > 0]
     dpre = dz.mul_(pre > 0)
-    grad_W_E = xc.T @ dpre
+    grad_W_E = mm(None, xc.T, dpre)
     sum_dpre = dpre.sum(0)
     grad_b_E = sum_dpre
     grad_b = g.sum(0) - W_E @ sum_dpre

@@ -1,0 +1,74 @@
+"""Benchmark: discover on smollm2-135m IOI vs a plain transformers forward pass.
+
+Prints, from one run on this machine:
+  * the floor: a plain `transformers` forward (full model, logits) over the same prompts;
+  * discover --level both, split by stage (activations, SAE, codes, node/edge scores);
+  * the same SAE stage with bf16 training matmuls, and how far its ranking moves;
+  * ratios to the floor, edge-scoring seconds, peak resident memory.
+
+Usage: .venv/bin/python benchmarks/bench_discover.py [--examples 250] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from dataclasses import replace
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--examples", type=int, default=250)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=500)
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import circuitscan as cs
+    from circuitscan.methods.sae_codes import SAECodesConfig, discover_from_activations
+    from circuitscan.models.loading import cache_dir
+
+    model = cs.load_model("smollm2-135m")
+    prompts = cs.build_task("ioi", model, args.examples, seed=0)
+    tokens, _ = prompts.all_tokens()
+    print(f"smollm2-135m IOI: {tokens.shape[0]} prompts x {tokens.shape[1]} tokens, {torch.get_num_threads()} threads")
+
+    hf = AutoModelForCausalLM.from_pretrained(str(cache_dir() / "models" / "smollm2-135m-instruct-q4_1")).eval()
+    with torch.inference_mode():
+        hf(tokens[: args.batch_size])  # warm-up
+        t = time.perf_counter()
+        for lo in range(0, tokens.shape[0], args.batch_size):
+            hf(tokens[lo : lo + args.batch_size])
+        floor = time.perf_counter() - t
+    del hf
+    print(f"floor: plain transformers forward (with logits)   {floor:7.2f} s")
+
+    sae_cfg = cs.SAEConfig(epochs=args.epochs)
+    result = cs.discover(model, prompts, level="both", sae=sae_cfg, batch_size=args.batch_size)
+    t = result.timings
+    total = sum(v for k, v in t.items() if k != "evaluate")
+    for k, v in t.items():
+        print(f"  {k:<14} {v:7.2f} s")
+    print(f"discover --level both total (without model load)  {total:7.2f} s")
+
+    acts = cs.head_outputs(model, prompts, batch_size=args.batch_size)
+    bf = discover_from_activations(acts, SAECodesConfig(sae=replace(sae_cfg, precision="bf16"), level="both"))
+    total_bf = total - t["sae_train"] + bf.timings["sae_train"]
+    top32 = {h.name for h in result.discovery.node.ranking()[:20]}
+    top16 = {h.name for h in bf.node.ranking()[:20]}
+    print(f"  sae_train bf16 {bf.timings['sae_train']:7.2f} s   top-20 heads shared with fp32: {len(top32 & top16)}/20")
+    print()
+    print(f"ratio discover / floor          {total / floor:5.2f}   (target <= 1.0; fp32 SAE, the default)")
+    print(f"ratio discover / floor (bf16)   {total_bf / floor:5.2f}   (--precision bf16)")
+    print(f"ratio activations / floor       {t['activations'] / floor:5.2f}")
+    print(f"ratio SAE training / floor      {t['sae_train'] / floor:5.2f}   ({args.epochs} full-batch epochs, fp32)")
+    print(f"edge scoring                    {t['edge_scores']:5.2f} s (target < 1 s)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory            {peak:7.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
