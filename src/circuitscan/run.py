@@ -13,7 +13,7 @@ from .errors import CircuitscanError
 from .evaluation.ground_truth import GroundTruthMetrics, evaluate_against
 from .methods.sae_codes import Discovery, SAECodesConfig, run_sae_codes
 from .models.handle import ModelHandle
-from .rundir import CODES, CONFIG, METRICS, SAE, SCORES, RunWriter
+from .rundir import ACTIVATIONS, CODES, CONFIG, METRICS, SAE, SCORES, RunWriter
 from .types import GroundTruth, PromptSet, Scores
 
 LEVELS = ("node", "edge", "both")
@@ -69,6 +69,7 @@ def discover(
     batch_size: int = 64,
     extra_config: dict[str, Any] | None = None,
     timings: dict[str, float] | None = None,
+    save_activations: bool = False,
 ) -> RunResult:
     """Find the heads of the circuit behind ``prompts`` in ``model``; optionally write a run dir.
 
@@ -79,6 +80,7 @@ def discover(
         level: ``"node"``, ``"edge"`` or ``"both"``.
         ground_truth: heads to evaluate against (ROC AUC, F1).
         out: run directory to write (must not exist or be empty).
+        save_activations: also write the per-head activations (``activations.safetensors``).
     """
     if level not in LEVELS:
         raise CircuitscanError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -107,6 +109,8 @@ def discover(
         result.timings["evaluate"] = time.perf_counter() - t
         if writer is not None:
             _write_run(writer, result, cfg, extra_config or {})
+            if save_activations:
+                _write_activations(writer, result)
             result.out = writer.commit()
     except BaseException:
         if writer is not None:
@@ -192,3 +196,18 @@ def _write_run(writer: RunWriter, result: RunResult, cfg: SAECodesConfig, extra:
         metadata={"n_codes": str(d.codes.n_codes), **{k: str(v) for k, v in result.model.layout.to_dict().items()}},
     )
     save_sae(d.train.sae, cfg.sae, writer.path(SAE))
+
+
+def _write_activations(writer: RunWriter, result: RunResult) -> None:
+    """``activations.safetensors``: x [examples, heads, d_model] float32 and labels (1 = positive)."""
+    import torch
+    from safetensors.torch import save_file
+
+    acts = result.discovery.activations
+    if acts is None or acts.x.ndim != 3:
+        raise CircuitscanError("activations can be saved only when aggregated over positions (mean or last)")
+    save_file(
+        {"x": acts.x.detach().to("cpu", dtype=torch.float32).contiguous(), "labels": acts.labels.to("cpu").long()},
+        str(writer.path(ACTIVATIONS)),
+        metadata={"aggregation": acts.aggregation, **{k: str(v) for k, v in acts.layout.to_dict().items()}},
+    )
