@@ -7,6 +7,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -183,11 +185,47 @@ def _load_hub(name: str, device: str) -> ModelHandle:
     return bridge_handle
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connection within ``timeout``."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Put huggingface_hub in offline mode for the block, then restore what was there."""
+    import huggingface_hub.constants as hub_constants
+
+    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+
+
 def _load_hf_dir_like_hub(name: str, device: str) -> ModelHandle:
     from transformer_lens.model_bridge import TransformerBridge
 
     _quiet_transformers()
-    bridge = TransformerBridge.boot_transformers(name, device=device)
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable():
+        # no network: skip the hub's retries (tens of seconds), use only its local cache
+        with _hub_offline():
+            bridge = TransformerBridge.boot_transformers(name, device=device)
+    else:
+        bridge = TransformerBridge.boot_transformers(name, device=device)
     family = name.split("/")[-1].lower()
     return ModelHandle(
         bridge=bridge,
