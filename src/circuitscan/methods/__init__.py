@@ -13,7 +13,27 @@ from .sae_codes import (
 
 register("sae-codes", SAECodesScorer)
 
+# baselines (docs/METHODS.md): each module's Scorer; configs are the modules' *Config classes
+from .acdc import ACDCConfig, ACDCEdgeScorer, ACDCScorer  # noqa: E402
+from .eap import EAPConfig, EAPScorer  # noqa: E402
+from .eap_ig import EAPIGConfig, EAPIGScorer  # noqa: E402
+from .hisp import HISPConfig, HISPScorer  # noqa: E402
+from .norm_diff import NormDiffConfig, NormDiffScorer  # noqa: E402
+from .patching import PatchingConfig, PatchingScorer  # noqa: E402
+from .sp import SPConfig, SPScorer  # noqa: E402
+
+for _scorer in (EAPScorer, EAPIGScorer, PatchingScorer, ACDCScorer, ACDCEdgeScorer, HISPScorer, SPScorer,
+                NormDiffScorer):
+    register(_scorer.name, _scorer)
+
 __all__ = [
+    "ACDCConfig",
+    "EAPConfig",
+    "EAPIGConfig",
+    "HISPConfig",
+    "NormDiffConfig",
+    "PatchingConfig",
+    "SPConfig",
     "Discovery",
     "SAECodesConfig",
     "SAECodesScorer",
