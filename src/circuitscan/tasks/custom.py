@@ -182,13 +182,13 @@ def _read_csv(path: Path, text: str) -> list[Row]:
         raise TaskError(f"{_where(path, 1)}: unknown column {unknown[0]!r}; valid columns: {', '.join(FIELDS)}")
     rows = []
     while True:
+        line = reader.line_num + 1  # where the next record starts (a quoted cell may span lines)
         try:
             cells = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            raise TaskError(f"{_where(path, reader.line_num)}: not valid CSV ({exc})") from None
-        line = reader.line_num
+            raise TaskError(f"{_where(path, line)}: not valid CSV ({exc})") from None
         if not any(c.strip() for c in cells):
             continue
         if len(cells) != len(header):
@@ -328,6 +328,9 @@ def load_task_file(path: Path, model: ModelHandle, n: int, *, unequal: str = "pa
         pad = pad_id(model)
         positive, pos_mask = left_pad(pos, length, pad)
         negative, neg_mask = left_pad(neg, length, pad)
+        # a side with no padding needs no mask
+        pos_mask = None if bool(pos_mask.all()) else pos_mask
+        neg_mask = None if bool(neg_mask.all()) else neg_mask
         meta["pad_id"] = pad
     else:
         positive, negative = torch.tensor(pos), torch.tensor(neg)
