@@ -48,7 +48,7 @@ METHOD_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
                  "#7f7f7f", "#bcbd22", "#17becf"]
 PNG_DPI = 110
 MAX_SCATTER_POINTS = 20_000
-MAX_TSNE_POINTS = 3_000
+MAX_TSNE_POINTS = 2_000
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,6 +326,7 @@ def faithfulness_curves(run: RunData) -> Figure:
     fig = _new_figure(7.2, 4.8)
     ax = fig.add_subplot()
     random_drawn = False
+    n = len(curves)
     for i, (name, c) in enumerate(curves.items()):
         xs = c.get("sizes") or []
         ys = c.get("values") or []
@@ -334,7 +335,9 @@ def faithfulness_curves(run: RunData) -> Figure:
         x = np.array([to_float(v) for v in xs])
         y = np.array([to_float(v) for v in ys])
         color = _method_color(i)
-        ax.plot(x, y, color=color, lw=1.8, marker="o", ms=3, label=_nice_method(name))
+        # earlier curves wider and dashed differently, so coinciding curves all stay visible
+        ax.plot(x, y, color=color, lw=1.4 + 1.6 * (n - 1 - i) / max(n - 1, 1), ls=["-", "--", "-.", ":"][i % 4],
+                marker="o", ms=3, label=_nice_method(name))
         mean = _as_list(c.get("random_mean"), len(x))
         std = _as_list(c.get("random_std"), len(x))
         if mean is not None:
@@ -344,7 +347,7 @@ def faithfulness_curves(run: RunData) -> Figure:
             random_drawn = True
     ax.axhline(1.0, color="#333333", lw=0.8, ls=":")
     ax.axhline(0.0, color="#999999", lw=0.8, ls=":")
-    ax.annotate("full model", xy=(1.0, 1.0), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+    ax.annotate("full model", xy=(0.01, 1.0), xycoords=("axes fraction", "data"), ha="left", va="bottom",
                 fontsize=7, color="#333333")
     metric = faith.get("metric", "metric")
     ablation = faith.get("ablation", "")
@@ -454,7 +457,7 @@ def circuit_diagram(run: RunData, method: str) -> Figure:
                 for b in np.flatnonzero(selected & (ys == lb)):
                     segs.append([(xs[a], ys[a]), (xs[b], ys[b])])
         if segs:
-            ax.add_collection(LineCollection(segs[:2000], colors="#888888", linewidths=0.6, alpha=0.35, zorder=1))
+            ax.add_collection(LineCollection(segs[:2000], colors="#666666", linewidths=0.9, alpha=0.6, zorder=1))
             link_what = "circuit heads to the next circuit layer (paper's default)"
 
     ax.scatter(xs, ys, s=size, c=face, edgecolors=np.where(selected, "#111111", "#aaaaaa"),
@@ -608,10 +611,18 @@ def feature_projection(run: RunData, how: str = "pca", *, seed: int = 0) -> Figu
         name = "PCA"
     else:
         from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits
 
         n = take.size
-        pts = TSNE(n_components=2, init="pca", random_state=seed, perplexity=float(min(30.0, max(2.0, (n - 1) / 3))),
-                   ).fit_transform(X[take].astype(np.float64))
+        Xs = X[take].astype(np.float64)
+        if Xs.shape[1] > 50:  # the usual first step: PCA to 50 dimensions
+            Xs = Xs - Xs.mean(0)
+            _, _, vt = np.linalg.svd(Xs, full_matrices=False)
+            Xs = Xs @ vt[:50].T
+        # one OpenMP thread: on a shared machine, more threads make t-SNE many times slower
+        with threadpool_limits(limits=1, user_api="openmp"):
+            pts = TSNE(n_components=2, init="pca", random_state=seed,
+                       perplexity=float(min(30.0, max(2.0, (n - 1) / 3)))).fit_transform(Xs)
         xl, yl, name = "t-SNE 1", "t-SNE 2", "t-SNE"
     lab, head = lab[take], head[take]
     fig = _new_figure(11.0, 4.9)
