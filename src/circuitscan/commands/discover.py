@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--aggregation", choices=("mean", "last"), default="mean",
                    help="over positions (default: mean over real tokens)")
     x.add_argument("--batch-size", type=positive_int, default=64)
+    from .evaluate import add_intervention_args
+
+    e = p.add_argument_group("evaluation by intervention")
+    e.add_argument("--evaluate", action="store_true",
+                   help="then ablate every head outside each circuit: performance table and faithfulness curves "
+                   "in metrics.json (as `circuitscan evaluate RUN_DIR --faithfulness` does)")
+    add_intervention_args(e, prefix_help="with --evaluate: ")
     p.set_defaults(func=run)
 
 
@@ -94,6 +101,14 @@ def run(args: argparse.Namespace) -> int:
         save_activations=args.save_activations,
     )
     print_summary(result)
+    if args.evaluate:
+        from ..evaluation.performance import evaluate_run
+        from .evaluate import print_evaluation
+
+        print()
+        print_evaluation(evaluate_run(result.out, ablation=args.ablation, faithfulness=True,
+                                      random_samples=args.random_samples, model=result.model,
+                                      prompts=result.prompts))
     if args.report:
         from ..report import write_report
 

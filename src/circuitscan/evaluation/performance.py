@@ -108,9 +108,9 @@ def circuit_performance(
         named.append((name, "circuit", m, names))
         if complements:
             named.append((f"{name} complement", "complement", ~m, None))
-    sizes = sorted({int(m.sum()) for _, kind, m, _ in named if kind == "circuit"})
+    sizes = sorted({int(m.sum()) for _, kind, m, _ in named if kind == "circuit"}) if random_samples else []
     g = torch.Generator().manual_seed(seed)
-    rand = [random_masks(layout.n_total, k, random_samples, generator=g) for k in sizes] if random_samples else []
+    rand = [random_masks(layout.n_total, k, random_samples, generator=g) for k in sizes]
     fixed = torch.stack([m for _, _, m, _ in named]) if named else torch.zeros(0, layout.n_total, dtype=torch.bool)
     values = evaluator.evaluate(torch.cat([fixed, *rand])) if (named or rand) else {}
 

@@ -1,0 +1,120 @@
+"""``circuitscan evaluate RUN_DIR``: prove a run's circuits by intervention.
+
+Ablates every head outside each circuit and measures the task metric (circuit
+performance table), optionally faithfulness curves with CPR/CMD; writes the results
+into the run's metrics.json (replaced atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from .common import finite_float, positive_int
+
+ABLATION_HELP = ("what an ablated head's output becomes: corrupt = its value on the paired corrupted prompt "
+                 "(the paper's default), mean = its mean over the task's prompts, zero = zero")
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
+
+
+def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") -> None:
+    """The flags shared by ``evaluate`` and ``discover --evaluate``."""
+    p.add_argument("--ablation", choices=("corrupt", "mean", "zero"), default="corrupt",
+                   help=f"{prefix_help}{ABLATION_HELP} (default: corrupt)")
+    p.add_argument("--random-samples", type=non_negative_int, default=100,
+                   help=f"{prefix_help}random circuits of each predicted circuit's size (default 100)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure a run's circuits by ablating every head outside them",
+        description="Reload the run's model and prompts, ablate every head outside each circuit and measure "
+        "the task metric: the clean model, all heads ablated, the ground truth, each method's circuit, its "
+        "complement and random circuits of the same size. With --faithfulness, also faithfulness curves "
+        "(heads added in score order, against random circuits) and the MIB numbers CPR and CMD. The results "
+        "go into RUN_DIR/metrics.json.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by discover or compare")
+    add_intervention_args(p)
+    p.add_argument("--faithfulness", action="store_true", help="also compute faithfulness curves, CPR and CMD")
+    p.add_argument("--faithfulness-samples", type=non_negative_int, default=10,
+                   help="random circuits per size on the faithfulness curve (default 10)")
+    p.add_argument("--faithfulness-points", type=positive_int, default=20,
+                   help="about how many circuit sizes the curve visits (default 20; every size for small models)")
+    p.add_argument("--ground-truth", default=None,
+                   help="registry name, JSON file or heads like L9H6,L9H9 (default: the run's ground truth)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--threshold", type=finite_float, default=None,
+                       help="circuit = heads with score >= theta (default: the run's circuits)")
+    which.add_argument("--size", type=non_negative_int, default=None, help="circuit = the top SIZE heads")
+    p.add_argument("--metric", default=None, help="task metric (default: the task's own; see the docs)")
+    p.add_argument("--examples", "-n", type=positive_int, default=None,
+                   help="score on the first N positive prompts only (default: all of the run's)")
+    p.add_argument("--max-rows", type=positive_int, default=256,
+                   help="prompt rows per forward pass, circuits x prompts (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random circuits (default 0)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation.performance import evaluate_run
+
+    result = evaluate_run(
+        args.run_dir, ablation=args.ablation, faithfulness=args.faithfulness, random_samples=args.random_samples,
+        faithfulness_samples=args.faithfulness_samples, faithfulness_points=args.faithfulness_points,
+        ground_truth=args.ground_truth, threshold=args.threshold, size=args.size, metric=args.metric,
+        n_examples=args.examples, max_rows=args.max_rows, seed=args.seed,
+    )
+    print_evaluation(result)
+    print(f"wrote  {args.run_dir}/metrics.json")
+    return 0
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
+
+
+def print_evaluation(result) -> None:
+    t = result.performance
+    print(f"circuit performance ({t.ablation} ablation, {t.n_examples} prompts); normalised: 0 = all heads "
+          "ablated, 1 = clean model")
+    cols = list(t.metrics)
+    header = f"  {'circuit':<34} {'heads':>5}  " + "  ".join(f"{c:>18}" for c in cols) + f"  {'normalised ' + t.metric:>22}"
+    print(header)
+    for r in t.rows:
+        cells = []
+        for c in cols:
+            v = r.metrics.get(c)
+            cell = _fmt(v)
+            if c in r.std:
+                cell += f" ±{_fmt(r.std[c])}"
+            cells.append(f"{cell:>18}")
+        norm = _fmt(r.normalised.get(t.metric))
+        if f"normalised_{t.metric}" in r.std:
+            norm += f" ±{_fmt(r.std[f'normalised_{t.metric}'])}"
+        heads = "-" if r.n_heads is None else str(r.n_heads)
+        print(f"  {r.name[:34]:<34} {heads:>5}  " + "  ".join(cells) + f"  {norm:>22}")
+    if result.faithfulness:
+        f = result.faithfulness
+        print()
+        print(f"faithfulness ({f['ablation']} ablation, metric {f['metric']}); CPR higher is better, CMD lower")
+        for m, c in result.curves.items():
+            print(f"  {m:<20} CPR {_fmt(c.cpr)} (random {_fmt(c.cpr_random)})  CMD {_fmt(c.cmd)} "
+                  f"(random {_fmt(c.cmd_random)})  over {len(c.sizes)} sizes")
+    s = result.stats
+    print(f"cost   {int(s['forward_passes'])} forward passes, {int(s['rows'])} prompt rows, "
+          f"{int(s['circuits'])} distinct circuits, {s['total_seconds']:.1f}s")
