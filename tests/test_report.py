@@ -114,8 +114,9 @@ def make_run(
             U = U + U.T + 5.0 * (gt_mask[:, None] & gt_mask[None, :])
             entry["pairs"] = {"matrix": U.tolist()}
             entry["top_pairs"] = [[gt[0], gt[1], float(U[names.index(gt[0]), names.index(gt[1])])]]
-        if m == "eap":
-            entry["edges"] = {f"{gt[0]}->{gt[1]}": 0.9, "input->L0H0": 0.5, f"{names[0]}->{gt[1]}": 0.2}
+        if m == "eap":  # q/k/v inputs of one head pair merge into one drawn edge; "input" is no head
+            entry["edges"] = {f"{gt[0]}->{gt[1]}.q": 0.9, f"{gt[0]}->{gt[1]}.k": -0.95, "input->L0H0.v": 0.5,
+                              f"{names[0]}->{gt[1]}.v": 0.2, f"{names[1]}->{gt[1]}.v": 0.0}
         entries[m] = entry
         auc = round(0.97 - 0.1 * j, 4)
         gt_metrics[m] = {"ground_truth": "synthetic-gt", "n_heads": n, "n_true": len(gt), "auc": auc,
@@ -464,17 +465,24 @@ def test_sae_loss(toy_run, tmp_path):
 # ---------------------------------------------------------------------------------------
 # figures for keys other commands write (synthetic run directories)
 # ---------------------------------------------------------------------------------------
-def test_faithfulness_curves_with_random_bands(tmp_path):
+@pytest.mark.parametrize("shared", [True, False])
+def test_faithfulness_curves_with_random_bands(tmp_path, shared):
     from matplotlib.collections import PolyCollection
 
     methods = ("sae-codes", "eap", "acdc")
-    run = load_run(make_run(tmp_path / "r", methods=methods, with_evaluate=True))
+    path = make_run(tmp_path / "r", methods=methods, with_evaluate=True)
+    if not shared:  # each method its own random baseline
+        metrics = json.loads((path / "metrics.json").read_text())
+        for j, c in enumerate(metrics["faithfulness"]["curves"].values()):
+            c["random_mean"] = [v + 0.01 * j for v in c["random_mean"]]
+        write_json(path / "metrics.json", metrics)
+    run = load_run(path)
     fig = F.faithfulness_curves(run)
     ax = fig.axes[0]
     labelled = [ln.get_label() for ln in ax.get_lines() if not ln.get_label().startswith("_")]
     assert labelled == list(methods)
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
-    assert len(bands) == len(methods)
+    assert len(bands) == (1 if shared else len(methods))  # a shared baseline is drawn once
     first = [ln for ln in ax.get_lines() if ln.get_label() == "sae-codes"][0]
     assert list(first.get_xdata()) == [1, 2, 4, 8, 16]
     assert "logit_diff" in fig.get_suptitle() and "mean ablation" in ax.get_title()
@@ -500,7 +508,9 @@ def test_eap_edges_are_drawn_as_arrows_between_heads_only(tmp_path):
     run = load_run(make_run(tmp_path / "r", methods=("sae-codes", "eap")))
     fig = F.circuit_diagram(run, "eap")
     arrows = [p for p in fig.axes[0].patches if isinstance(p, FancyArrowPatch)]
-    assert len(arrows) == 2  # "input->L0H0" names no head at both ends
+    assert len(arrows) == 2  # L1H2->L3H0 (q and k merged) and L0H0->L3H0; zero-score and input edges dropped
+    links, directed, _ = F._pair_links(run, "eap")
+    assert directed and [(a, b, w) for a, b, w in links] == [(6, 12, -0.95), (0, 12, 0.2)]
 
 
 @pytest.mark.parametrize("layout", [(4, 4), (12, 12), (30, 9), (40, 16), (48, 25)])
@@ -738,3 +748,29 @@ def test_discover_report_and_save_activations(tmp_path):
     assert x.shape == (40, 12, 32) and x.dtype == np.float32 and labels.sum() == 20
     figs = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"features-pca", "head-pca", "top-code-histograms"} <= figs
+
+
+def test_report_of_a_real_compare_run(tmp_path):
+    """``compare --report`` on the toy model: every method's figures and the comparison table."""
+    out = tmp_path / "cmp"
+    with one_torch_thread():
+        code, _, err = _cli(["compare", "--model", "toy-planted", "--task", "planted", "-n", "20",
+                             "--methods", "sae-codes,eap", "--faithfulness-samples", "3", "--out", str(out),
+                             "--report"])
+    assert code == 0, err
+    page = _page(out)
+    _assert_self_contained(out, page)
+    assert {"summary", "scores", "roc", "circuit", "pairs", "faithfulness", "comparison"} <= set(page.sections)
+    metrics = json.loads((out / "metrics.json").read_text())
+    figs = {p.stem for p in (out / "figures").glob("*.png")}
+    for method in metrics["ground_truth"]:
+        assert f"heatmap-{method}" in figs and f"circuit-{method}" in figs
+        text, value = page.cells[f"metrics.ground_truth.{method}.auc"]
+        assert text == f"{metrics['ground_truth'][method]['auc']:.3f}"
+    for j, row in enumerate(metrics["comparison"]["rows"]):
+        assert page.cells[f"metrics.comparison.rows.{j}.cpr"][0] == f"{row['cpr']:.3f}"
+    for method, m in metrics.get("edge_ground_truth", {}).items():
+        assert page.cells[f"metrics.edge_ground_truth.{method}.auc"][0] == f"{m['auc']:.3f}"
+    fig = F.faithfulness_curves(load_run(out))
+    labelled = [ln.get_label() for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]
+    assert len(labelled) == len(metrics["faithfulness"]["curves"])

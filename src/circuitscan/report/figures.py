@@ -319,14 +319,21 @@ def _as_list(v: Any, n: int) -> np.ndarray | None:
 
 
 def faithfulness_curves(run: RunData) -> Figure:
-    """Faithfulness vs circuit size per method, with mean +- std of random circuits as bands."""
+    """Faithfulness vs circuit size per method, with mean +- std of random circuits as bands.
+
+    Random baselines that several methods share (same sizes, same values) are drawn once,
+    in grey; a baseline of one method alone is drawn in that method's colour.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     faith = run.metrics.get("faithfulness") or {}
     curves = faith.get("curves") or {}
     _require(bool(curves), f"{str(run.path)!r} has no faithfulness curves (run `circuitscan evaluate`)")
-    fig = _new_figure(7.2, 4.8)
+    fig = _new_figure(7.2 if len(curves) <= 4 else 9.0, 4.8)
     ax = fig.add_subplot()
-    random_drawn = False
     n = len(curves)
+    baselines: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, list[int]]] = []
     for i, (name, c) in enumerate(curves.items()):
         xs = c.get("sizes") or []
         ys = c.get("values") or []
@@ -334,17 +341,33 @@ def faithfulness_curves(run: RunData) -> Figure:
             continue
         x = np.array([to_float(v) for v in xs])
         y = np.array([to_float(v) for v in ys])
-        color = _method_color(i)
         # earlier curves wider and dashed differently, so coinciding curves all stay visible
-        ax.plot(x, y, color=color, lw=1.4 + 1.6 * (n - 1 - i) / max(n - 1, 1), ls=["-", "--", "-.", ":"][i % 4],
-                marker="o", ms=3, label=_nice_method(name))
+        ax.plot(x, y, color=_method_color(i), lw=1.4 + 1.6 * (n - 1 - i) / max(n - 1, 1),
+                ls=["-", "--", "-.", ":"][i % 4], marker="o", ms=3, label=_nice_method(name), zorder=3)
         mean = _as_list(c.get("random_mean"), len(x))
         std = _as_list(c.get("random_std"), len(x))
-        if mean is not None:
-            ax.plot(x, mean, color=color, lw=1.0, ls="--", alpha=0.8)
-            if std is not None:
-                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, lw=0)
-            random_drawn = True
+        if mean is None:
+            continue
+        for bx, bm, bs, owners in baselines:
+            same_std = (bs is None and std is None) or (
+                bs is not None and std is not None and np.allclose(bs, std, equal_nan=True))
+            if bx.shape == x.shape and np.allclose(bx, x) and np.allclose(bm, mean, equal_nan=True) and same_std:
+                owners.append(i)
+                break
+        else:
+            baselines.append((x, mean, std, [i]))
+    handles, _ = ax.get_legend_handles_labels()
+    for bx, bm, bs, owners in baselines:
+        color = "#777777" if len(owners) > 1 else _method_color(owners[0])
+        ax.plot(bx, bm, color=color, lw=1.0, ls="--", zorder=2)
+        if bs is not None:
+            ax.fill_between(bx, bm - bs, bm + bs, color=color, alpha=0.18, lw=0, zorder=1)
+    if baselines:
+        shared = len(baselines) == 1 and len(baselines[0][3]) > 1
+        what = "random circuits (shared)" if shared else "random circuits"
+        color = "#777777" if shared else "#555555"
+        handles += [Line2D([], [], color=color, ls="--", lw=1.0, label=f"{what}, mean"),
+                    Patch(color=color, alpha=0.25, label=f"{what}, ±1 std")]
     ax.axhline(1.0, color="#333333", lw=0.8, ls=":")
     ax.axhline(0.0, color="#999999", lw=0.8, ls=":")
     ax.annotate("full model", xy=(0.01, 1.0), xycoords=("axes fraction", "data"), ha="left", va="bottom",
@@ -355,16 +378,10 @@ def faithfulness_curves(run: RunData) -> Figure:
     ax.set_ylabel(f"faithfulness of {metric}: (m(C) − m(∅)) / (m(M) − m(∅))", fontsize=8)
     _titles(fig, ax, f"Faithfulness of {metric}", f"{ablation} ablation" if ablation else "")
     ax.grid(alpha=0.3)
-    if random_drawn:
-        from matplotlib.lines import Line2D
-        from matplotlib.patches import Patch
-
-        handles, _ = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], color="#555555", ls="--", lw=1.0, label="random circuits, mean"),
-                    Patch(color="#555555", alpha=0.2, label="random circuits, ±1 std")]
-        ax.legend(handles=handles, fontsize=7.5, loc="lower right")
+    if len(handles) > 6:
+        fig.legend(handles=handles, fontsize=7.5, loc="outside right upper")
     else:
-        ax.legend(fontsize=7.5, loc="lower right")
+        ax.legend(handles=handles, fontsize=7.5, loc="lower right")
     return fig
 
 
@@ -377,17 +394,20 @@ def _pair_links(run: RunData, method: str, limit: int = 20) -> tuple[list[tuple[
     lay = run.layout
     links: list[tuple[int, int, float]] = []
     if ms.edges:
+        best: dict[tuple[int, int], float] = {}
         for key, w in ms.edges.items():
             parts = re.split(r"\s*->\s*", key)
             if len(parts) != 2 or not math.isfinite(w):
                 continue
-            try:
-                a, b = lay.index(parts[0]), lay.index(parts[1])
+            try:  # "L0H1->L1H2.q": the q / k / v input of the receiving head is dropped
+                a, b = (lay.index(re.sub(r"[.:]?[qkv]$", "", part.strip())) for part in parts)
             except CircuitscanError:
                 continue  # edges to embeddings / MLPs / output: not heads
-            links.append((a, b, w))
-        links.sort(key=lambda t: -t[2])
-        return links[:limit], True, f"top {min(limit, len(links))} edges by score"
+            if abs(w) > abs(best.get((a, b), 0.0)) or (a, b) not in best:
+                best[(a, b)] = w
+        links = sorted(((a, b, w) for (a, b), w in best.items()), key=lambda t: -abs(t[2]))
+        links = [t for t in links if t[2] != 0]
+        return links[:limit], True, f"top {min(limit, len(links))} head-to-head edges by |score|"
     if ms.top_pairs:
         for h1, h2, u in ms.top_pairs:
             try:

@@ -48,7 +48,7 @@ nav { position: sticky; top: 0; background: #f0f3f6; border-bottom: 1px solid va
       padding: 6px 28px; font-size: 13px; z-index: 2; }
 nav a { color: var(--accent); margin-right: 14px; text-decoration: none; white-space: nowrap; }
 main { max-width: 1280px; margin: 0 auto; padding: 8px 28px 48px; }
-section { margin-top: 28px; }
+section { margin-top: 28px; scroll-margin-top: 40px; }
 h2 { font-size: 19px; border-bottom: 2px solid var(--line); padding-bottom: 4px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
 p.note { color: var(--muted); font-size: 13px; margin: 4px 0 10px; }
@@ -111,6 +111,8 @@ def cell(value: Any, key: str | None = None, cls: str | None = None) -> str:
         return num_cell(value, key)
     if value is None:
         text = "—"
+    elif isinstance(value, bool):
+        text = "yes" if value else "no"
     elif isinstance(value, list | tuple):
         text = ", ".join(str(v) for v in value)
     elif isinstance(value, dict):
@@ -155,8 +157,9 @@ def summary_cards(run: RunData) -> str:
         ("ground truth", run.ground_truth_name or "none"),
     ]
     gt = run.metrics.get("ground_truth") or {}
-    for name, m in gt.items():
-        cards.append((f"{name}: AUC over heads", fmt((m or {}).get("auc"))))
+    if len(gt) <= 3:  # more methods: the table below says it better
+        for name, m in gt.items():
+            cards.append((f"{name}: AUC over heads", fmt((m or {}).get("auc"))))
     timings = run.metrics.get("timings_s") or {}
     if timings:
         total = sum(to_float(v) for v in timings.values() if math.isfinite(to_float(v)))
@@ -303,6 +306,7 @@ COMPARISON_LABELS = {
     "node_auc": "AUC over heads", "edge_auc": "AUC over edges", "head_auc_from_pairs": "AUC over heads from pairs",
     "best_f1_size": "best-F1 circuit size", "wall_time_s": "wall time (s)", "forward_passes": "forward passes",
     "backward_passes": "backward passes", "roc_source": "ROC from", "cpr": "CPR", "cmd": "CMD",
+    "stopped_early": "stopped early",
 }
 
 
