@@ -1,0 +1,663 @@
+"""Attribution graphs over SAE features (Marks et al. 2024, "Sparse Feature Circuits",
+as replicated by Udell et al. 2025), with the double-counting correction.
+
+Definitions (what is computed, exactly)
+---------------------------------------
+Sites ``S`` (:mod:`.sites`) each carry an SAE; at site ``s`` the model's activation
+splits exactly into ``x_s = sum_i f_i W_D[i] + b + eps_s`` (features, decoder bias, error).
+``m`` is the objective: the next-token cross-entropy at the last position (for a target
+token), or a task metric; over a prompt set, its mean over prompts. Everything below is
+summed over positions and averaged over prompts.
+
+* node score of feature ``i`` at ``s``: ``n_i = sum_t f_i(t) * dm/df_i(t)`` where the
+  derivative moves ``x_s`` along ``W_D[i]`` and lets everything downstream respond. It
+  is the first-order estimate of ``m(clean) - m(feature i zero-ablated)``. Error node:
+  ``n_eps = sum_t eps_s(t) . dm/dx_s(t)``. Per site, ``sum_i n_i + n_eps + n_bias =
+  sum_t x_s(t) . dm/dx_s(t)`` exactly (the site's total, reported).
+* kept nodes: the ``top_k`` features of each site by ``|n_i|``, its error node, and a
+  ``rest`` node aggregating every other feature, so that nothing is silently dropped.
+* edge from upstream node ``u`` (site ``U``) to downstream node ``d`` (site ``V > U``):
+  ``e(u -> d) = sum_t' a_u(t') * d/da_u(t') [ sum_t c_d(t) a_d(t) ]  |direct``
+  with ``a`` a feature activation (the error vector for error nodes, a dot product),
+  ``c_d(t) = dm/da_d(t)`` held constant, and *direct* meaning: holding fixed the output
+  of every site strictly between ``U`` and ``V``. This is Marks et al.'s
+  ``(dm/dd)(dd/du) u`` (the seed post writes it ``f_i * d n_{f_j} / d f_i`` with
+  ``n_{f_j} = f_j * dm/df_j`` and the gradient held constant). Edges into the output:
+  ``e(u -> m) = sum_t a_u(t) dm/da_u(t) |direct`` (holding every later site fixed).
+
+The double-counting correction
+------------------------------
+Along the residual stream a node reaches a later one through intermediate sites too.
+With ``T_VU`` the total Jacobian from site ``U``'s output to site ``V``'s computed
+value and ``D_VU`` the direct one, the chain rule gives, for sites ``U < W < V``,
+``T_VU = D_VU + sum_W D_VW T_WU``, hence
+
+    D_VU = T_VU - sum_{U < W < V} D_VW T_WU.
+
+For three sites A < B < C: ``D_CA = T_CA - D_CB T_BA`` (A->C minus the effect through
+A->B->C). For Marks et al.'s four sublayers A = resid.L-1, B = attn.L, C = mlp.L,
+D = resid.L, expanding ``T_CA``: ``D_DA = T_DA - D_DB D_BA - D_DC D_CA - D_DC D_CB D_BA``,
+the paths A->B->D, A->C->D and A->B->C->D of the seed post's footnote. ``edges=
+"corrected"`` computes exactly this subtraction with vector-Jacobian products (for each
+downstream node: one backward pass for the total row, then one per intermediate site,
+nearest first); ``edges="direct"`` obtains the same quantity by cutting the gradient at
+every intermediate site (a second forward pass in which each site's output is a leaf:
+one backward pass per node); ``edges="total"`` keeps the uncorrected, double-counted
+``T_VU`` for comparison. The subtraction runs through every node of the intermediate
+site (all its features, its error and its bias, i.e. the site's whole output vector), so
+it is exact, not limited to the kept nodes. Sites before the latest residual site
+(``resid.L``/``embed``) preceding ``V`` reach ``V`` only through it; their direct
+edges are zero and are not computed.
+
+A consequence used in the tests: for every node ``u``, ``n_u = e(u -> m) + sum over later
+sites V of sum over V's nodes (kept, error, rest) of e(u -> d)`` -- every path leaves
+``u`` through exactly one first site.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..errors import CircuitscanError
+from .sites import Site, upstream_of
+
+if TYPE_CHECKING:
+    from ..models.handle import ModelHandle
+    from ..types import PromptSet
+    from .sae_train import SublayerSAEs
+
+EDGE_MODES = ("corrected", "direct", "total")
+OUTPUT = "output"
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise CircuitscanError(msg)
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """How a graph is built.
+
+    Attributes:
+        top_k: features kept per site, by absolute node score.
+        edges: ``"corrected"`` (the seed post's subtraction; default), ``"direct"`` (the
+            same quantity by stopping gradients at intermediate sites) or ``"total"``
+            (uncorrected: double counts paths through intermediate sites).
+        compute_edges: False computes node scores only (one backward pass per batch).
+        batch_size: prompts per forward pass.
+        head_shares: split attention-output features over the layer's heads (through W_O).
+    """
+
+    top_k: int = 10
+    edges: str = "corrected"
+    compute_edges: bool = True
+    batch_size: int = 8
+    head_shares: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+        _check(self.edges in EDGE_MODES, f"edges must be one of {', '.join(EDGE_MODES)}, got {self.edges!r}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the graph explains: ``fn(logits [b, T, V], index [b]) -> [b]`` per prompt.
+
+    ``index`` says which prompts (rows of ``tokens``) a batch holds.
+    """
+
+    name: str
+    description: str
+    fn: Callable[[Tensor, Tensor], Tensor]
+    higher_is_better: bool
+    targets: list[int] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _upcast(t: Tensor) -> Tensor:
+    """At least float32 (float64 stays float64)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def next_token_objective(model: ModelHandle, tokens: Tensor, target: int | list[int] | None = None,
+                         attention_mask: Tensor | None = None) -> Objective:
+    """Cross-entropy of the next token at the last position.
+
+    Args:
+        target: token id(s) to predict (one, or one per prompt); None: the model's own
+            top prediction on each prompt (what it actually says next).
+    """
+    n = tokens.shape[0]
+    if target is None:
+        with torch.no_grad():
+            kw = {} if attention_mask is None else {"attention_mask": attention_mask}
+            logits = model.bridge(tokens, **kw)
+        targets = logits[:, -1].argmax(-1).tolist()
+        how = "the model's top next-token prediction"
+    else:
+        targets = [int(target)] * n if isinstance(target, int) else [int(t) for t in target]
+        how = "the given next token"
+    if len(targets) != n:
+        raise CircuitscanError(f"need one target per prompt ({n}), got {len(targets)}")
+    vocab = int(model.bridge.cfg.d_vocab)
+    if any(not 0 <= t < vocab for t in targets):
+        raise CircuitscanError(f"target token ids must lie in 0..{vocab - 1}")
+    tgt = torch.tensor(targets)
+
+    def fn(logits: Tensor, index: Tensor) -> Tensor:
+        lp = _upcast(logits[:, -1]).log_softmax(-1)
+        return -lp.gather(-1, tgt[index][:, None].to(lp.device))[:, 0]
+
+    return Objective("ce", f"next-token cross-entropy at the last position ({how})", fn,
+                     higher_is_better=False, targets=targets)
+
+
+def task_objective(prompts: PromptSet, metric: str | None = None) -> Objective:
+    """A task metric of :mod:`circuitscan.evaluation.metrics` on the positive prompts.
+
+    Metrics that need the clean model's reference (``kl``: its gradient at the clean
+    model is zero) or extra suffix rows (two-digit years) cannot be differentiated here;
+    for those, and for tasks with no answer tokens, the cross-entropy of the answer is used.
+    """
+    from ..evaluation.metrics import MetricBatch, default_metric, get_metric
+
+    name = metric or default_metric(prompts)
+    m = get_metric(name)
+    m.check(prompts)
+    if m.needs_reference or m.suffixes(prompts) is not None:
+        if prompts.answers is None or metric is not None:
+            raise CircuitscanError(
+                f"metric {name!r} cannot be attributed by gradients here (it needs "
+                f"{'the clean reference' if m.needs_reference else 'extra suffix rows'}); choose "
+                "logit_diff, logit_diff_max_wrong or induction_loss, or give --prompt with a target"
+            )
+        answers = prompts.answers[:, 0]
+
+        def ce(logits: Tensor, index: Tensor) -> Tensor:
+            lp = _upcast(logits[:, -1]).log_softmax(-1)
+            return -lp.gather(-1, answers[index][:, None].to(lp.device))[:, 0]
+
+        return Objective("answer_ce", f"cross-entropy of the first answer token ({name} is not differentiable "
+                         "here)", ce, higher_is_better=False, targets=answers.tolist())
+    seq = prompts.seq_len
+    positions = torch.arange(seq) if m.positions == "all" else torch.tensor([seq - 1])
+    last = seq - 1 if m.positions == "all" else 0
+
+    def fn(logits: Tensor, index: Tensor) -> Tensor:
+        batch = MetricBatch(prompts=prompts, index=index, positions=positions, last=last)
+        return _upcast(m(logits[:, positions], batch))
+
+    return Objective(name, m.description, fn, higher_is_better=m.higher_is_better,
+                     info={"task": prompts.task})
+
+
+# --------------------------------------------------------------------------- the graph
+
+
+@dataclass
+class GraphNode:
+    """One node. ``score``: attribution to the objective (see the module docstring);
+    ``activation``: mean over prompts of the summed activation (error: of ``|eps|``);
+    ``position``: the position with the largest ``|score|`` contribution."""
+
+    id: str
+    site: str
+    kind: str  # feature | error | rest | output
+    feature: int | None = None
+    score: float = 0.0
+    activation: float = 0.0
+    position: int | None = None
+    heads: dict[str, float] | None = None  # attn features: score share per head (+ "const")
+
+
+@dataclass
+class AttributionGraph:
+    """Nodes, edges (``(src id, dst id) -> weight``) and the accounting per site."""
+
+    sites: list[str]
+    nodes: dict[str, GraphNode]
+    edges: dict[tuple[str, str], float]
+    site_totals: dict[str, dict[str, float]]
+    objective: dict[str, Any]
+    config: dict[str, Any]
+    n_prompts: int
+    seq_len: int
+    forward_passes: int = 0
+    backward_passes: int = 0
+    seconds: float = 0.0
+    head_scores: dict[str, list[float]] | None = None  # per attn site: sum |share| of kept features per head
+
+    def kept(self, site: str) -> list[GraphNode]:
+        return [n for n in self.nodes.values() if n.site == site and n.kind == "feature"]
+
+    def incoming(self, node: str) -> dict[str, float]:
+        return {s: w for (s, d), w in self.edges.items() if d == node}
+
+    def outgoing(self, node: str) -> dict[str, float]:
+        return {d: w for (s, d), w in self.edges.items() if s == node}
+
+    def thread(self, *, features_only: bool = True) -> list[str]:
+        """The strongest chain into the output: from the output, repeatedly step to the
+        upstream node with the largest ``|edge|``; returned upstream first."""
+        chain: list[str] = []
+        cur = OUTPUT
+        while True:
+            inc = {s: w for s, w in self.incoming(cur).items()
+                   if not features_only or self.nodes[s].kind == "feature"}
+            if not inc:
+                break
+            cur = max(inc, key=lambda s: (abs(inc[s]), s))
+            chain.append(cur)
+        return chain[::-1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sites": self.sites,
+            "nodes": [asdict(n) for n in self.nodes.values()],
+            "edges": [[s, d, w] for (s, d), w in sorted(self.edges.items(), key=lambda kv: -abs(kv[1]))],
+            "site_totals": self.site_totals,
+            "objective": self.objective,
+            "config": self.config,
+            "n_prompts": self.n_prompts,
+            "seq_len": self.seq_len,
+            "forward_passes": self.forward_passes,
+            "backward_passes": self.backward_passes,
+            "seconds": self.seconds,
+            "head_scores": self.head_scores,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AttributionGraph:
+        try:
+            nodes = {n["id"]: GraphNode(**n) for n in data["nodes"]}
+            edges = {(str(s), str(d)): float(w) for s, d, w in data["edges"]}
+            return cls(sites=list(data["sites"]), nodes=nodes, edges=edges, site_totals=data["site_totals"],
+                       objective=data["objective"], config=data["config"], n_prompts=int(data["n_prompts"]),
+                       seq_len=int(data["seq_len"]), forward_passes=int(data.get("forward_passes", 0)),
+                       backward_passes=int(data.get("backward_passes", 0)), seconds=float(data.get("seconds", 0.0)),
+                       head_scores=data.get("head_scores"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CircuitscanError(f"not a feature graph file ({type(exc).__name__}: {exc})") from exc
+
+
+def node_id(site: str, kind: str, feature: int | None = None) -> str:
+    return f"{site}/f{feature}" if kind == "feature" else f"{site}/{kind}"
+
+
+# --------------------------------------------------------------------------- forward passes
+
+
+@dataclass
+class _Pass:
+    logits: Tensor
+    x: dict[str, Tensor]  # computed site values (pre-intervention), with graph
+    handles: dict[str, Tensor]  # total: zero deltas added to each site; leaf: the site outputs
+    z: dict[str, Tensor]  # hook_z of attention layers (detached), when asked
+
+
+def _forward(model: ModelHandle, tokens: Tensor, sites: list[Site], *, mode: str, mask: Tensor | None,
+             clean: dict[str, Tensor] | None = None, z_layers: tuple[int, ...] = ()) -> _Pass:
+    """One forward pass with a hook at every site.
+
+    ``mode="total"``: the site outputs ``x + delta`` with ``delta`` a zero leaf, so
+    gradients at ``delta`` are total derivatives. ``mode="leaf"``: the site outputs a leaf
+    holding the clean value, so paths through the site are cut (direct derivatives).
+    """
+    xs: dict[str, Tensor] = {}
+    handles: dict[str, Tensor] = {}
+    zs: dict[str, Tensor] = {}
+
+    def make(site: Site):
+        def hook(x: Tensor, hook) -> Tensor:  # noqa: ARG001
+            xs[site.name] = x
+            if mode == "total":
+                delta = torch.zeros_like(x, requires_grad=True)
+                handles[site.name] = delta
+                return x + delta
+            assert clean is not None
+            leaf = clean[site.name].detach().clone().to(x.dtype).requires_grad_(True)
+            handles[site.name] = leaf
+            return leaf
+
+        return hook
+
+    def make_z(layer: int):
+        def hook(z: Tensor, hook) -> Tensor:  # noqa: ARG001
+            zs[f"attn.{layer}"] = z.detach()
+            return z
+
+        return hook
+
+    fwd = [(s.hook, make(s)) for s in sites] + [(f"blocks.{la}.attn.hook_z", make_z(la)) for la in z_layers]
+    kw = {} if mask is None else {"attention_mask": mask}
+    with torch.enable_grad():
+        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=fwd, **kw)
+    missing = [s.name for s in sites if s.name not in xs]
+    if missing:
+        raise CircuitscanError(f"model {model.spec!r} never reached the hook point(s) of {', '.join(missing)}")
+    return _Pass(logits=logits, x=xs, handles=handles, z=zs)
+
+
+def _grad(out: Tensor, inputs: list[Tensor]) -> list[Tensor]:
+    gs = torch.autograd.grad(out, inputs, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(i) if g is None else g for g, i in zip(gs, inputs, strict=True)]
+
+
+# --------------------------------------------------------------------------- the computation
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.fwd = 0
+        self.bwd = 0
+
+
+def attribution_graph(
+    model: ModelHandle,
+    saes: SublayerSAEs,
+    tokens: Tensor,
+    objective: Objective,
+    cfg: GraphConfig | None = None,
+    *,
+    attention_mask: Tensor | None = None,
+    sites: list[Site] | None = None,
+) -> AttributionGraph:
+    """Build the attribution graph of ``objective`` on ``tokens`` (see the module docstring).
+
+    Args:
+        model: a loaded model (any dtype; the SAEs are cast to it).
+        saes: SAEs for (at least) ``sites``.
+        tokens: [n_prompts, seq] token ids, all of one length (left padding + mask allowed).
+        objective: :func:`next_token_objective` or :func:`task_objective`.
+        cfg: :class:`GraphConfig`.
+        sites: which of the SAEs' sites to use (default: all).
+    """
+    cfg = cfg or GraphConfig()
+    t0 = time.perf_counter()
+    sites = sorted(sites) if sites is not None else saes.sites
+    saes.subset(sites).check_model(model)
+    if tokens.ndim != 2 or tokens.shape[0] == 0:
+        raise CircuitscanError(f"tokens must be a non-empty [prompts, seq] tensor, got {tuple(tokens.shape)}")
+    n, seq = tokens.shape
+    dtype = next(model.bridge.parameters()).dtype
+    W = {s.name: _sae_tensors(saes[s], dtype) for s in sites}
+    counter = _Counter()
+    attn_layers = tuple(s.layer for s in sites if s.kind == "attn") if cfg.head_shares else ()
+    w_o = model.bridge.W_O.detach().to(dtype) if attn_layers else None
+    w_o_bias = _attn_out_bias(model, dtype) if attn_layers else {}
+
+    # ---- pass 1: node scores (one forward, one backward per batch) --------------------------
+    acc = {s.name: {"feat": 0.0, "err": 0.0, "bias": 0.0, "total": 0.0, "act": 0.0, "err_norm": 0.0,
+                    "pos_feat": 0.0, "pos_err": 0.0} for s in sites}
+    head_acc: dict[str, Tensor] = {}
+    value_sum = 0.0
+    batches = [torch.arange(lo, min(n, lo + cfg.batch_size)) for lo in range(0, n, cfg.batch_size)]
+    for index in batches:
+        mask = None if attention_mask is None else attention_mask[index]
+        p = _forward(model, tokens[index], sites, mode="total", mask=mask, z_layers=attn_layers)
+        counter.fwd += 1
+        vals = objective.fn(p.logits, index)
+        value_sum += float(vals.detach().sum())
+        m = vals.sum() / n
+        gs = _grad(m, [p.handles[s.name] for s in sites])
+        counter.bwd += 1
+        for s, g in zip(sites, gs, strict=True):
+            a = acc[s.name]
+            w = W[s.name]
+            x = p.x[s.name].detach()
+            f = _encode(w, x)
+            eps = x - _decode(w, f)
+            c = g @ w["W_D"].T  # dm/df per position
+            contrib = f * c
+            a["feat"] = a["feat"] + contrib.sum((0, 1))
+            a["pos_feat"] = a["pos_feat"] + contrib.sum(0)
+            e = (eps * g).sum(-1)
+            a["err"] += float(e.sum())
+            a["pos_err"] = a["pos_err"] + e.sum(0)
+            a["bias"] += float((w["b"] * g).sum())
+            a["total"] += float((x * g).sum())
+            a["act"] = a["act"] + f.sum((0, 1))
+            a["err_norm"] += float(eps.norm(dim=-1).sum())
+            if s.kind == "attn" and s.name in p.z:
+                shares = _head_shares(p.z[s.name], w_o[s.layer], w_o_bias.get(s.layer), w, f, c)
+                head_acc[s.name] = head_acc.get(s.name, 0.0) + shares
+        del p, gs
+
+    # ---- node selection ---------------------------------------------------------------------
+    nodes: dict[str, GraphNode] = {}
+    kept: dict[str, list[int]] = {}
+    site_totals: dict[str, dict[str, float]] = {}
+    for s in sites:
+        a = acc[s.name]
+        feat = a["feat"].detach().double()
+        order = torch.argsort(-feat.abs(), stable=True)
+        chosen = [int(i) for i in order[: cfg.top_k] if float(feat[i]) != 0.0]
+        kept[s.name] = chosen
+        for i in chosen:
+            pos = int(a["pos_feat"][:, i].abs().argmax())
+            heads = None
+            if s.name in head_acc:
+                hs = head_acc[s.name][:, i].tolist()
+                heads = {f"L{s.layer}H{h}": float(v) for h, v in enumerate(hs[:-1])}
+                heads["const"] = float(hs[-1])
+            nodes[node_id(s.name, "feature", i)] = GraphNode(
+                id=node_id(s.name, "feature", i), site=s.name, kind="feature", feature=i, score=float(feat[i]),
+                activation=float(a["act"][i]) / n, position=pos, heads=heads,
+            )
+        err_pos = int(a["pos_err"].abs().argmax()) if isinstance(a["pos_err"], Tensor) else None
+        nodes[node_id(s.name, "error")] = GraphNode(
+            id=node_id(s.name, "error"), site=s.name, kind="error", score=a["err"], activation=a["err_norm"] / n,
+            position=err_pos,
+        )
+        rest = float(feat.sum()) - sum(float(feat[i]) for i in chosen)
+        nodes[node_id(s.name, "rest")] = GraphNode(id=node_id(s.name, "rest"), site=s.name, kind="rest", score=rest)
+        site_totals[s.name] = {
+            "total": a["total"], "features": float(feat.sum()), "kept": float(feat.sum()) - rest, "rest": rest,
+            "error": a["err"], "bias": a["bias"], "n_active_features": int((a["act"] > 0).sum()),
+        }
+    value = value_sum / n
+    nodes[OUTPUT] = GraphNode(id=OUTPUT, site=OUTPUT, kind="output", score=value)
+    head_scores = None
+    if head_acc:
+        head_scores = {}
+        for name, shares in head_acc.items():
+            cols = torch.tensor(kept[name], dtype=torch.long)
+            head_scores[name] = shares[:-1, cols].abs().sum(1).tolist() if cols.numel() else [0.0] * (shares.shape[0] - 1)
+
+    # ---- pass 2: edges -----------------------------------------------------------------------
+    edges: dict[tuple[str, str], float] = {}
+    if cfg.compute_edges:
+        for index in batches:
+            mask = None if attention_mask is None else attention_mask[index]
+            _edges_for_batch(model, tokens[index], index, n, sites, W, kept, objective, cfg.edges, mask, edges, counter)
+
+    return AttributionGraph(
+        sites=[s.name for s in sites], nodes=nodes, edges=edges, site_totals=site_totals,
+        objective={"name": objective.name, "description": objective.description, "value": value,
+                   "higher_is_better": objective.higher_is_better, "targets": objective.targets, **objective.info},
+        config=asdict(cfg), n_prompts=n, seq_len=seq, forward_passes=counter.fwd, backward_passes=counter.bwd,
+        seconds=time.perf_counter() - t0, head_scores=head_scores,
+    )
+
+
+def _sae_tensors(sae, dtype) -> dict[str, Tensor]:
+    return {k: getattr(sae, k).detach().to(dtype) for k in ("W_E", "b_E", "W_D", "b")}
+
+
+def _encode(w: dict[str, Tensor], x: Tensor) -> Tensor:
+    return torch.relu((x - w["b"]) @ w["W_E"] + w["b_E"])
+
+
+def _decode(w: dict[str, Tensor], f: Tensor) -> Tensor:
+    return f @ w["W_D"] + w["b"]
+
+
+def _attn_out_bias(model: ModelHandle, dtype) -> dict[int, Tensor]:
+    """Each layer's attention output bias (zeros when the model has none)."""
+    out = {}
+    b_o = getattr(model.bridge, "b_O", None)
+    for layer in range(model.layout.n_layers):
+        try:
+            out[layer] = b_o[layer].detach().to(dtype) if b_o is not None else None
+        except (TypeError, IndexError):
+            out[layer] = None
+    return out
+
+
+def _head_shares(z: Tensor, w_o: Tensor, b_o: Tensor | None, w: dict[str, Tensor], f: Tensor, c: Tensor) -> Tensor:
+    """Split every attention-output feature's node score over the layer's heads.
+
+    On positions where feature i is active, ``f_i = sum_h r_h . W_E[:, i] + const`` with
+    ``r_h = z_h W_O^h`` (the head's write, read through the feature's encoder), so
+    ``n_i = sum_h sum_t (r_h(t) . W_E[:, i]) c_i(t) + const part``: exact. Returns
+    ``[n_heads + 1, F]`` (last row: the constant part, from the biases).
+    """
+    if z.ndim == 3:
+        z = z.reshape(z.shape[0], z.shape[1], w_o.shape[0], -1)
+    read = torch.einsum("hdm,mf->hdf", w_o, w["W_E"])  # each head's W_O read by each feature's encoder
+    phi = torch.einsum("bthd,hdf->bthf", z.to(read.dtype), read)  # [b, T, H, F]
+    active = (f > 0).to(c.dtype)
+    weight = (c * active)[:, :, None, :]
+    per_head = (phi * weight).sum((0, 1))  # [H, F]
+    const_pre = w["b_E"] - w["b"] @ w["W_E"]
+    if b_o is not None:
+        const_pre = const_pre + b_o @ w["W_E"]
+    const = (const_pre * c * active).sum((0, 1))
+    return torch.cat([per_head, const[None]], 0).detach()
+
+
+def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, mask, edges, counter) -> None:
+    p = _forward(model, tokens, sites, mode="total", mask=mask)
+    counter.fwd += 1
+    vals = objective.fn(p.logits, index)
+    m = vals.sum() / n
+    deltas = [p.handles[s.name] for s in sites]
+    g = dict(zip([s.name for s in sites], _grad(m, deltas), strict=True))
+    counter.bwd += 1
+    if mode == "direct":
+        clean = {k: v.detach() for k, v in p.x.items()}
+        q = _forward(model, tokens, sites, mode="leaf", mask=mask, clean=clean)
+        counter.fwd += 1
+        m_leaf = objective.fn(q.logits, index).sum() / n
+    # upstream contraction data (detached): activations and errors of every site
+    up_data = {}
+    for s in sites:
+        x = p.x[s.name].detach()
+        f = _encode(W[s.name], x)
+        up_data[s.name] = (f, x - _decode(W[s.name], f))
+
+    def rows(target_fn: Callable[[_Pass], Tensor], ups: list[Site], out_name: str) -> dict[str, Tensor]:
+        """The direct (or total) row d s / d y_U for every upstream site U."""
+        if mode == "direct":
+            s_val = target_fn(q)
+            r = _grad(s_val, [q.handles[u.name] for u in ups])
+            counter.bwd += 1
+            return {u.name: v for u, v in zip(ups, r, strict=True)}
+        s_val = target_fn(p)
+        total = _grad(s_val, [p.handles[u.name] for u in ups])
+        counter.bwd += 1
+        r = {u.name: v for u, v in zip(ups, total, strict=True)}
+        if mode == "total":
+            return r
+        # the correction: D_VU = T_VU - sum_{U<W<V} D_VW T_WU, nearest U first
+        for j in range(len(ups) - 2, -1, -1):
+            u = ups[j]
+            later = ups[j + 1 :]
+            through = sum((r[w.name] * p.x[w.name]).sum() for w in later)
+            (corr,) = _grad(through, [p.handles[u.name]])
+            counter.bwd += 1
+            r[u.name] = r[u.name] - corr
+        return r
+
+    def contract(r: dict[str, Tensor], ups: list[Site]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for u in ups:
+            f, eps = up_data[u.name]
+            ru = r[u.name]
+            per_feat = (f * (ru @ W[u.name]["W_D"].T)).sum((0, 1))
+            ks = kept[u.name]
+            for i in ks:
+                out[node_id(u.name, "feature", i)] = float(per_feat[i])
+            out[node_id(u.name, "rest")] = float(per_feat.sum()) - sum(float(per_feat[i]) for i in ks)
+            out[node_id(u.name, "error")] = float((eps * ru).sum())
+        return out
+
+    def add(src_vals: dict[str, float], dst: str) -> None:
+        for src, v in src_vals.items():
+            edges[(src, dst)] = edges.get((src, dst), 0.0) + v
+
+    for v in sites:
+        ups = upstream_of(v, sites)
+        if not ups:
+            continue
+        wv = W[v.name]
+        gv = g[v.name].detach()
+        site_rows: dict[str, dict[str, float]] = {}
+        for i in kept[v.name]:
+            c = gv @ wv["W_D"][i]
+
+            def feat_target(pp: _Pass, i=i, c=c, wv=wv, name=v.name) -> Tensor:
+                return (_encode(wv, pp.x[name])[..., i] * c).sum()
+
+            site_rows[node_id(v.name, "feature", i)] = contract(rows(feat_target, ups, v.name), ups)
+
+        def err_target(pp: _Pass, wv=wv, gv=gv, name=v.name) -> Tensor:
+            x = pp.x[name]
+            return ((x - _decode(wv, _encode(wv, x))) * gv).sum()
+
+        def total_target(pp: _Pass, gv=gv, name=v.name) -> Tensor:
+            return (pp.x[name] * gv).sum()
+
+        site_rows[node_id(v.name, "error")] = contract(rows(err_target, ups, v.name), ups)
+        whole = contract(rows(total_target, ups, v.name), ups)
+        rest = {k: whole[k] - sum(site_rows[d][k] for d in site_rows) for k in whole}
+        site_rows[node_id(v.name, "rest")] = rest
+        for dst, vals in site_rows.items():
+            add(vals, dst)
+
+    ups = upstream_of(None, sites)
+    if ups:
+        def out_target(pp: _Pass) -> Tensor:
+            return m_leaf if pp is not p else m
+
+        add(contract(rows(out_target, ups, OUTPUT), ups), OUTPUT)
+
+
+def graph_for_prompts(
+    model: ModelHandle,
+    saes: SublayerSAEs,
+    prompts: PromptSet,
+    cfg: GraphConfig | None = None,
+    *,
+    metric: str | None = None,
+    n_prompts: int | None = None,
+    sites: list[Site] | None = None,
+) -> AttributionGraph:
+    """The graph of a task's metric over (the first ``n_prompts`` of) its positive prompts."""
+    tokens = prompts.positive if n_prompts is None else prompts.positive[:n_prompts]
+    mask = prompts.positive_mask if prompts.positive_mask is None or n_prompts is None else prompts.positive_mask[:n_prompts]
+    objective = task_objective(prompts, metric)
+    return attribution_graph(model, saes, tokens, objective, cfg, attention_mask=mask, sites=sites)
+
+
+def explained_fractions(graph: AttributionGraph) -> dict[str, dict[str, float]]:
+    """Per site: the share of the site's total attribution carried by kept features, the
+    other features, the error and the bias (signed shares of ``total``)."""
+    out = {}
+    for site, t in graph.site_totals.items():
+        tot = t["total"]
+        ok = abs(tot) > 1e-12 and math.isfinite(tot)
+        out[site] = {k: (t[k] / tot if ok else float("nan")) for k in ("kept", "rest", "error", "bias")}
+    return out

@@ -1,0 +1,593 @@
+"""Standard SAEs on sublayers (residual stream, attention output, MLP output), trained
+streamed and batched on an offline corpus; saved as one safetensors file per site.
+
+The SAE is :class:`circuitscan.sae.SparseAutoencoder` (z = ReLU((x - b) W_E + b_E),
+x_hat = z W_D + b, unit-norm dictionary atoms). Training, for every site at once:
+
+* the corpus (:mod:`.corpus`) is run through the model batch by batch, stopping after the
+  last site; the activations of ``buffer_batches`` forward batches are pooled, shuffled
+  and consumed in minibatches of ``batch_rows`` rows, then the pool is refilled;
+* the first ``skip_positions`` positions of every chunk are left out (position 0 carries
+  the attention sink, whose norm is many times the others');
+* inputs are scaled so that their mean squared norm is ``d_model`` (one scalar per site,
+  estimated on the first pool); after training the scale is folded into the biases, so the
+  saved SAE reads and writes the model's own units and its atoms keep unit norm;
+* loss per row: ||x - x_hat||^2 + l1 * sum(z) (in scaled units), Adam; the gradient of
+  each atom is projected off the atom and atoms are renormalised after each step; the l1
+  weight ramps up linearly over the first ``l1_warmup`` of training;
+* features that have not fired for ``dead_window`` tokens are dead; at the fractions
+  ``resample_at`` of training, dead features are re-initialised towards inputs the SAE
+  reconstructs worst (Bricken et al. 2023's resampling, simplified).
+
+Saved metrics per site: the training curves (MSE, fraction of variance unexplained, L0,
+dead fraction), and on held-out chunks the same plus next-token cross-entropy with the
+site replaced by its reconstruction, against the clean model and against the site
+mean-ablated ("loss recovered").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import __version__
+from ..errors import CircuitscanError, TrainingError
+from ..models.handle import ModelHandle
+from ..sae.model import SparseAutoencoder
+from .corpus import Corpus
+from .sites import Site, capture_sites, check_sites_exist, parse_site, parse_sites
+
+INDEX = "saes.json"
+TRAINING = "training.json"
+CONTEXTS = "contexts.json"
+FORMAT = "circuitscan-sublayer-saes/1"
+
+
+def weights_file(site: str) -> str:
+    return f"sae-{site}.safetensors"
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise CircuitscanError(msg)
+
+
+@dataclass(frozen=True)
+class SublayerSAEConfig:
+    """Training of sublayer SAEs (see the module docstring).
+
+    Attributes:
+        n_features: dictionary size per site.
+        l1: sparsity weight (inputs scaled to mean squared norm d_model).
+        lr: Adam learning rate.
+        train_tokens: training rows per site (tokens, after skipped positions); the
+            corpus is cycled if it is shorter.
+        batch_rows: rows per SAE step.
+        model_batch: corpus chunks per forward pass.
+        buffer_batches: forward batches pooled and shuffled before training on them.
+        l1_warmup: fraction of training over which l1 ramps up from 0.
+        resample_at: fractions of training at which dead features are re-initialised.
+        dead_window: a feature that has not fired for this many tokens is dead.
+        skip_positions: leading positions of every chunk left out of training.
+        eval_chunks: held-out corpus chunks for the final metrics.
+        ce_eval: also measure cross-entropy with each site spliced (full forward passes).
+        context_chunks: corpus chunks scanned for top-activating contexts.
+        contexts_per_feature: contexts kept per feature.
+        seed: all randomness.
+    """
+
+    n_features: int = 1024
+    l1: float = 3.0
+    lr: float = 1e-3
+    train_tokens: int = 131_072
+    batch_rows: int = 1024
+    model_batch: int = 16
+    buffer_batches: int = 8
+    l1_warmup: float = 0.05
+    resample_at: tuple[float, ...] = (0.25, 0.5)
+    dead_window: int = 32_768
+    skip_positions: int = 1
+    eval_chunks: int = 16
+    ce_eval: bool = True
+    context_chunks: int = 256
+    contexts_per_feature: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.n_features >= 1, f"n_features must be >= 1, got {self.n_features}")
+        _check(self.l1 >= 0 and math.isfinite(self.l1), f"l1 must be a finite number >= 0, got {self.l1}")
+        _check(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
+        _check(self.train_tokens >= 1, f"train_tokens must be >= 1, got {self.train_tokens}")
+        for name in ("batch_rows", "model_batch", "buffer_batches", "dead_window"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _check(0 <= self.l1_warmup < 1, f"l1_warmup must be in [0, 1), got {self.l1_warmup}")
+        _check(all(0 < f < 1 for f in self.resample_at), f"resample_at fractions must lie in (0, 1), got {self.resample_at}")
+        _check(self.skip_positions >= 0, f"skip_positions must be >= 0, got {self.skip_positions}")
+        _check(self.eval_chunks >= 0 and self.context_chunks >= 0, "eval_chunks and context_chunks must be >= 0")
+        _check(self.contexts_per_feature >= 1, f"contexts_per_feature must be >= 1, got {self.contexts_per_feature}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SublayerSAEConfig:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in data.items() if k in names}
+        if "resample_at" in kw:
+            kw["resample_at"] = tuple(kw["resample_at"])
+        return cls(**kw)
+
+
+@dataclass
+class SublayerSAEs:
+    """Trained SAEs by site, with what they were trained on.
+
+    Attributes:
+        saes: ``{site name: SparseAutoencoder}`` in forward order.
+        info: the contents of ``saes.json`` (model, corpus, config, metrics).
+        contexts: top-activating contexts ``{site: {feature: [[act, left, token, right], ...]}}``.
+        curves: training curves ``{site: {metric: [values]}}``.
+    """
+
+    saes: dict[str, SparseAutoencoder]
+    info: dict[str, Any] = field(default_factory=dict)
+    contexts: dict[str, dict[str, list[list[Any]]]] = field(default_factory=dict)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    @property
+    def sites(self) -> list[Site]:
+        return sorted(parse_site(n) for n in self.saes)
+
+    def __getitem__(self, site: str | Site) -> SparseAutoencoder:
+        name = site.name if isinstance(site, Site) else site
+        if name not in self.saes:
+            raise CircuitscanError(f"no SAE for site {name}; these SAEs cover {', '.join(self.saes)}")
+        return self.saes[name]
+
+    def subset(self, sites: list[Site]) -> SublayerSAEs:
+        missing = [s.name for s in sites if s.name not in self.saes]
+        if missing:
+            raise CircuitscanError(
+                f"no SAE for site(s) {', '.join(missing)}; the SAEs cover {', '.join(self.saes)} "
+                "(train more with `circuitscan features train --sites ...`)"
+            )
+        return SublayerSAEs({s.name: self.saes[s.name] for s in sites}, self.info, self.contexts, self.curves)
+
+    def check_model(self, model: ModelHandle) -> None:
+        """Raise if these SAEs cannot read ``model``'s activations."""
+        d = model.d_model
+        for name, sae in self.saes.items():
+            if sae.d_in != d:
+                raise CircuitscanError(
+                    f"the SAE for site {name} reads vectors of size {sae.d_in} but model {model.spec!r} has "
+                    f"d_model {d}; use SAEs trained on this model"
+                )
+        parse_sites(list(self.saes), model.layout.n_layers)
+        check_sites_exist(self.sites, model.bridge.hook_dict, model.spec)
+        trained_on = (self.info.get("model") or {}).get("family")
+        if trained_on and trained_on != model.family:
+            raise CircuitscanError(
+                f"these SAEs were trained on a {trained_on!r} model, not on {model.spec!r} ({model.family}); "
+                "train SAEs for this model with `circuitscan features train`"
+            )
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class _SiteState:
+    site: Site
+    sae: SparseAutoencoder
+    opt: torch.optim.Optimizer
+    scale: float
+    last_fired: Tensor  # [F] token counter at which each feature last fired
+    log: dict[str, list[float]] = field(default_factory=dict)
+    acc: dict[str, float] = field(default_factory=dict)
+    resampled: list[int] = field(default_factory=list)
+
+
+def _init_sae(d: int, n: int, mean: Tensor, g: torch.Generator) -> SparseAutoencoder:
+    sae = SparseAutoencoder(d, n)
+    with torch.no_grad():
+        w = torch.randn(n, d, generator=g)
+        sae.W_D.copy_(w / w.norm(dim=1, keepdim=True))
+        sae.W_E.copy_(sae.W_D.T)
+        sae.b.copy_(mean)
+    return sae
+
+
+def _step(st: _SiteState, x: Tensor, l1: float) -> dict[str, float]:
+    sae = st.sae
+    z = sae.encode(x)
+    r = sae.decode(z) - x
+    sq = r.square().sum(-1)
+    loss = sq.mean() + l1 * z.sum(-1).mean()
+    st.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    with torch.no_grad():
+        w, gw = sae.W_D, sae.W_D.grad
+        gw.sub_((gw * w).sum(1, keepdim=True) * w)  # keep atoms on the unit sphere
+    st.opt.step()
+    with torch.no_grad():
+        sae.W_D.div_(sae.W_D.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        var = (x - x.mean(0)).square().sum()
+        return {
+            "mse": float(sq.mean()),
+            "fvu": float(sq.sum() / var.clamp_min(1e-12)),
+            "l0": float((z > 0).float().sum(-1).mean()),
+            "fired": (z > 0).any(0),  # type: ignore[dict-item]
+        }
+
+
+def _resample(st: _SiteState, x: Tensor, dead: Tensor, g: torch.Generator) -> int:
+    """Point dead features at inputs the SAE reconstructs worst; reset their Adam state."""
+    idx = dead.nonzero().flatten()
+    if idx.numel() == 0:
+        return 0
+    sae = st.sae
+    with torch.no_grad():
+        err = (sae.decode(sae.encode(x)) - x).square().sum(-1)
+        if float(err.sum()) <= 0:
+            return 0
+        rows = torch.multinomial(err.square() / err.square().sum(), idx.numel(), replacement=True, generator=g)
+        v = x[rows] - sae.b
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        alive = ~dead
+        enc_norm = float(sae.W_E[:, alive].norm(dim=0).mean()) if bool(alive.any()) else 1.0
+        sae.W_D[idx] = v
+        sae.W_E[:, idx] = v.T * 0.2 * enc_norm
+        sae.b_E[idx] = 0.0
+        for p, sl in ((sae.W_D, (idx,)), (sae.W_E, (slice(None), idx)), (sae.b_E, (idx,))):
+            state = st.opt.state.get(p)
+            if state:
+                state["exp_avg"][sl] = 0.0
+                state["exp_avg_sq"][sl] = 0.0
+    return int(idx.numel())
+
+
+def _rows(acts: Tensor, skip: int, mask: Tensor | None = None) -> Tensor:
+    """[b, T, d] -> [rows, d], without the first ``skip`` positions (and masked ones)."""
+    a = acts[:, skip:]
+    if mask is not None:
+        return a[mask[:, skip:].bool()]
+    return a.reshape(-1, a.shape[-1])
+
+
+def train_sublayer_saes(
+    model: ModelHandle,
+    corpus: Corpus,
+    sites: list[Site],
+    cfg: SublayerSAEConfig | None = None,
+    *,
+    progress: bool | None = None,
+    log_every: int = 20,
+    on_log: Callable[[int, dict[str, Any]], None] | None = None,
+) -> SublayerSAEs:
+    """Train one SAE per site on ``corpus`` (streamed, batched); see the module docstring.
+
+    Returns:
+        :class:`SublayerSAEs` with metrics, curves and top-activating contexts.
+    """
+    from ..progress import bar
+
+    cfg = cfg or SublayerSAEConfig()
+    if not sites:
+        raise CircuitscanError("give at least one site to train an SAE on")
+    parse_sites([s.name for s in sites], model.layout.n_layers)
+    check_sites_exist(sites, model.bridge.hook_dict, model.spec)
+    t_start = time.perf_counter()
+    g = torch.Generator().manual_seed(cfg.seed)
+    n_eval = min(cfg.eval_chunks, max(0, corpus.chunks.shape[0] // 5))
+    train, held = corpus.split(n_eval) if n_eval > 0 else (corpus, None)
+    seq_len = int(train.chunks.shape[1])
+    rows_per_chunk = seq_len - cfg.skip_positions
+    if rows_per_chunk < 1:
+        raise CircuitscanError(f"skip_positions={cfg.skip_positions} leaves no positions of {seq_len}-token chunks")
+    total_steps = max(1, cfg.train_tokens // cfg.batch_rows)
+    resample_steps = {max(1, int(f * total_steps)) for f in cfg.resample_at}
+    dead_steps = max(1, cfg.dead_window // cfg.batch_rows)
+    states: dict[str, _SiteState] = {}
+    order = torch.randperm(train.chunks.shape[0], generator=g)
+    cursor = 0
+    epochs = 0
+    step = 0
+    tokens_seen = 0
+    t_model = 0.0
+    t_sae = 0.0
+    n_buffers = -(-total_steps * cfg.batch_rows // (cfg.buffer_batches * cfg.model_batch * rows_per_chunk))
+
+    def next_chunks() -> Tensor:
+        nonlocal cursor, order, epochs
+        if cursor + cfg.model_batch > order.numel():
+            order = torch.randperm(train.chunks.shape[0], generator=g)
+            cursor = 0
+            epochs += 1
+        idx = order[cursor : cursor + cfg.model_batch]
+        cursor += cfg.model_batch
+        return train.chunks[idx]
+
+    if train.chunks.shape[0] < cfg.model_batch:
+        raise CircuitscanError(
+            f"the training corpus has {train.chunks.shape[0]} chunks, fewer than one model batch "
+            f"({cfg.model_batch}); add corpus sources or lower --model-batch"
+        )
+    was_training = model.bridge.training
+    model.bridge.eval()
+    with bar("training sublayer SAEs", total_steps, show=progress) as advance:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            pool: dict[str, list[Tensor]] = {s.name: [] for s in sites}
+            with torch.no_grad():
+                for _ in range(cfg.buffer_batches):
+                    acts = capture_sites(model, next_chunks(), sites)
+                    for s in sites:
+                        pool[s.name].append(_rows(acts[s.name], cfg.skip_positions))
+            buffers = {k: torch.cat(v) for k, v in pool.items()}
+            t_model += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if not states:
+                for s in sites:
+                    x = buffers[s.name]
+                    if not torch.isfinite(x).all():
+                        raise TrainingError(f"site {s.name}: the model's activations contain NaN or inf")
+                    scale = math.sqrt(x.shape[1] / float(x.square().sum(1).mean().clamp_min(1e-12)))
+                    sae = _init_sae(x.shape[1], cfg.n_features, (x * scale).mean(0), g)
+                    states[s.name] = _SiteState(
+                        site=s, sae=sae, opt=torch.optim.Adam(sae.parameters(), lr=cfg.lr), scale=scale,
+                        last_fired=torch.zeros(cfg.n_features, dtype=torch.long),
+                        log={k: [] for k in ("step", "tokens", "mse", "fvu", "l0", "dead_fraction", "l1")},
+                    )
+            n_rows = min(b.shape[0] for b in buffers.values())
+            perm = torch.randperm(n_rows, generator=g)
+            for lo in range(0, n_rows - cfg.batch_rows + 1, cfg.batch_rows):
+                if step >= total_steps:
+                    break
+                rows = perm[lo : lo + cfg.batch_rows]
+                warm = cfg.l1_warmup * total_steps
+                l1 = cfg.l1 * min(1.0, (step + 1) / warm) if warm >= 1 else cfg.l1
+                step += 1
+                tokens_seen += cfg.batch_rows
+                for st in states.values():
+                    x = buffers[st.site.name][rows] * st.scale
+                    out = _step(st, x, l1)
+                    if not math.isfinite(out["mse"]):
+                        raise TrainingError(
+                            f"site {st.site.name}: SAE training diverged at step {step}; lower --lr (now {cfg.lr})"
+                        )
+                    st.last_fired[out.pop("fired")] = step
+                    for k, v in out.items():
+                        st.acc[k] = st.acc.get(k, 0.0) + v
+                    st.acc["n"] = st.acc.get("n", 0.0) + 1
+                    if step in resample_steps:
+                        dead = (step - st.last_fired) >= min(dead_steps, step)
+                        st.resampled.append(_resample(st, x, dead, g))
+                    if step % log_every == 0 or step == total_steps:
+                        n = st.acc.pop("n")
+                        dead_frac = float(((step - st.last_fired) >= dead_steps).float().mean()) if step >= dead_steps else float("nan")
+                        entry = {"step": step, "tokens": tokens_seen, "l1": l1, "dead_fraction": dead_frac,
+                                 **{k: st.acc[k] / n for k in ("mse", "fvu", "l0")}}
+                        for k, v in entry.items():
+                            st.log[k].append(v)
+                        st.acc.clear()
+                        if on_log is not None:
+                            on_log(step, {"site": st.site.name, **entry})
+                advance()
+            t_sae += time.perf_counter() - t0
+    t_train = time.perf_counter() - t_start
+    saes = {}
+    for name, st in states.items():
+        saes[name] = _fold_scale(st.sae, st.scale)
+    result = SublayerSAEs(saes=saes)
+    result.curves = {name: st.log for name, st in states.items()}
+    t0 = time.perf_counter()
+    metrics = evaluate_saes(model, result, held, cfg) if held is not None else {}
+    t_eval = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    from .interpret import top_contexts
+
+    ctx_chunks = corpus.chunks[: cfg.context_chunks]
+    result.contexts = top_contexts(model, result, ctx_chunks, k=cfg.contexts_per_feature,
+                                   skip_positions=cfg.skip_positions, batch=cfg.model_batch)
+    t_ctx = time.perf_counter() - t0
+    for name, st in states.items():
+        m = metrics.setdefault(name, {})
+        m["scale"] = st.scale
+        m["resampled"] = st.resampled
+        m["final_train"] = {k: st.log[k][-1] for k in ("mse", "fvu", "l0", "dead_fraction") if st.log[k]}
+    result.info = {
+        "format": FORMAT,
+        "circuitscan_version": __version__,
+        "model": model.describe(),
+        "sites": [s.name for s in sites],
+        "hooks": {s.name: s.hook for s in sites},
+        "config": asdict(cfg),
+        "corpus": {"sources": corpus.source_names, "summary": corpus.summary, "seq_len": seq_len,
+                   "train_chunks": int(train.chunks.shape[0]), "eval_chunks": n_eval},
+        "training": {"steps": step, "tokens_per_site": tokens_seen, "corpus_epochs": epochs + cursor / max(1, order.numel()),
+                     "buffers": n_buffers},
+        "metrics": metrics,
+        "timings_s": {"total": time.perf_counter() - t_start, "train": t_train, "model_forward": t_model,
+                      "sae_steps": t_sae, "eval": t_eval, "contexts": t_ctx},
+    }
+    model.bridge.train(was_training)
+    return result
+
+
+def _fold_scale(sae: SparseAutoencoder, scale: float) -> SparseAutoencoder:
+    """The same SAE reading unscaled inputs: biases divided by the scale, atoms unchanged.
+
+    With inputs x * s: z = ReLU((x s - b) W_E + b_E); then z / s = ReLU((x - b/s) W_E + b_E/s)
+    and x_hat / s = (z / s) W_D + b/s. Feature activations come out in the model's units.
+    """
+    out = SparseAutoencoder(sae.d_in, sae.n_features)
+    with torch.no_grad():
+        out.W_E.copy_(sae.W_E)
+        out.W_D.copy_(sae.W_D)
+        out.b_E.copy_(sae.b_E / scale)
+        out.b.copy_(sae.b / scale)
+    out.requires_grad_(False)
+    return out
+
+
+@torch.no_grad()
+def evaluate_saes(
+    model: ModelHandle, saes: SublayerSAEs, held: Corpus, cfg: SublayerSAEConfig
+) -> dict[str, dict[str, Any]]:
+    """Reconstruction, sparsity and (optionally) spliced cross-entropy on held-out chunks."""
+    sites = saes.sites
+    chunks = held.chunks
+    per_site_x: dict[str, list[Tensor]] = {s.name: [] for s in sites}
+    for lo in range(0, chunks.shape[0], cfg.model_batch):
+        acts = capture_sites(model, chunks[lo : lo + cfg.model_batch], sites)
+        for s in sites:
+            per_site_x[s.name].append(_rows(acts[s.name], cfg.skip_positions))
+    out: dict[str, dict[str, Any]] = {}
+    for s in sites:
+        x = torch.cat(per_site_x[s.name])
+        sae = saes[s]
+        z = sae.encode(x)
+        r = sae.decode(z) - x
+        fired = (z > 0).any(0)
+        out[s.name] = {
+            "rows": int(x.shape[0]),
+            "mse": float(r.square().sum(-1).mean()),
+            "fvu": float(r.square().sum() / (x - x.mean(0)).square().sum().clamp_min(1e-12)),
+            "l0": float((z > 0).float().sum(-1).mean()),
+            "dead_fraction_eval": float((~fired).float().mean()),
+            "mean_norm": float(x.norm(dim=-1).mean()),
+        }
+        mean = x.mean(0)
+        out[s.name]["_mean"] = mean
+    if cfg.ce_eval and chunks.shape[0] > 0:
+        ce = _spliced_ce(model, saes, chunks, {n: v.pop("_mean") for n, v in out.items()}, cfg)
+        for name, v in ce.items():
+            out[name].update(v)
+    for v in out.values():
+        v.pop("_mean", None)
+    return out
+
+
+def _spliced_ce(model, saes: SublayerSAEs, chunks: Tensor, means: dict[str, Tensor], cfg) -> dict[str, dict[str, float]]:
+    """Next-token CE: clean; each site -> its reconstruction; each site -> its mean."""
+    def ce(logits: Tensor, toks: Tensor) -> Tensor:
+        lp = logits[:, cfg.skip_positions : -1].float().log_softmax(-1)
+        tgt = toks[:, cfg.skip_positions + 1 :]
+        return -lp.gather(-1, tgt[..., None])[..., 0].sum()
+
+    totals: dict[str, float] = {"clean": 0.0}
+    n = 0
+    for lo in range(0, chunks.shape[0], cfg.model_batch):
+        toks = chunks[lo : lo + cfg.model_batch]
+        n += toks.shape[0] * (toks.shape[1] - cfg.skip_positions - 1)
+        totals["clean"] += float(ce(model.bridge(toks), toks))
+        for s in saes.sites:
+            sae = saes[s]
+
+            def recon(x, hook, sae=sae):  # noqa: ARG001
+                return sae.decode(sae.encode(x.float())).to(x.dtype)
+
+            def ablate(x, hook, m=means[s.name]):  # noqa: ARG001
+                return m.to(x.dtype).expand_as(x).clone()
+
+            for tag, fn in (("sae", recon), ("mean", ablate)):
+                logits = model.bridge.run_with_hooks(toks, fwd_hooks=[(s.hook, fn)])
+                key = f"{s.name}/{tag}"
+                totals[key] = totals.get(key, 0.0) + float(ce(logits, toks))
+    clean = totals["clean"] / max(n, 1)
+    out = {}
+    for s in saes.sites:
+        ce_sae = totals[f"{s.name}/sae"] / max(n, 1)
+        ce_mean = totals[f"{s.name}/mean"] / max(n, 1)
+        span = ce_mean - clean
+        out[s.name] = {
+            "ce_clean": clean,
+            "ce_spliced": ce_sae,
+            "ce_mean_ablated": ce_mean,
+            "loss_recovered": (ce_mean - ce_sae) / span if abs(span) > 1e-9 else float("nan"),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save_sublayer_saes(saes: SublayerSAEs, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write an SAE directory atomically (index, weights, curves, contexts)."""
+    from safetensors.torch import save_file
+
+    from ..rundir import RunWriter
+
+    with RunWriter(Path(out), overwrite=overwrite) as w:
+        for name, sae in saes.saes.items():
+            meta = {"site": name, "hook": parse_site(name).hook, "d_in": str(sae.d_in),
+                    "n_features": str(sae.n_features), "format": FORMAT}
+            tensors = {k: v.detach().contiguous().float().cpu() for k, v in sae.state_dict().items()}
+            save_file(tensors, str(w.path(weights_file(name))), metadata=meta)
+        w.json(INDEX, saes.info)
+        w.json(TRAINING, saes.curves)
+        w.json(CONTEXTS, saes.contexts)
+        return w.commit()
+
+
+def load_sublayer_saes(path: str | Path, sites: list[Site] | None = None) -> SublayerSAEs:
+    """Read an SAE directory written by :func:`save_sublayer_saes` (or ``features train``)."""
+    from safetensors import safe_open
+
+    from ..rundir import read_json
+
+    root = Path(path)
+    if not root.is_dir():
+        raise CircuitscanError(
+            f"SAE directory {str(root)!r} does not exist; train SAEs first with `circuitscan features train --out DIR`"
+        )
+    if not (root / INDEX).is_file():
+        raise CircuitscanError(f"{str(root)!r} is not a circuitscan SAE directory: it has no {INDEX}")
+    info = read_json(root / INDEX)
+    if not isinstance(info, dict) or info.get("format") != FORMAT or not isinstance(info.get("sites"), list):
+        raise CircuitscanError(f"{str(root / INDEX)!r} is not a {FORMAT} index")
+    wanted = [s.name for s in sites] if sites is not None else list(info["sites"])
+    saes: dict[str, SparseAutoencoder] = {}
+    for name in wanted:
+        f = root / weights_file(name)
+        if name not in info["sites"] or not f.is_file():
+            raise CircuitscanError(f"{str(root)!r} has no SAE for site {name}; it has {', '.join(info['sites'])}")
+        with safe_open(str(f), framework="pt") as h:
+            meta = h.metadata() or {}
+            state = {k: h.get_tensor(k) for k in h.keys()}  # noqa: SIM118
+        try:
+            sae = SparseAutoencoder(int(meta["d_in"]), int(meta["n_features"]))
+            sae.load_state_dict(state)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CircuitscanError(f"{str(f)!r} is not a valid sublayer SAE file ({exc})") from exc
+        sae.requires_grad_(False)
+        saes[name] = sae
+    order = sorted(parse_site(n) for n in saes)
+    saes = {s.name: saes[s.name] for s in order}
+    contexts = read_json(root / CONTEXTS) if (root / CONTEXTS).is_file() else {}
+    curves = read_json(root / TRAINING) if (root / TRAINING).is_file() else {}
+    return SublayerSAEs(saes=saes, info=info, contexts=contexts, curves=curves)
+
+
+def describe(saes: SublayerSAEs) -> str:
+    """One line per site: size and the held-out metrics."""
+    lines = []
+    for name, sae in saes.saes.items():
+        m = (saes.info.get("metrics") or {}).get(name, {})
+        parts = [f"{name:<9} {sae.n_features} features"]
+        for key, label in (("fvu", "FVU"), ("l0", "L0"), ("dead_fraction_eval", "dead"), ("loss_recovered", "loss recovered")):
+            if isinstance(m.get(key), int | float) and math.isfinite(m[key]):
+                parts.append(f"{label} {m[key]:.3g}")
+        if isinstance(m.get("ce_spliced"), int | float):
+            parts.append(f"CE {m['ce_clean']:.3f} -> {m['ce_spliced']:.3f} spliced ({m['ce_mean_ablated']:.3f} mean-ablated)")
+        lines.append("  ".join(parts))
+    return "\n".join(lines)
+
+
+def dumps(info: dict[str, Any]) -> str:
+    return json.dumps(info, indent=1, default=str)
