@@ -153,7 +153,7 @@ def _acdc_node(model: ModelHandle, prompts: PromptSet, cfg: ACDCConfig) -> Score
     t0 = time.perf_counter()
     with bar(f"acdc (node, {T} thresholds)", len(order), show=cfg.progress) as advance:
         for h in order:
-            if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
+            if run.visited and cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
                 run.stopped_early = True
                 break
             trial = keep.clone()
@@ -224,7 +224,7 @@ def _acdc_edge(model: ModelHandle, prompts: PromptSet, cfg: ACDCConfig) -> Score
     t0 = time.perf_counter()
     with bar(f"acdc (edge, {T} thresholds, {len(order)} edges)", len(order), show=cfg.progress) as advance:
         for s, r in order:
-            if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
+            if run.tried and cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
                 run.stopped_early = True
                 break
             run.visited += 1

@@ -482,18 +482,23 @@ def run_edges(
 ) -> Float[Tensor, "C n"]:
     """Goodness of each of C edge configurations on the objective's examples (no grad).
 
-    ``verify`` checks, on the first batch, that the receivers' recomputed inputs
-    reproduce the model (use it with a configuration that removes nothing first).
+    ``verify`` first checks, with one unpatched pass over the first batch, that the
+    receivers' recomputed inputs reproduce the model's own q/k/v.
     """
     import torch
 
     C = removed.shape[0]
     out = []
     with torch.inference_mode():
+        if verify and not fwd.checked:
+            _, sl = next(obj.batches())
+            hooks, _ = fwd.hooks(verify=True)
+            obj.logits(obj.tokens[sl], None if obj.mask is None else obj.mask[sl], hooks)
+            obj.counter.fwd(sl.stop - sl.start)
         for index, sl in obj.batches():
             src = [obj.source_z(layer, sl) for layer in range(obj.model.layout.n_layers)]
             hooks, _ = fwd.hooks(removed=removed, source_heads=src, source_input=obj.source_input(sl),
-                                 n_configs=C, verify=verify and not fwd.checked)
+                                 n_configs=C)
             tok = obj.tokens[sl].repeat(C, 1)
             mask = None if obj.mask is None else obj.mask[sl].repeat(C, 1)
             logits = obj.logits(tok, mask, hooks)

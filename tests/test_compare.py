@@ -1,0 +1,138 @@
+"""``compare``: every method on the same prompts, evaluated alike, written as a run directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from circuitscan.cli import main
+from circuitscan.compare import METHODS, CompareSettings, compare, format_table, parse_methods
+from circuitscan.errors import CircuitscanError
+
+
+@pytest.fixture(scope="module")
+def planted_run(planted, planted_prompts, tmp_path_factory):
+    from circuitscan.circuits import get
+
+    out = tmp_path_factory.mktemp("cmp") / "run"
+    settings = CompareSettings(sp_steps=40, acdc_thresholds=(0.01, 1.0), batch_size=40)
+    result = compare(planted, planted_prompts, list(METHODS), get("planted"), out, settings=settings,
+                     faithfulness_samples=2)
+    return result, out
+
+
+def test_compare_writes_a_complete_run_directory(planted_run):
+    result, out = planted_run
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "scores.json"]
+    config = json.loads((out / "config.json").read_text())
+    scores = json.loads((out / "scores.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert config["command"] == "compare" and config["methods"] == list(METHODS)
+    assert config["edge_ground_truth"] == "planted"
+    expected = [*METHODS[:1], "sae-codes-pairs", *METHODS[1:]]
+    assert list(scores["methods"]) == expected
+    for name, entry in scores["methods"].items():
+        assert len(entry["scores"]) == 12 and entry["forward_passes"] >= 1, name
+    assert set(scores["methods"]["eap"]["edges"]) >= {"input->L0H1.v", "L2H0->logits"}
+    assert set(metrics["ground_truth"]) == set(expected)
+    assert set(metrics["edge_ground_truth"]) == {"eap", "eap-ig", "acdc-edge"}
+    assert set(metrics["faithfulness"]["cpr"]) == set(expected)
+    rows = {r["method"]: r for r in metrics["comparison"]["rows"]}
+    assert list(rows) == expected
+    for name, row in rows.items():
+        if name == "sae-codes-pairs":
+            assert row["node_auc"] is None and row["head_auc_from_pairs"] == pytest.approx(1.0)
+        else:
+            assert row["node_auc"] == pytest.approx(1.0), name
+        assert row["best_f1_size"] == 3
+        assert 0.0 <= row["cpr"] <= 1.5 and row["cmd"] >= 0.0
+        sweep = name in ("acdc", "acdc-edge", "sp")
+        assert row["roc_source"].startswith("threshold sweep") == sweep, name
+        assert (row["edge_auc"] is not None) == (name in ("eap", "eap-ig", "acdc-edge")), name
+    assert rows["eap"]["edge_auc"] == pytest.approx(1.0)
+    assert rows["acdc-edge"]["edge_auc"] == pytest.approx(1.0)
+    assert metrics["edge_ground_truth"]["acdc-edge"]["roc_source"] == "threshold sweep"
+    assert metrics["ground_truth"]["acdc"]["sweep"]["auc"] == pytest.approx(1.0)
+    assert rows["eap"]["backward_passes"] == 1 and rows["patching"]["backward_passes"] == 0
+    table = format_table(result.rows)
+    assert table.count("\n") == len(expected) and "threshold sweep" in table
+
+
+def test_the_run_can_be_evaluated_and_reported(planted_run, tmp_path):
+    import shutil
+
+    from circuitscan.evaluation.performance import evaluate_run
+
+    _, out = planted_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    ev = evaluate_run(copy, random_samples=2)
+    assert "eap" in ev.circuits and set(ev.circuits["eap"]) == {"L0H1", "L1H2", "L2H0"}
+
+
+def test_cli_compare_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["compare", "--model", "toy-planted", "--task", "planted", "-n", "12", "--methods",
+                 "eap,norm-diff,acdc", "--out", str(out), "--no-faithfulness"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "node AUC" in captured.out and "eap" in captured.out and "threshold sweep" in captured.out
+    assert "running acdc" in captured.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["method"] for r in metrics["comparison"]["rows"]] == ["eap", "norm-diff", "acdc"]
+    assert "faithfulness" not in metrics
+
+
+def test_cli_rejects_bad_input_before_any_work(tmp_path, capsys):
+    assert main(["compare", "--model", "toy-planted", "--task", "planted", "--methods", "eap,magic",
+                 "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "'magic'" in err and "valid: sae-codes" in err
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    assert main(["compare", "--model", "toy-planted", "--task", "planted", "--methods", "eap", "--out",
+                 str(full)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    # a failure mid-way (a metric the task cannot give) leaves nothing behind
+    out = tmp_path / "b"
+    assert main(["compare", "--model", "toy-planted", "--task", "planted", "-n", "12", "--methods",
+                 "norm-diff,eap", "--metric", "prob_diff", "--out", str(out)]) == 2
+    assert "prob_diff" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".b*"))
+
+
+def test_parse_methods():
+    assert parse_methods("all") == list(METHODS)
+    assert parse_methods(" eap , sp ") == ["eap", "sp"]
+    with pytest.raises(CircuitscanError, match="twice"):
+        parse_methods("eap,eap")
+    with pytest.raises(CircuitscanError, match="none given"):
+        parse_methods(",")
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_on_smollm2(smollm2, tmp_path):
+    from circuitscan.config import SAEConfig
+    from circuitscan.methods import SAECodesConfig
+    from circuitscan.tasks import build_task
+
+    prompts = build_task("ioi", smollm2, 6, seed=0)
+    out = tmp_path / "run"
+    settings = CompareSettings(batch_size=6)
+    result = compare(smollm2, prompts, ["sae-codes", "eap", "hisp", "norm-diff"], None, out, settings=settings,
+                     configs={"sae-codes": SAECodesConfig(sae=SAEConfig(epochs=100), level="both")},
+                     faithfulness_samples=1, faithfulness_points=6)
+    rows = {r["method"]: r for r in result.rows}
+    assert list(rows) == ["sae-codes", "sae-codes-pairs", "eap", "hisp", "norm-diff"]
+    for name, row in rows.items():
+        assert row["node_auc"] is None  # no ground truth for SmolLM2
+        assert row["cpr"] is not None and row["wall_time_s"] > 0, name
+    assert rows["eap"]["forward_passes"] == 3 and rows["eap"]["backward_passes"] == 1
+    scores = json.loads((out / "scores.json").read_text())
+    edges = scores["methods"]["eap"]["edges"]
+    # grouped-query attention: key/value receivers are SmolLM2's 3 key/value heads per layer
+    assert "L0H0->L5KV1.k" in edges and "L29H8->logits" in edges and "L3H0->L5H8.q" in edges
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["circuits"]["eap"]["rule"].startswith("top 10%")
