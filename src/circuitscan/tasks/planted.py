@@ -34,5 +34,5 @@ def build_planted(model: ModelHandle, n: int = 50, *, seed: int = 0, seq_len: in
         negative=neg,
         answers=torch.full((n, 1), toy.PLANTED_ANSWER),
         wrong_answers=torch.full((n, 1), toy.PLANTED_WRONG),
-        metadata={"seed": seed, "seq_len": seq_len},
+        metadata={"metric": "logit_diff", "seed": seed, "seq_len": seq_len},
     )
