@@ -222,3 +222,19 @@ def test_cli_reports_task_file_errors(tmp_path, capsys):
     assert code == 2
     assert "bad.jsonl:1: missing field 'negative'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_cli_lists_tasks_and_rejects_bad_requests(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ioi", "ioi-acdc", "greater-than", "docstring", "induction", "planted"):
+        assert f"\n  {name} " in out
+    assert "negative=range, centuries=12-18" in out and "easy_negatives=K" in out
+    assert main(["tasks", "list"]) == 0
+    capsys.readouterr()
+    assert main(["tasks", "show", "--model", "toy-planted"]) == 2
+    assert "give a task name" in capsys.readouterr().err
+    assert main(["tasks", "show", "planted:seq_len=99", "--model", "toy-planted"]) == 2
+    assert "seq_len must be in 2..32" in capsys.readouterr().err
+    assert main(["tasks", "show", "planted", "--model", "toy-planted", "-O", "colour=red"]) == 2
+    assert "has no option 'colour'" in capsys.readouterr().err
