@@ -137,6 +137,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def test_a_prompt_variant_that_cannot_be_built_fails_only_its_points(planted, truth, tmp_path):
+    spec = make_spec(truth, grid="easy_negatives=0,2", seeds=(0,))  # the toy model has no tokenizer for text
+    r = run_sweep(spec, tmp_path / "s", model=planted, execution=INLINE).tables["results"].set_index("easy_negatives")
+    assert r.loc[0, "status"] == "ok" and r.loc[2, "status"] == "error"
+    assert r.loc[2, "error"].startswith("prompts: TaskError: easy negatives are text and need a tokenizer")
+
+
 def test_a_unit_equals_discover_from_activations(planted, planted_prompts, truth, one_thread):
     from circuitscan.activations import head_outputs
     from circuitscan.evaluation.ground_truth import evaluate_scores

@@ -220,6 +220,12 @@ def run(args: argparse.Namespace) -> int:
             result = run_sweep(spec, out, model=model, execution=execution, resume=args.resume,
                                overwrite=args.overwrite, on_result=_progress(), log=log)
             print_summary(result)
+            grid = result.tables["results"]
+            grid = grid[grid["role"] == "grid"]
+            if len(grid) and not (grid["status"] == "ok").any():
+                print(f"circuitscan: every point of the sweep failed; first error: {grid['error'].iloc[0]}",
+                      file=sys.stderr)
+                return 1
     except KeyboardInterrupt:
         print(f"circuitscan: interrupted; finished points are kept in {out}/journal.jsonl: run the same command "
               "with --resume to finish", file=sys.stderr)

@@ -8,8 +8,10 @@ so a resumed sweep whose caches exist does not even need the model.
 
 from __future__ import annotations
 
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +121,7 @@ def cache_variants(
             prompts = build_task(v.task, model, v.n, seed=spec.prompt_seed, **v.options)
             acts = head_outputs(model, prompts, aggregation=v.aggregation, batch_size=spec.batch_size)
         except CircuitscanError as exc:
-            errors[key] = f"prompts: {type(exc).__name__}: {exc}"
+            errors[key] = f"{type(exc).__name__}: {exc}"
             log(f"variant {_describe_options(v)}: {exc}")
             continue
         meta = {**v.describe(), "model": spec.model, "prompt_seed": spec.prompt_seed,
@@ -199,9 +201,25 @@ def run_sweep(
     execution = execution or Execution()
     plan = build_plan(spec)  # validates every combination before anything is written
     resuming = prepare_dir(out, resume=resume, overwrite=overwrite)
-    if resuming:
-        check_identity(out, spec)
-    write_spec(out, spec)
+    with discard_if_new(out, resuming):
+        if resuming:
+            check_identity(out, spec)
+        write_spec(out, spec)
+        return _run(spec, out, plan, model, model_fn, execution, on_result, log, t0)
+
+
+@contextmanager
+def discard_if_new(out: Path, resuming: bool) -> Iterator[None]:
+    """A new sweep that fails on bad input before any unit finished leaves no directory behind."""
+    try:
+        yield
+    except CircuitscanError:
+        if not resuming and not (out / JOURNAL).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run(spec, out, plan, model, model_fn, execution, on_result, log, t0) -> SweepResult:
     journal = Journal(out / JOURNAL)
     rows, _ = journal.read()
     todo = {k for k in plan.rows if rows.get(k, {}).get("status") != "ok"}

@@ -25,7 +25,7 @@ from ..errors import CircuitscanError
 from ..rundir import write_json
 from .grid import AXES, SAE, Grid, canonical_axis
 from .plan import SweepSpec, build_plan
-from .runner import Execution, check_identity, write_spec
+from .runner import Execution, check_identity, discard_if_new, write_spec
 from .store import JOURNAL, Journal, prepare_dir
 from .table import write_tables
 
@@ -207,11 +207,6 @@ def run_search(
         CircuitscanError: no ground truth (node AUC needs one), a grid was given, a bad
             storage URL, or ``trials < 1``.
     """
-    import optuna
-
-    from .backends import available_cores
-    from .runner import cache_variants, open_backend
-
     t0 = time.perf_counter()
     out = Path(out)
     if trials < 1:
@@ -225,11 +220,22 @@ def run_search(
         raise CircuitscanError("--search explores --space; it cannot be combined with --grid or --sweep")
     space = space or parse_space()
     spec = replace(spec, grid=space.grid())
+    if storage is not None:
+        _check_storage(storage)
     resuming = prepare_dir(out, resume=resume, overwrite=overwrite)
+    with discard_if_new(out, resuming):
+        return _search(spec, out, trials, space, storage, study_name, model, execution, resuming, on_trial, log, t0)
+
+
+def _search(spec, out, trials, space, storage, study_name, model, execution, resuming, on_trial, log, t0):
+    import optuna
+
+    from .backends import available_cores
+    from .runner import cache_variants, open_backend
+
     if resuming:
         check_identity(out, spec)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    _check_storage(storage)
     study_name = study_name or f"circuitscan-{spec.task}-{spec.model}".replace("/", "_")
     write_spec(out, spec, {"search": {"engine": "optuna", "trials": trials, "space": space.to_dict(),
                                       "storage": storage, "study_name": study_name}})
