@@ -238,3 +238,11 @@ def test_cli_lists_tasks_and_rejects_bad_requests(capsys):
     assert "seq_len must be in 2..32" in capsys.readouterr().err
     assert main(["tasks", "show", "planted", "--model", "toy-planted", "-O", "colour=red"]) == 2
     assert "has no option 'colour'" in capsys.readouterr().err
+
+
+def test_csv_from_a_spreadsheet(gpt2_tok, tmp_path):
+    """A UTF-8 byte-order mark and quoted answers with leading spaces are read as meant."""
+    path = tmp_path / "sheet.csv"
+    path.write_bytes('\ufeffpositive,negative,answer\n"When Mary and John left, John thanked","When Mary and John left, Anna thanked"," Mary"\n'.encode())
+    ps = load_task_file(path, gpt2_tok, n=5)
+    assert ps.answers.tolist() == [[gpt2_tok.single_token_id(" Mary")]]

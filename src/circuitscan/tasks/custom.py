@@ -211,7 +211,7 @@ def read_task_file(path: Path) -> tuple[str, list[Row]]:
         raise TaskError(f"task file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
     fmt = file_format(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # tolerate the BOM spreadsheets write
     except UnicodeDecodeError as exc:
         raise TaskError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     rows = _read_jsonl(path, text) if fmt == "jsonl" else _read_csv(path, text)
