@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CircuitscanError
-from .graph import OUTPUT, AttributionGraph, Objective
+from .graph import OUTPUT, AttributionGraph, Objective, _upcast
 from .interpret import token_strings
 from .sites import Site, parse_site
 
@@ -142,7 +142,7 @@ def ablation_effect(
     """
     clean = clean_logits if clean_logits is not None else run_ablated(model, saes, tokens, None, attention_mask)
     abl = run_ablated(model, saes, tokens, ablation, attention_mask)
-    d = (abl[:, -1] - clean[:, -1]).float().mean(0)
+    d = _upcast(abl[:, -1] - clean[:, -1]).mean(0)
     out: dict[str, Any] = {
         "objective_clean": _objective(objective, clean),
         "objective_ablated": _objective(objective, abl),
@@ -151,9 +151,9 @@ def ablation_effect(
     if objective.targets:
         tg = torch.tensor(objective.targets[: tokens.shape[0]])
         rows = torch.arange(tg.numel())
-        out["target_logit_delta"] = float((abl[rows, -1, tg] - clean[rows, -1, tg]).float().mean())
-        lp_c = clean[rows, -1].float().log_softmax(-1)[rows, tg]
-        lp_a = abl[rows, -1].float().log_softmax(-1)[rows, tg]
+        out["target_logit_delta"] = float(_upcast(abl[rows, -1, tg] - clean[rows, -1, tg]).mean())
+        lp_c = _upcast(clean[rows, -1]).log_softmax(-1)[rows, tg]
+        lp_a = _upcast(abl[rows, -1]).log_softmax(-1)[rows, tg]
         out["target_prob_clean"] = float(lp_c.exp().mean())
         out["target_prob_ablated"] = float(lp_a.exp().mean())
     k = min(top, d.numel())

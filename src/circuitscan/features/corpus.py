@@ -224,6 +224,9 @@ def generated_documents(
             return [Document("generated", ids=tuple(int(t) for t in r)) for r in rows]
         except (OSError, ValueError):
             pass  # a damaged cache file: generate again and replace it
+    hf = getattr(model.bridge, "original_model", None)
+    if not (hf is not None and hasattr(hf, "generate") and model.tokenizer is not None):
+        new_tokens = max(1, min(new_tokens, int(model.bridge.cfg.n_ctx) - 1))  # no KV cache: one context
     n_seqs = max(1, -(-n_tokens // new_tokens))
     g = torch.Generator().manual_seed(seed)
     tok = model.tokenizer

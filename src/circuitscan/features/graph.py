@@ -219,7 +219,8 @@ class GraphNode:
     score: float = 0.0
     activation: float = 0.0
     position: int | None = None
-    heads: dict[str, float] | None = None  # attn features: score share per head (+ "const")
+    heads: dict[str, float] | None = None  # attn features: |score| split by what each head writes along the atom
+    heads_encoder: dict[str, float] | None = None  # attn features: exact split of the score by encoder input (+ "const")
 
 
 @dataclass
@@ -237,7 +238,9 @@ class AttributionGraph:
     forward_passes: int = 0
     backward_passes: int = 0
     seconds: float = 0.0
-    head_scores: dict[str, list[float]] | None = None  # per attn site: sum |share| of kept features per head
+    # per attn site and head: {"kept": sum over kept features of the decoder-side share, "all": over every
+    # feature, "kept_encoder" / "all_encoder": sums of |encoder-side share|}
+    head_scores: dict[str, dict[str, list[float]]] | None = None
 
     def kept(self, site: str) -> list[GraphNode]:
         return [n for n in self.nodes.values() if n.site == site and n.kind == "feature"]
@@ -401,7 +404,7 @@ def attribution_graph(
     # ---- pass 1: node scores (one forward, one backward per batch) --------------------------
     acc = {s.name: {"feat": 0.0, "err": 0.0, "bias": 0.0, "total": 0.0, "act": 0.0, "err_norm": 0.0,
                     "pos_feat": 0.0, "pos_err": 0.0} for s in sites}
-    head_acc: dict[str, Tensor] = {}
+    head_acc: dict[str, tuple[Tensor, Tensor]] = {}
     value_sum = 0.0
     batches = [torch.arange(lo, min(n, lo + cfg.batch_size)) for lo in range(0, n, cfg.batch_size)]
     for index in batches:
@@ -431,8 +434,9 @@ def attribution_graph(
             a["act"] = a["act"] + f.sum((0, 1))
             a["err_norm"] += float(eps.norm(dim=-1).sum())
             if s.kind == "attn" and s.name in p.z:
-                shares = _head_shares(p.z[s.name], w_o[s.layer], w_o_bias.get(s.layer), w, f, c)
-                head_acc[s.name] = head_acc.get(s.name, 0.0) + shares
+                enc, dec = _head_shares(p.z[s.name], w_o[s.layer], w_o_bias.get(s.layer), w, f, c)
+                prev = head_acc.get(s.name)
+                head_acc[s.name] = (enc, dec) if prev is None else (prev[0] + enc, prev[1] + dec)
         del p, gs
 
     # ---- node selection ---------------------------------------------------------------------
@@ -447,14 +451,16 @@ def attribution_graph(
         kept[s.name] = chosen
         for i in chosen:
             pos = int(a["pos_feat"][:, i].abs().argmax())
-            heads = None
+            heads = heads_enc = None
             if s.name in head_acc:
-                hs = head_acc[s.name][:, i].tolist()
-                heads = {f"L{s.layer}H{h}": float(v) for h, v in enumerate(hs[:-1])}
-                heads["const"] = float(hs[-1])
+                enc, dec = head_acc[s.name]
+                heads = {f"L{s.layer}H{h}": float(v) for h, v in enumerate(dec[:, i].tolist())}
+                he = enc[:, i].tolist()
+                heads_enc = {f"L{s.layer}H{h}": float(v) for h, v in enumerate(he[:-1])}
+                heads_enc["const"] = float(he[-1])
             nodes[node_id(s.name, "feature", i)] = GraphNode(
                 id=node_id(s.name, "feature", i), site=s.name, kind="feature", feature=i, score=float(feat[i]),
-                activation=float(a["act"][i]) / n, position=pos, heads=heads,
+                activation=float(a["act"][i]) / n, position=pos, heads=heads, heads_encoder=heads_enc,
             )
         err_pos = int(a["pos_err"].abs().argmax()) if isinstance(a["pos_err"], Tensor) else None
         nodes[node_id(s.name, "error")] = GraphNode(
@@ -472,9 +478,11 @@ def attribution_graph(
     head_scores = None
     if head_acc:
         head_scores = {}
-        for name, shares in head_acc.items():
+        for name, (enc, dec) in head_acc.items():
             cols = torch.tensor(kept[name], dtype=torch.long)
-            head_scores[name] = shares[:-1, cols].abs().sum(1).tolist() if cols.numel() else [0.0] * (shares.shape[0] - 1)
+            head_scores[name] = {"kept": dec[:, cols].sum(1).tolist(), "all": dec.sum(1).tolist(),
+                                 "kept_encoder": enc[:-1, cols].abs().sum(1).tolist(),
+                                 "all_encoder": enc[:-1].abs().sum(1).tolist()}
 
     # ---- pass 2: edges -----------------------------------------------------------------------
     edges: dict[tuple[str, str], float] = {}
@@ -516,18 +524,24 @@ def _attn_out_bias(model: ModelHandle, dtype) -> dict[int, Tensor]:
     return out
 
 
-def _head_shares(z: Tensor, w_o: Tensor, b_o: Tensor | None, w: dict[str, Tensor], f: Tensor, c: Tensor) -> Tensor:
-    """Split every attention-output feature's node score over the layer's heads.
+def _head_shares(z: Tensor, w_o: Tensor, b_o: Tensor | None, w: dict[str, Tensor], f: Tensor,
+                 c: Tensor) -> tuple[Tensor, Tensor]:
+    """Two ways to give an attention-output feature's node score to the layer's heads.
 
-    On positions where feature i is active, ``f_i = sum_h r_h . W_E[:, i] + const`` with
-    ``r_h = z_h W_O^h`` (the head's write, read through the feature's encoder), so
-    ``n_i = sum_h sum_t (r_h(t) . W_E[:, i]) c_i(t) + const part``: exact. Returns
-    ``[n_heads + 1, F]`` (last row: the constant part, from the biases).
+    *Encoder side* (exact): where feature i is active, ``f_i = sum_h r_h . W_E[:, i] + const``
+    with ``r_h = z_h W_O^h``, so ``n_i = sum_h sum_t (r_h(t) . W_E[:, i]) c_i(t) + const part``.
+    Returns ``[n_heads + 1, F]`` (last row: the constant part, from the biases). Heads that
+    only feed the encoder through cross-talk weights get shares that the SAE error cancels.
+
+    *Decoder side* (the default head view): at each position, ``|f_i(t) c_i(t)|`` is split
+    over the heads in proportion to ``|r_h(t) . W_D[i]|``, how much each head writes along the
+    feature's atom. Returns ``[n_heads, F]`` (non-negative).
     """
     if z.ndim == 3:
         z = z.reshape(z.shape[0], z.shape[1], w_o.shape[0], -1)
+    z = z.to(w_o.dtype)
     read = torch.einsum("hdm,mf->hdf", w_o, w["W_E"])  # each head's W_O read by each feature's encoder
-    phi = torch.einsum("bthd,hdf->bthf", z.to(read.dtype), read)  # [b, T, H, F]
+    phi = torch.einsum("bthd,hdf->bthf", z, read)  # [b, T, H, F]
     active = (f > 0).to(c.dtype)
     weight = (c * active)[:, :, None, :]
     per_head = (phi * weight).sum((0, 1))  # [H, F]
@@ -535,7 +549,13 @@ def _head_shares(z: Tensor, w_o: Tensor, b_o: Tensor | None, w: dict[str, Tensor
     if b_o is not None:
         const_pre = const_pre + b_o @ w["W_E"]
     const = (const_pre * c * active).sum((0, 1))
-    return torch.cat([per_head, const[None]], 0).detach()
+    encoder = torch.cat([per_head, const[None]], 0).detach()
+    del phi
+    write = torch.einsum("hdm,fm->hdf", w_o, w["W_D"])  # each head's W_O along each atom
+    psi = torch.einsum("bthd,hdf->bthf", z, write).abs()
+    share = psi / psi.sum(2, keepdim=True).clamp_min(1e-30)
+    decoder = (share * (f * c).abs()[:, :, None, :]).sum((0, 1)).detach()
+    return encoder, decoder
 
 
 def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, mask, edges, counter) -> None:

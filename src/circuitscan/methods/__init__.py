@@ -26,6 +26,11 @@ for _scorer in (EAPScorer, EAPIGScorer, PatchingScorer, ACDCScorer, ACDCEdgeScor
                 NormDiffScorer):
     register(_scorer.name, _scorer)
 
+# feature-level circuits (docs/FEATURES.md): the attribution graph's head-level view; needs sublayer SAEs
+from ..features.heads import FeatureAttributionScorer  # noqa: E402
+
+register(FeatureAttributionScorer.name, FeatureAttributionScorer)
+
 __all__ = [
     "ACDCConfig",
     "EAPConfig",

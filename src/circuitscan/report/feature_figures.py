@@ -1,0 +1,393 @@
+"""Figures and a page for feature-level circuits (``circuitscan features``).
+
+* :func:`graph_figure` — the attribution graph: one column per site in forward order
+  (the output last), kept features by |score| with the site's error and "other features"
+  nodes below, node area by |score|, colour by whether the node supports the objective;
+  the strongest edges, width by |weight|, colour by sign;
+* :func:`accounting_figure` — per site, the attribution carried by kept features, other
+  features, the SAE error and the decoder bias;
+* :func:`validation_figure` — predicted (-score) vs measured change of the objective when
+  each node is ablated;
+* :func:`training_figure` — SAE training curves (an SAE directory);
+* :func:`write_feature_report` — all of it into ``feature_figures/`` and ``features.html``
+  of a ``features graph`` run directory; :func:`feature_figure_specs` gives the same
+  figures to the main report (``circuitscan report``).
+
+Everything is read from files; matplotlib is used through ``Figure`` objects only.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CircuitscanError
+from ..rundir import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FIG_DIR = "feature_figures"
+PAGE = "features.html"
+SUPPORT = "#2166ac"
+OPPOSE = "#b2182b"
+GREY = "#8c8c8c"
+MAX_EDGES = 60
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CircuitscanError(f"{str(path)!r} does not exist; is {str(path.parent)!r} a features graph run?") from exc
+    except json.JSONDecodeError as exc:
+        raise CircuitscanError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _supports(score: float, higher_is_better: bool) -> bool:
+    return (score > 0) == bool(higher_is_better)
+
+
+def _short(text: str, n: int = 10) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def graph_figure(graph: dict[str, Any], cards: dict[str, Any] | None = None, *, max_edges: int = MAX_EDGES) -> Figure:
+    """The attribution graph (see the module docstring)."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    cards = cards or {}
+    sites = list(graph["sites"])
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    hib = bool(graph["objective"].get("higher_is_better", False))
+    cols = [*sites, "output"]
+    pos: dict[str, tuple[float, float]] = {}
+    depth = 1
+    for ci, site in enumerate(sites):
+        feats = sorted((n for n in nodes.values() if n["site"] == site and n["kind"] == "feature"),
+                       key=lambda n: -abs(_num(n["score"])))
+        column = [n["id"] for n in feats] + [f"{site}/error", f"{site}/rest"]
+        depth = max(depth, len(column))
+        for ri, nid in enumerate(column):
+            pos[nid] = (float(ci), -float(ri))
+    pos["output"] = (float(len(sites)), -(depth - 1) / 2.0)
+    scores = [abs(_num(n["score"])) for n in nodes.values() if n["kind"] != "output"]
+    top = max([s for s in scores if math.isfinite(s)] + [1e-12])
+    fig = Figure(figsize=(min(24.0, 2.0 + 1.9 * len(cols)), min(16.0, 1.6 + 0.55 * depth)))
+    ax = fig.add_subplot(1, 1, 1)
+    edges = [(s, d, _num(w)) for s, d, w in graph["edges"] if s in pos and d in pos and math.isfinite(_num(w))]
+    edges = sorted(edges, key=lambda e: -abs(e[2]))[:max_edges]
+    wmax = max([abs(w) for _, _, w in edges] + [1e-12])
+    for s, d, w in edges:
+        (x0, y0), (x1, y1) = pos[s], pos[d]
+        frac = abs(w) / wmax
+        ax.plot([x0, x1], [y0, y1], color=SUPPORT if w > 0 else OPPOSE, lw=0.4 + 4.0 * frac,
+                alpha=0.15 + 0.6 * frac, zorder=1, solid_capstyle="round")
+    for nid, (x, y) in pos.items():
+        n = nodes.get(nid)
+        if n is None:
+            continue
+        score = _num(n["score"])
+        if n["kind"] == "output":
+            ax.scatter([x], [y], s=500, marker="*", color="#444444", zorder=3)
+            name = graph["objective"].get("name", "objective")
+            ax.text(x, y - 0.45, f"{name}\n{score:.3g}", ha="center", va="top", fontsize=8)
+            continue
+        color = GREY if n["kind"] == "rest" else (SUPPORT if _supports(score, hib) else OPPOSE)
+        marker = {"feature": "o", "error": "s", "rest": "D"}[n["kind"]]
+        size = 30 + 600 * (abs(score) / top if math.isfinite(score) else 0.0)
+        ax.scatter([x], [y], s=size, marker=marker, color=color, edgecolor="black", linewidth=0.5, zorder=3,
+                   alpha=0.9 if n["kind"] == "feature" else 0.6)
+        label = f"f{n['feature']}" if n["kind"] == "feature" else ("error" if n["kind"] == "error" else "other")
+        card = cards.get(nid)
+        if card and card.get("promoted"):
+            label += f" ↑{_short(str(card['promoted'][0][0]))!s}"
+        ax.text(x + 0.09, y + 0.12, f"{label} ({score:+.2g})", fontsize=6.5, va="bottom", ha="left", zorder=4)
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels(cols, fontsize=9)
+    ax.set_yticks([])
+    ax.set_xlim(-0.4, len(cols) - 0.3)
+    ax.set_ylim(-depth + 0.2, 0.9)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    obj = graph["objective"]
+    desc = str(obj.get("description", obj.get("name")))
+    ax.set_title(f"Attribution graph of {obj.get('name')} = {_num(obj.get('value')):.3g}: {_short(desc, 90)}\n"
+                 f"{graph.get('n_prompts', 1)} prompt(s); edges {graph['config'].get('edges')}, the strongest "
+                 f"{len(edges)} shown; node label: feature, first promoted token, (score)", fontsize=9)
+    handles = [
+        Line2D([], [], marker="o", ls="", color=SUPPORT, label="feature supporting the objective"),
+        Line2D([], [], marker="o", ls="", color=OPPOSE, label="feature opposing it"),
+        Line2D([], [], marker="s", ls="", color=GREY, label="SAE error"),
+        Line2D([], [], marker="D", ls="", color=GREY, label="all other features"),
+        Line2D([], [], color=SUPPORT, lw=2, label="edge > 0"),
+        Line2D([], [], color=OPPOSE, lw=2, label="edge < 0"),
+    ]
+    ax.legend(handles=handles, loc="lower left", fontsize=7, frameon=False, ncol=3, bbox_to_anchor=(0.0, -0.16))
+    fig.subplots_adjust(bottom=0.14)
+    return fig
+
+
+def accounting_figure(graph: dict[str, Any]) -> Figure:
+    """Per site: attribution of kept features, other features, error and bias."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    sites = list(graph["sites"])
+    parts = [("kept", "kept features", SUPPORT), ("rest", "other features", "#92c5de"),
+             ("error", "SAE error", "#f4a582"), ("bias", "decoder bias", GREY)]
+    fig = Figure(figsize=(min(16.0, 2.5 + 1.2 * len(sites)), 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(sites))
+    width = 0.2
+    for i, (key, label, color) in enumerate(parts):
+        vals = [_num(graph["site_totals"][s].get(key)) for s in sites]
+        ax.bar(x + (i - 1.5) * width, vals, width, label=label, color=color)
+    tot = [_num(graph["site_totals"][s].get("total")) for s in sites]
+    ax.scatter(x, tot, marker="_", s=400, color="black", label="site total", zorder=3)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xticks(x)
+    ax.set_xticklabels(sites)
+    ax.set_ylabel("attribution to the objective")
+    ax.set_title("Where each site's attribution goes: kept features, other features, SAE error, bias")
+    ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def validation_figure(ablations: dict[str, Any]) -> Figure | None:
+    """Predicted vs measured change of the objective for single-node ablations."""
+    from matplotlib.figure import Figure
+
+    rows = (ablations.get("single_nodes") or {}).get("nodes") or []
+    if not rows:
+        return None
+    pred = [_num(r["predicted_delta"]) for r in rows]
+    meas = [_num(r["delta"]) for r in rows]
+    fig = Figure(figsize=(5.5, 5.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.scatter(pred, meas, color=SUPPORT, zorder=3)
+    for r, p, m in zip(rows, pred, meas, strict=True):
+        ax.annotate(r["node"], (p, m), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    finite = [v for v in pred + meas if math.isfinite(v)] or [0.0, 1.0]
+    lo, hi = min(finite), max(finite)
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color=GREY, lw=1, ls="--", label="measured = predicted")
+    s = (ablations.get("single_nodes") or {}).get("summary") or {}
+    ax.set_xlabel("predicted change of the objective (-node score)")
+    ax.set_ylabel("measured change when the node is zero-ablated")
+    ax.set_title(f"Ablation check: Pearson {_num(s.get('pearson')):.2f}, same sign {_num(s.get('same_sign')):.0%}",
+                 fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def training_figure(curves: dict[str, dict[str, list[float]]]) -> Figure:
+    """FVU, L0 and dead fraction against training tokens, one line per site."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 3.8))
+    keys = [("fvu", "fraction of variance unexplained"), ("l0", "L0 (active features per token)"),
+            ("dead_fraction", "dead fraction")]
+    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
+    for site, c in curves.items():
+        for ax, (k, _) in zip(axes, keys, strict=True):
+            ys = [_num(v) for v in c.get(k, [])]
+            ax.plot(c.get("tokens", list(range(len(ys))))[: len(ys)], ys, label=site)
+    for ax, (k, label) in zip(axes, keys, strict=True):
+        ax.set_xlabel("training tokens")
+        ax.set_title(label, fontsize=10)
+        if k == "fvu":
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _figures(run_dir: Path) -> list[tuple[str, Any, str]]:
+    graph = _read(run_dir / "feature_graph.json")
+    cards = _read(run_dir / "features.json") if (run_dir / "features.json").is_file() else {}
+    abl = _read(run_dir / "ablations.json") if (run_dir / "ablations.json").is_file() else {}
+    out = [
+        ("feature-graph", lambda: graph_figure(graph, cards),
+         "The attribution graph: sites in forward order, kept features by |score| (circles), each site's SAE "
+         "error (square) and all its other features (diamond); blue nodes support the objective, red oppose it; "
+         "the strongest edges, width by |weight|."),
+        ("feature-accounting", lambda: accounting_figure(graph),
+         "Each site's total attribution split into kept features, other features, the SAE error and the bias."),
+    ]
+    if (abl.get("single_nodes") or {}).get("nodes"):
+        out.append(("feature-validation", lambda: validation_figure(abl),
+                    "Each strong node zero-ablated on its own: the measured change of the objective against the "
+                    "graph's first-order prediction (-score)."))
+    return out
+
+
+def feature_figure_specs(run: Any) -> list[tuple[str, str, Any, str]]:
+    """Figure specs ``(section, name, build, caption)`` for the main report; empty unless the
+    run directory holds a feature graph."""
+    path = Path(run.path)
+    if not (path / "feature_graph.json").is_file():
+        return []
+    return [("features", name, build, caption) for name, build, caption in _figures(path)]
+
+
+def write_training_figure(sae_dir: str | Path) -> Path:
+    """``figures/training.png`` (and .svg) in an SAE directory."""
+    from .figures import save_figure
+
+    sae_dir = Path(sae_dir)
+    curves = _read(sae_dir / "training.json")
+    png, _ = save_figure(training_figure(curves), sae_dir / "figures", "training")
+    return png
+
+
+def write_feature_report(run_dir: str | Path) -> Path:
+    """Write ``feature_figures/*.png|svg`` and ``features.html`` into a features graph run."""
+    from .figures import save_figure
+
+    run_dir = Path(run_dir)
+    figs = []
+    for name, build, caption in _figures(run_dir):
+        fig = build()
+        if fig is None:
+            continue
+        png, _ = save_figure(fig, run_dir / FIG_DIR, name)
+        figs.append((name, png, caption))
+    page = _page(run_dir, figs)
+    out = run_dir / PAGE
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _fmt(v: Any) -> str:
+    x = _num(v)
+    if not math.isfinite(x):
+        return _e(v)
+    return f"{x:.4g}"
+
+
+def _tokens(items: list[list[Any]], n: int = 6) -> str:
+    return ", ".join(f"<code>{_e(repr(t))}</code> {_num(v):+.2f}" for t, v in items[:n])
+
+
+def _page(run_dir: Path, figs: list[tuple[str, Path, str]]) -> str:
+    graph = _read(run_dir / "feature_graph.json")
+    cards = _read(run_dir / "features.json") if (run_dir / "features.json").is_file() else {}
+    abl = _read(run_dir / "ablations.json") if (run_dir / "ablations.json").is_file() else {}
+    config = _read(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    metrics = _read(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    obj = graph["objective"]
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>circuitscan feature graph</title><style>",
+             "body{font:14px/1.45 system-ui,sans-serif;margin:24px;max-width:1300px;color:#1d232a}"
+             "table{border-collapse:collapse;margin:8px 0 18px;font-size:12.5px}"
+             "td,th{border:1px solid #d9dee3;padding:3px 7px;vertical-align:top;text-align:left}"
+             "th{background:#e9eef3}td.n{text-align:right;font-variant-numeric:tabular-nums}"
+             "img{max-width:100%;border:1px solid #d9dee3}p.note{color:#5a6570;font-size:13px}"
+             "code{background:#f3f5f7;padding:0 3px}",
+             "</style></head><body>"]
+    model = (config.get("model") or {}).get("spec", "?")
+    parts.append(f"<h1>Feature attribution graph — {_e(model)}</h1>")
+    if config.get("prompt"):
+        p = config["prompt"]
+        parts.append(f"<p>Prompt: <code>{_e(p.get('text'))}</code> → target <code>{_e(repr(p.get('target_text')))}</code></p>")
+    if config.get("task"):
+        t = config["task"]
+        parts.append(f"<p>Task <b>{_e(t.get('name'))}</b>: graph over {_e(t.get('graph_prompts'))} positive prompts of "
+                     f"{_e(t.get('seq_len'))} tokens.</p>")
+    parts.append(f"<p>Objective: {_e(obj.get('description'))} = <b>{_fmt(obj.get('value'))}</b> "
+                 f"({'higher' if obj.get('higher_is_better') else 'lower'} is better). Node score = f·∂m/∂f summed "
+                 "over positions (≈ m(clean) − m(feature off)); edges with the double-counting correction "
+                 f"(<code>{_e(graph['config'].get('edges'))}</code>). {graph.get('forward_passes')} forward and "
+                 f"{graph.get('backward_passes')} backward passes, {_num(graph.get('seconds')):.1f} s.</p>")
+    faith = abl.get("faithfulness") or {}
+    if faith:
+        parts.append("<h2>Does the graph explain the forward pass?</h2><table><tr><th>run</th><th>objective</th></tr>")
+        for k in ("clean", "graph_with_errors", "graph_features_only", "empty"):
+            parts.append(f"<tr><td>{_e(k.replace('_', ' '))}</td><td class='n'>{_fmt(faith.get('objective_' + k))}</td></tr>")
+        parts.append(f"</table><p>Faithfulness (m(graph) − m(empty)) / (m(clean) − m(empty)): with SAE errors kept "
+                     f"<b>{_fmt(faith.get('faithfulness_with_errors'))}</b>, kept features alone "
+                     f"<b>{_fmt(faith.get('faithfulness_features_only'))}</b>. Empty = every feature and error "
+                     "zero-ablated at every site (each site outputs its decoder bias).</p>")
+    s = (abl.get("single_nodes") or {}).get("summary") or {}
+    if s.get("n"):
+        parts.append(f"<p>Single-node ablations ({s['n']} strongest nodes): Pearson correlation of predicted vs measured "
+                     f"change {_fmt(s.get('pearson'))}, same sign {_fmt(s.get('same_sign'))}, median measured/predicted "
+                     f"{_fmt(s.get('median_ratio'))}.</p>")
+    for name, png, caption in figs:
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<figure><img alt='{_e(name)}' src='data:image/png;base64,{data}'><figcaption><p class='note'>"
+                     f"{_e(caption)}</p></figcaption></figure>")
+    parts.append("<h2>Sites</h2><table><tr><th>site</th><th>total</th><th>kept features</th><th>other features</th>"
+                 "<th>SAE error</th><th>bias</th><th>active features</th></tr>")
+    for site in graph["sites"]:
+        t = graph["site_totals"][site]
+        parts.append(f"<tr><td>{_e(site)}</td>" + "".join(f"<td class='n'>{_fmt(t.get(k))}</td>" for k in
+                     ("total", "kept", "rest", "error", "bias", "n_active_features")) + "</tr>")
+    parts.append("</table>")
+    parts.append("<h2>Nodes and what they do</h2><p class='note'>Promoted / suppressed: tokens whose logits the "
+                 "feature's atom raises / lowers most through the unembedding (weights only). Contexts: where the "
+                 "feature fires most in the training corpus (the token in brackets).</p><table><tr><th>node</th>"
+                 "<th>score</th><th>activation</th><th>pos</th><th>promoted</th><th>suppressed</th><th>top contexts</th>"
+                 "<th>heads</th></tr>")
+    nodes = sorted((n for n in graph["nodes"] if n["kind"] != "output"), key=lambda n: (graph["sites"].index(n["site"]), -abs(_num(n["score"]))))
+    for n in nodes:
+        c = cards.get(n["id"], {})
+        ctx = "<br>".join(f"{_num(a):.2f}: …{_e(left)}[<b>{_e(tok)}</b>]{_e(right)}" for a, left, tok, right in c.get("contexts", []))
+        heads = ""
+        if n.get("heads"):
+            hs = sorted(((k, v) for k, v in n["heads"].items() if k != "const"), key=lambda kv: -abs(kv[1]))[:3]
+            heads = ", ".join(f"{_e(k)} {_num(v):+.2g}" for k, v in hs)
+        parts.append(f"<tr><td>{_e(n['id'])}</td><td class='n'>{_fmt(n['score'])}</td><td class='n'>{_fmt(n.get('activation'))}</td>"
+                     f"<td class='n'>{_e(n.get('position'))}</td><td>{_tokens(c.get('promoted', []))}</td>"
+                     f"<td>{_tokens(c.get('suppressed', []))}</td><td>{ctx}</td><td>{heads}</td></tr>")
+    parts.append("</table>")
+    th = abl.get("thread") or {}
+    if th.get("thread"):
+        parts.append(f"<h2>The strongest thread, ablated</h2><p>{' → '.join(_e(t) for t in th['thread'])} → output. "
+                     f"Objective {_fmt(th.get('objective_clean'))} → {_fmt(th.get('objective_ablated'))} (change "
+                     f"{_fmt(th.get('delta'))}; the sum of the nodes' scores predicts {_fmt(th.get('naive_predicted_delta'))}"
+                     f", which double counts). Tokens whose logits fell most: {_tokens(th.get('promoted_here', []))}; "
+                     f"rose most: {_tokens(th.get('suppressed_here', []))}.</p>")
+    rows = (abl.get("single_nodes") or {}).get("nodes") or []
+    if rows:
+        parts.append("<h2>Single-node ablations</h2><table><tr><th>node</th><th>predicted change</th><th>measured</th>"
+                     "<th>target logit change</th><th>logits that fell most (promoted here)</th></tr>")
+        for r in rows:
+            parts.append(f"<tr><td>{_e(r['node'])}</td><td class='n'>{_fmt(r['predicted_delta'])}</td><td class='n'>"
+                         f"{_fmt(r['delta'])}</td><td class='n'>{_fmt(r.get('target_logit_delta'))}</td>"
+                         f"<td>{_tokens(r.get('promoted_here', []), 5)}</td></tr>")
+        parts.append("</table>")
+    if abl.get("user"):
+        u = abl["user"]
+        parts.append(f"<h2>Your ablation</h2><p><code>{_e(u.get('nodes'))}</code>: objective {_fmt(u.get('objective_clean'))} → "
+                     f"{_fmt(u.get('objective_ablated'))}; logits that fell most: {_tokens(u.get('promoted_here', []))}.</p>")
+    gt = metrics.get("ground_truth") or {}
+    if gt:
+        parts.append("<h2>Head-level view against the ground truth</h2><table><tr><th>method</th><th>ROC AUC over heads</th>"
+                     "<th>best F1</th></tr>")
+        for m, v in gt.items():
+            parts.append(f"<tr><td>{_e(m)}</td><td class='n'>{_fmt(v.get('auc'))}</td><td class='n'>{_fmt(v.get('best_f1'))}</td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "".join(parts)
