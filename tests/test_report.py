@@ -513,8 +513,8 @@ def test_eap_edges_are_drawn_as_arrows_between_heads_only(tmp_path):
     assert directed and [(a, b, w) for a, b, w in links] == [(6, 12, -0.95), (0, 12, 0.2)]
 
 
-@pytest.mark.parametrize("layout", [(4, 4), (12, 12), (30, 9), (40, 16), (48, 25)])
-def test_figures_scale_from_4_to_48_layers(tmp_path, layout):
+@pytest.mark.parametrize("layout", [(4, 4), (12, 12), (30, 9), (40, 16)])
+def test_figures_scale_from_4_to_40_layers(tmp_path, layout):
     n_layers, n_heads = layout
     run = load_run(make_run(tmp_path / "r", n_layers, n_heads, gt=("L1H2", f"L{n_layers - 1}H0"), with_pairs=True))
     for fig in (F.score_heatmap(run, "sae-codes"), F.circuit_diagram(run, "sae-codes")):
@@ -663,14 +663,13 @@ def test_report_of_a_compare_run_with_several_methods(tmp_path):
     assert len([ln for ln in roc.axes[0].get_lines()]) == len(methods) + 1
 
 
-def test_rewriting_a_report_replaces_its_figures(tmp_path, monkeypatch):
+def test_rewriting_a_report_replaces_its_figures(tmp_path):
     path = make_run(tmp_path / "r")
-    add_codes_and_activations(path)
-    monkeypatch.setattr(F, "MAX_TSNE_POINTS", 100)
-    write_report(path, tsne=True)
-    assert (path / "figures" / "features-tsne.png").is_file()
+    (path / "figures").mkdir()
+    (path / "figures" / "features-tsne.png").write_bytes(PNG_MAGIC)  # from an earlier report
     write_report(path)
     assert not (path / "figures" / "features-tsne.png").exists()
+    assert (path / "figures" / "roc.png").is_file()
     assert "features-tsne" not in (path / "report.html").read_text()
     assert [p.name for p in path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
 

@@ -552,19 +552,29 @@ def pair_matrix(run: RunData, method: str) -> Figure:
         cmap = ListedColormap(["#ffffff", "#9ecae1", "#08519c"])
         axes[1].imshow(gt_pair_matrix(gt), cmap=cmap, vmin=-0.5, vmax=2.5, interpolation="nearest")
         axes[1].set_title(f"ground truth {run.ground_truth_name}: heads of each pair in the circuit", fontsize=9)
+        from matplotlib.lines import Line2D
+
         axes[1].legend(handles=[Patch(color="#08519c", label="both heads in circuit"),
                                 Patch(color="#9ecae1", label="one head in circuit"),
-                                Patch(facecolor="#ffffff", edgecolor="#999999", label="neither")],
-                       fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
+                                Patch(facecolor="#ffffff", edgecolor="#999999", label="neither"),
+                                Line2D([], [], ls="", marker="v", color=GT_COLOR, label="ground-truth head")],
+                       fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, frameon=False)
     for ax in axes:
         _flat_head_ticks(ax, run, "x", side)
         _flat_head_ticks(ax, run, "y", side)
         ax.set_xlabel("head h2")
         ax.set_ylabel("head h1")
-        if lay.n_heads > 1 and lay.n_layers <= 64:
+        if lay.n_heads > 1 and lay.n_layers <= 24:
             for b in range(1, lay.n_layers):
                 ax.axhline(b * lay.n_heads - 0.5, color="#bbbbbb", lw=0.3)
                 ax.axvline(b * lay.n_heads - 0.5, color="#bbbbbb", lw=0.3)
+        if gt is not None and gt.any():  # ground-truth heads marked on the edges: visible at any size
+            idx = np.flatnonzero(gt)
+            ms = float(np.clip(side * 72 / n * 1.2, 5.0, 8.0))
+            ax.plot(idx, np.full(idx.size, -0.5), ls="", marker="v", ms=ms, color=GT_COLOR, clip_on=False, zorder=5)
+            ax.plot(np.full(idx.size, -0.5), idx, ls="", marker=">", ms=ms, color=GT_COLOR, clip_on=False, zorder=5)
+            ax.set_xlim(-0.5, n - 0.5)
+            ax.set_ylim(n - 0.5, -0.5)
     _titles(fig, None, f"Head-pair matrix of {method} ({n} × {n} heads)"
             + (" beside the ground truth" if gt is not None else ""))
     return fig
