@@ -15,9 +15,23 @@ from circuitscan.features.ablate import (
     thread_ablation,
     validate_nodes,
 )
-from circuitscan.features.graph import GraphConfig, Objective, attribution_graph, next_token_objective
-from circuitscan.features.heads import FeatureAttributionConfig, FeatureAttributionScorer, head_scores
-from test_features_toys import FOUR_SITES, identity_saes, known_paths_model, random_model, random_saes
+from circuitscan.features.graph import (
+    GraphConfig,
+    Objective,
+    attribution_graph,
+    next_token_objective,
+)
+from circuitscan.features.heads import (
+    FeatureAttributionConfig,
+    head_scores,
+)
+from test_features_toys import (
+    FOUR_SITES,
+    identity_saes,
+    known_paths_model,
+    random_model,
+    random_saes,
+)
 
 TOKENS = torch.tensor([[3, 1, 7, 2, 9]])
 TARGET = 4

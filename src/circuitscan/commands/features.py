@@ -110,7 +110,7 @@ def run_train(args: argparse.Namespace) -> int:
         save_sublayer_saes,
         train_sublayer_saes,
     )
-    from ..features.sites import parse_sites
+    from ..features.sites import check_sites_exist, parse_sites
     from ..report.feature_figures import write_training_figure
     from ..rundir import check_out_dir
     from .common import load_model_from_args
@@ -125,6 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     model = load_model_from_args(args)
     sites = parse_sites(args.sites, model.layout.n_layers)
+    check_sites_exist(sites, model.bridge.hook_dict, model.spec)
     print(f"model  {model.spec}  ({model.layout.n_layers} layers, d_model {model.d_model}), loaded in "
           f"{time.perf_counter() - t:.1f}s")
     t = time.perf_counter()
