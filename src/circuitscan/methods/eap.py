@@ -264,15 +264,15 @@ def _edge_scores(
         hi = min(r_total, lo + chunk)
         d_in = (torch.zeros_like(clean_in[lo:hi]) if src_in is None else src_in.float().expand_as(clean_in)[lo:hi]) \
             - clean_in[lo:hi].float()
-        # sender deltas [r, p, S, d]: input, then every head (z delta through W_O)
-        d_heads = torch.einsum("lrphe,lhed->rplhd", dz[:, lo:hi], w_o).flatten(2, 3)
-        delta = torch.cat([d_in[:, :, None], d_heads], 2)
+        # sender deltas as one matrix [S, (r p d)]: input, then every head (z delta through W_O)
+        d_heads = torch.einsum("lrphe,lhed->lhrpd", dz[:, lo:hi], w_o).flatten(0, 1)
+        delta = torch.cat([d_in[None], d_heads], 0).flatten(1)
         for layer in range(L + 1):
             n_up = graph.n_upstream(layer)
-            recv = graph.layer_receivers(layer)
-            for port, idx in recv.items():
+            for port, idx in graph.layer_receivers(layer).items():
                 g = g_leaf[LOGITS][lo:hi, :, None] if port == LOGITS else g_leaf[(layer, port)][lo:hi]
-                out[:n_up, idx] += torch.einsum("rpsd,rpnd->sn", delta[:, :, :n_up], g.float())
+                g_mat = g.float().permute(2, 0, 1, 3).flatten(1)  # [n, (r p d)]
+                out[:n_up, idx] += delta[:n_up] @ g_mat.T
 
 
 def eap_scores(

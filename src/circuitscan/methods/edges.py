@@ -349,7 +349,8 @@ class EdgeForward:
         patch = removed is not None and bool(removed.any())
         if patch and tuple(removed.shape) != (C, g.n_senders, g.n_receivers):
             raise ValueError(f"removed must be [{C}, {g.n_senders}, {g.n_receivers}], got {tuple(removed.shape)}")
-        # D[:, :, s] = ablated - current value of sender s, filled as the pass reaches it
+        # D[c, s] = ablated - current value of sender s in config c, flattened over (rows, pos, d),
+        # filled as the pass reaches each sender; T[c] = the sum of D over the senders so far
         buf: dict[str, Tensor] = {}
 
         def ablated(values: Tensor | None, like: Tensor) -> Tensor:
@@ -362,25 +363,42 @@ class EdgeForward:
                 raise ValueError(f"ablation values have {v.shape[0]} rows, the batch {like.shape[0] // C} per config")
             return v.repeat(C, *([1] * (v.ndim - 1)))
 
-        def delta_for(r_idx: list[int], n_up: int) -> Tensor | None:
+        def weighted_sum(M: Tensor, n_up: int) -> Tensor | None:
+            """sum_s M[c, s, n] D[c, s]: [C, n, (r p d)]; None if M is all zero."""
+            used = M.any(2).any(0).nonzero().flatten()
+            if used.numel() == 0:
+                return None
+            D = buf["D"]
+            if used.numel() < n_up // 2:
+                return torch.bmm(M[:, used].transpose(1, 2), D[:, used])
+            return torch.bmm(M.transpose(1, 2), D[:, :n_up])
+
+        def delta_for(r_idx: list[int], n_up: int, like: Tensor) -> Tensor | None:
             """Sum over removed edges into receivers r_idx of (ablated - current): [C*r, p, n, d]."""
             if not patch:
                 return None
-            W = removed[:, :n_up][:, :, r_idx]  # [C, S_up, n]
-            used = W.any(2).any(0).nonzero().flatten()
-            if used.numel() == 0:
+            W = removed[:, :n_up][:, :, r_idx].to(buf["D"].dtype)  # [C, S_up, n]
+            n_removed = int(W.any(2).any(0).sum())
+            if n_removed == 0:
                 return None
-            D = buf["D"][:, :, used]  # [C*r, p, S, d]
-            rows, p, s, d = D.shape
-            out = torch.einsum("csn,crpsd->crpnd", W[:, used].to(D.dtype), D.reshape(C, rows // C, p, s, d))
+            P = 1.0 - W  # every sender below the receiver's layer feeds it
+            if n_removed <= int(P.any(2).any(0).sum()):
+                out = weighted_sum(W, n_up)
+            else:  # mostly removed: everything upstream minus what is still present
+                kept = weighted_sum(P, n_up)
+                total = buf["T"][:, None, :]
+                out = total.expand(-1, len(r_idx), -1) if kept is None else total - kept
+            rows, p, d = like.shape[0], like.shape[1], like.shape[-1]
+            out = out.reshape(C, len(r_idx), rows // C, p, d).permute(0, 2, 3, 1, 4)
             return out.reshape(rows, p, len(r_idx), d)
 
         def grab_input(x: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
             state["input"] = x
             if patch:
-                buf["D"] = torch.zeros(x.shape[0], x.shape[1], g.n_senders, x.shape[-1], dtype=x.dtype,
-                                       device=x.device)
-                buf["D"][:, :, 0] = ablated(source_input, x) - x
+                buf["D"] = torch.zeros(C, g.n_senders, x[: x.shape[0] // C].numel(), dtype=x.dtype, device=x.device)
+                diff = (ablated(source_input, x) - x).reshape(C, -1)
+                buf["D"][:, 0] = diff
+                buf["T"] = diff.clone()
             return x
 
         resid: dict[int, Tensor] = {}
@@ -399,7 +417,7 @@ class EdgeForward:
 
             def hook(t: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
                 x = resid[layer]
-                delta = delta_for(idx, n_up)
+                delta = delta_for(idx, n_up, x)
                 leaf = None
                 if leaves:
                     leaf = torch.zeros(x.shape[0], x.shape[1], len(idx), x.shape[-1], dtype=x.dtype,
@@ -434,13 +452,16 @@ class EdgeForward:
                     src = None if source_heads is None else source_heads[layer]
                     a = self.head_out(layer, zz)
                     a_src = torch.zeros_like(a) if src is None else self.head_out(layer, ablated(src, zz))
-                    buf["D"][:, :, lo : lo + H] = a_src - a
+                    diff = (a_src - a).reshape(C, a.shape[0] // C, a.shape[1], H, a.shape[-1])
+                    diff = diff.permute(0, 3, 1, 2, 4).reshape(C, H, -1)
+                    buf["D"][:, lo : lo + H] = diff
+                    buf["T"] += diff.sum(1)
                 return z
 
             return hook
 
         def final(x: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-            delta = delta_for(g.layer_receivers(L)[LOGITS], g.n_senders)
+            delta = delta_for(g.layer_receivers(L)[LOGITS], g.n_senders, x)
             out = x if delta is None else x + delta[:, :, 0]
             if leaves:
                 leaf = torch.zeros_like(x, requires_grad=True)
