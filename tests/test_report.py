@@ -708,6 +708,7 @@ def test_bad_run_directories_are_user_errors(tmp_path):
 
 @pytest.mark.parametrize(("value", "text"), [
     (1.0, "1.000"), (0.87654, "0.877"), (3, "3"), (0, "0"), (1.2e-7, "1.2e-07"), (123456.0, "1.23e+05"),
+    (0.0037, "0.0037"), (0.01, "0.010"),
     ("nan", "nan"), ("inf", "∞"), (None, ""), (True, "true"), (-2.23, "-2.230"),
 ])
 def test_number_format(value, text):

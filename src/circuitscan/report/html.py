@@ -73,7 +73,7 @@ footer { color: var(--muted); font-size: 12px; margin-top: 40px; }
 
 
 def fmt(value: Any) -> str:
-    """How a number shows in a table: integers as they are, else 3 decimals or 3 significant digits."""
+    """How a number shows in a table: integers as they are, else 3 decimals (3 significant digits below 0.01)."""
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value).lower()
     if isinstance(value, int):
@@ -85,9 +85,9 @@ def fmt(value: Any) -> str:
         return "∞" if v > 0 else "−∞"
     if v == 0:
         return "0"
-    if 1e-3 <= abs(v) < 1e5:
+    if 1e-2 <= abs(v) < 1e5:
         return f"{v:.3f}"
-    return f"{v:.3g}"
+    return f"{v:.3g}"  # small thresholds (1e-7 after softmax) keep their digits
 
 
 def _e(text: Any) -> str:
