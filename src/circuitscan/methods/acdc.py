@@ -61,7 +61,9 @@ class ACDCConfig(BaselineConfig):
         abs_value: compare |D(H without e) - D(H)| with tau (ACDC's ``abs_value_threshold``).
         max_seconds: stop after this long (edge or node level); what was not tried stays
             in the circuit and ``stats`` says how far the run got and extrapolates.
-        max_rows: prompt rows per forward pass (thresholds x prompts).
+        max_rows: prompt rows per forward pass at node level (thresholds x prompts).
+        edge_rows: prompt rows per forward pass at edge level; each row holds every
+            sender's difference (senders x seq x d_model floats: ~9 MB on SmolLM2 IOI).
     """
 
     level: str = "node"
@@ -70,6 +72,7 @@ class ACDCConfig(BaselineConfig):
     abs_value: bool = False
     max_seconds: float | None = None
     max_rows: int = 256
+    edge_rows: int = 32
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,8 +85,8 @@ class ACDCConfig(BaselineConfig):
             raise CircuitscanError(f"ACDC thresholds must be >= 0, got {list(taus)}")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise CircuitscanError(f"max_seconds must be > 0, got {self.max_seconds}")
-        if self.max_rows < 1:
-            raise CircuitscanError(f"max_rows must be >= 1, got {self.max_rows}")
+        if self.max_rows < 1 or self.edge_rows < 1:
+            raise CircuitscanError(f"max_rows and edge_rows must be >= 1, got {self.max_rows}, {self.edge_rows}")
 
 
 @dataclass
@@ -209,7 +212,7 @@ def _acdc_edge(model: ModelHandle, prompts: PromptSet, cfg: ACDCConfig) -> Score
 
     # the clean model (and a check that the receivers' private inputs reproduce it) and nothing kept
     none = torch.zeros(1, S, R, dtype=torch.bool)
-    base = run_edges(obj, fwd, torch.cat([none, removed_all(graph)]), verify=True)
+    base = run_edges(obj, fwd, torch.cat([none, removed_all(graph)]), verify=True, max_rows=cfg.edge_rows)
     d_clean, d_empty = float(-base[0].mean()), float(-base[1].mean())
     taus = _thresholds(cfg, abs(d_empty - d_clean))
     T = len(taus)
@@ -243,7 +246,7 @@ def _acdc_edge(model: ModelHandle, prompts: PromptSet, cfg: ACDCConfig) -> Score
             if test.numel():
                 trial = removed[test].clone()
                 trial[:, s, r] = True
-                values = run_edges(obj, fwd, trial)  # [k, n]
+                values = run_edges(obj, fwd, trial, max_rows=cfg.edge_rows)  # [k, n]
                 new = -values.mean(-1)
                 result = new - cur[test]
                 drop = _decide(result, tau_t[test], cfg.abs_value)

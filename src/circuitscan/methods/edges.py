@@ -500,31 +500,46 @@ def run_edges(
     removed: Tensor,
     *,
     verify: bool = False,
+    max_rows: int | None = None,
 ) -> Float[Tensor, "C n"]:
     """Goodness of each of C edge configurations on the objective's examples (no grad).
 
-    ``verify`` first checks, with one unpatched pass over the first batch, that the
-    receivers' recomputed inputs reproduce the model's own q/k/v.
+    Args:
+        removed: ``[C, n_senders, n_receivers]``.
+        verify: first check, with one unpatched pass over the first batch, that the
+            receivers' recomputed inputs reproduce the model's own q/k/v.
+        max_rows: most token rows per forward pass (configs x prompts x suffixes); each
+            row holds every sender's difference (senders x seq x d_model floats), so this
+            bounds memory. Default: the objective's batch.
     """
     import torch
 
     C = removed.shape[0]
-    out = []
+    limit = max_rows or obj.batch_rows
+    per_pass_examples = max(1, min(obj.examples_per_batch, limit // (C * obj.group)))
+    configs_per_pass = max(1, min(C, limit // obj.group))
+    out = torch.empty(C, obj.n)
     with torch.inference_mode():
         if verify and not fwd.checked:
             _, sl = next(obj.batches())
             hooks, _ = fwd.hooks(verify=True)
             obj.logits(obj.tokens[sl], None if obj.mask is None else obj.mask[sl], hooks)
             obj.counter.fwd(sl.stop - sl.start)
-        for index, sl in obj.batches():
+        for lo in range(0, obj.n, per_pass_examples):
+            hi = min(obj.n, lo + per_pass_examples)
+            index = torch.arange(lo, hi)
+            sl = slice(lo * obj.group, hi * obj.group)
             src = [obj.source_z(layer, sl) for layer in range(obj.model.layout.n_layers)]
-            hooks, _ = fwd.hooks(removed=removed, source_heads=src, source_input=obj.source_input(sl),
-                                 n_configs=C)
-            tok = obj.tokens[sl].repeat(C, 1)
-            mask = None if obj.mask is None else obj.mask[sl].repeat(C, 1)
-            logits = obj.logits(tok, mask, hooks)
-            obj.counter.fwd(tok.shape[0])
-            r = sl.stop - sl.start
-            logits = logits.reshape(C, r, *logits.shape[1:])
-            out.append(torch.stack([obj.goodness(logits[c], index) for c in range(C)]))
-    return torch.cat(out, 1)
+            for c0 in range(0, C, configs_per_pass):
+                c1 = min(C, c0 + configs_per_pass)
+                k = c1 - c0
+                hooks, _ = fwd.hooks(removed=removed[c0:c1], source_heads=src, source_input=obj.source_input(sl),
+                                     n_configs=k)
+                tok = obj.tokens[sl].repeat(k, 1)
+                mask = None if obj.mask is None else obj.mask[sl].repeat(k, 1)
+                logits = obj.logits(tok, mask, hooks)
+                obj.counter.fwd(tok.shape[0])
+                logits = logits.reshape(k, sl.stop - sl.start, *logits.shape[1:])
+                for c in range(k):
+                    out[c0 + c, lo:hi] = obj.goodness(logits[c], index).float()
+    return out
