@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -284,7 +284,8 @@ def compare(
                 from .methods.sae_codes import run_sae_codes
 
                 d = run_sae_codes(model, prompts, cfgs[m])
-                got = [d.node] + ([d.edge] if d.edge is not None else [])
+                stage = {"stage_seconds": dict(d.timings)}
+                got = [replace(x, stats={**x.stats, **stage}) for x in (d.node, d.edge) if x is not None]
             else:
                 got = [get_method(m).score(model, prompts, cfgs[m])]
             method_time[m] = time.perf_counter() - t
