@@ -20,9 +20,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
     from ..report import write_report
+    from ..rundir import ACTIVATIONS
 
     out = write_report(args.run_dir, tsne=args.tsne)
+    if args.tsne and not (Path(args.run_dir) / ACTIVATIONS).is_file():
+        print(f"note: no t-SNE: the run has no {ACTIVATIONS} (run discover with --save-activations)",
+              file=sys.stderr)
     n = len(list((out.parent / "figures").glob("*.png")))
     print(f"wrote  {out}  ({n} figures, PNG and SVG in {out.parent / 'figures'}/)")
     return 0

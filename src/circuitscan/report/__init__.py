@@ -29,6 +29,10 @@ def write_report(run_dir: str | Path, *, tsne: bool = False) -> Path:
     Returns:
         The path of ``report.html``.
     """
+    if (Path(run_dir) / "sweep.json").is_file():  # a sweep directory (circuitscan sweep): its own page
+        from .sweep_figures import write_sweep_report
+
+        return write_sweep_report(run_dir)
     from ..rundir import atomic_path
     from .figures import build_figures
     from .html import render

@@ -406,6 +406,9 @@ def render(run: RunData, figures: Sequence[FigureFile]) -> str:
     blocks["comparison"] = comparison_table(run)
     blocks["features"] = "".join(_figure(f) for f in by_section.get("features", []))
     blocks["sae"] = sae_table(run) + "".join(_figure(f) for f in by_section.get("sae", []))
+    if blocks["sae"] and run.features is None:
+        blocks["sae"] += ('<p class="note">Figures of the SAE features (PCA, t-SNE, histograms of the top codes) '
+                          "need the run's activations: run <code>circuitscan discover --save-activations</code>.</p>")
     blocks["config"] = config_table(run)
     blocks["timings"] = timings_table(run) + cost_table(run)
 
