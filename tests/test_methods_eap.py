@@ -214,3 +214,34 @@ def test_an_unknown_metric_is_a_user_error(planted, planted_prompts):
         eap_scores(planted, planted_prompts, EAPConfig(metric="accuracy"))
     with pytest.raises(CircuitscanError, match="prob_diff"):
         eap_scores(planted, planted_prompts, EAPConfig(metric="prob_diff"))
+
+
+def test_metrics_that_read_suffix_tokens_are_handled_like_the_evaluator(toy, toy_prompts):
+    """Greater-than on a digit tokenizer reads P(d1) P(d2 | d1): each prompt runs once per digit."""
+    from dataclasses import replace
+
+    from circuitscan.evaluation.intervention import CircuitEvaluator, head_mask_hooks
+
+    n = toy_prompts.n_positive
+    prompts = replace(toy_prompts, metadata={"metric": "prob_diff", "eval_suffix_ids": list(range(10, 20)),
+                                             "yy": [5 * i + 20 for i in range(n)]})
+    obj = build_objective(toy, prompts, BaselineConfig(batch_size=4))
+    assert obj.group == 10 and obj.tokens.shape == (n * 10, toy_prompts.seq_len + 1)
+    ev = CircuitEvaluator.build(toy, prompts, metrics=["prob_diff"])
+    with torch.no_grad():
+        clean = obj.goodness(obj.logits(obj.tokens, None, []), torch.arange(n))
+    assert torch.allclose(clean, ev.clean["prob_diff"], atol=1e-6)
+
+    scores = eap_scores(toy, prompts, EAPConfig(edges=False, batch_size=4))
+    keep = torch.ones(toy.layout.n_total, requires_grad=True)
+    for p in toy.bridge.parameters():
+        p.requires_grad_(False)
+    try:
+        hooks = head_mask_hooks(toy, keep[None], obj.source, rows=torch.arange(obj.rows))
+        value = obj.goodness(obj.logits(obj.tokens, None, hooks), torch.arange(n)).mean()
+        (grad,) = torch.autograd.grad(value, keep)
+    finally:
+        for p in toy.bridge.parameters():
+            p.requires_grad_(True)
+    assert torch.allclose(scores.stats["signed"].flatten(), -grad, rtol=1e-4, atol=1e-7)
+    assert grad.abs().max() > 0

@@ -410,12 +410,6 @@ def _clean_pass(
     return torch.cat(refs), torch.cat(embeds), torch.cat(zs) if need_z else None
 
 
-def layer_weights(model: ModelHandle) -> dict[str, list[Tensor]]:
-    """Per-layer W_O [H, d_head, d_model] (detached, float), read once."""
-    w_o = model.bridge.W_O.detach().float()
-    return {"W_O": [w_o[layer] for layer in range(model.layout.n_layers)]}
-
-
 def finish_scores(
     method: str,
     node: Tensor,

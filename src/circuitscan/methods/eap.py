@@ -318,4 +318,4 @@ class EAPScorer:
         return eap_scores(model, prompts, cfg or EAPConfig())
 
 
-__all__ = ["EAPConfig", "EAPScorer", "attribute", "build_objective", "eap_scores"]
+__all__ = ["Attribution", "EAPConfig", "EAPScorer", "attribute", "eap_scores"]
