@@ -136,18 +136,22 @@ def estimate_passes(method: str, cfg: Any, model: ModelHandle, prompts: PromptSe
         return (3 + n_total) * n, 0, f"{n_total} one-head ablations"
     if method == "acdc":
         T = len(cfg.thresholds or cfg.relative_thresholds)
-        return 3 * n + n_total * T * n, 0, f"{n_total} heads x {T} thresholds, one try each"
+        return 3 * n + n_total * T * n, 0, f"{n_total} heads x {_plural(T, 'threshold')}, one try each"
     if method == "acdc-edge":
         from .methods.edges import EdgeGraph
 
         T = len(cfg.thresholds or cfg.relative_thresholds)
         e = EdgeGraph.for_model(model).n_edges
-        return 2 * n + e * T * n, 0, f"up to {e} edges x {T} thresholds, one try each"
+        return 2 * n + e * T * n, 0, f"up to {e} edges x {_plural(T, 'threshold')}, one try each"
     if method == "sp":
         T = len(cfg.lambdas)
         rows = min(n, cfg.batch_size)
-        return cfg.steps * T * rows, cfg.steps * T * rows, f"{cfg.steps} steps x {T} lambdas"
+        return cfg.steps * T * rows, cfg.steps * T * rows, f"{cfg.steps} steps x {_plural(T, 'lambda')}"
     raise CircuitscanError(f"unknown method {method!r}")  # pragma: no cover
+
+
+def _plural(k: int, word: str) -> str:
+    return f"{k} {word}{'' if k == 1 else 's'}"
 
 
 def seconds_per_row(model: ModelHandle, prompts: PromptSet, rows: int = 8) -> float:
@@ -271,7 +275,7 @@ def compare(
         plan = ", ".join(f"{m} ~{_fmt_s(estimates[m]['seconds'])}" for m in methods)
         say(f"plan (rough, from one timed forward pass): {plan}")
         for m in slow:
-            limit = settings.max_seconds if m in ("acdc", "acdc-edge", "sp") else None
+            limit = getattr(cfgs[m], "max_seconds", None)
             say(f"note: {m} will take long: {estimates[m]['what']}, about {_fmt_s(estimates[m]['seconds'])} here"
                 + (f"; it stops after {_fmt_s(limit)} (--max-seconds) and extrapolates" if limit else ""))
 
