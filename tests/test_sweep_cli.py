@@ -41,6 +41,9 @@ def test_named_sweep_end_to_end_with_figures_and_report(tmp_path, capsys):
     assert main([*BASE, "--sweep", "softmax", "--grid", "features=4,8", "--seeds", "2", "--out", str(out),
                  "--resume", "--no-figures"]) == 0
     assert "0 SAE unit(s) computed, 10 row(s) reused" in capsys.readouterr().out
+    # `circuitscan report` on a sweep directory redraws the sweep's own page
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
 
 
 def test_search_end_to_end(tmp_path, capsys):

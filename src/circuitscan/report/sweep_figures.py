@@ -116,34 +116,32 @@ def heatmap(summary, metric: str, x: str = "l1", y: str = "features") -> Figure:
 
 
 def line(summary, axis: str, metrics: list[str], axes: list[str]) -> Figure:
-    """Mean +- std of each metric against a numeric axis, one line per combination of the others."""
-    fig = _new(5.8, 3.6)
-    ax = fig.add_subplot()
+    """Mean +- std against a numeric axis: one panel per metric, one line per combination of the others."""
+    fig = _new(0.6 + 4.6 * len(metrics), 3.6)
     others = _others(summary, axes, axis)
     groups = list(summary.groupby(others, dropna=False)) if others else [((), summary)]
+    note = ""
     if len(groups) > 6:  # too many to tell apart: average over the other axes
-        groups = [(("mean over " + ", ".join(others),), summary.groupby(axis, as_index=False).mean(numeric_only=True))]
-        others = []
-    for m in metrics:
+        groups = [((), summary.groupby(axis, as_index=False).mean(numeric_only=True))]
+        note, others = f" (averaged over {', '.join(others)})", []
+    xs_all = summary[axis].dropna().to_numpy(dtype=float)
+    for k, m in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), k + 1)
         for key, g in groups:
             g = g.sort_values(axis)
-            xs = g[axis].to_numpy(dtype=float)
-            ys = g[f"{m}_mean"].to_numpy(dtype=float)
-            sd = g[f"{m}_std"].fillna(0).to_numpy(dtype=float) if f"{m}_std" in g else None
             key = key if isinstance(key, tuple) else (key,)
-            label = LABELS.get(m, m) if len(metrics) > 1 or not others else ""
-            if others:
-                label = (label + " " if label else "") + ", ".join(f"{a}={v}" for a, v in zip(others, key, strict=False))
-            ax.errorbar(xs, ys, yerr=sd, marker="o", capsize=3, label=label or None)
-    xs_all = summary[axis].dropna().to_numpy(dtype=float)
-    if len(xs_all) and xs_all.min() > 0 and xs_all.max() / xs_all.min() >= 20:
-        ax.set_xscale("log")
-    ax.set_xlabel(axis)
-    ax.set_ylabel(LABELS.get(metrics[0], metrics[0]) if len(metrics) == 1 else "value")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    ax.set_title(f"{', '.join(metrics)} against {axis} (mean +- std over seeds)", fontsize=10)
+            label = ", ".join(f"{a}={v}" for a, v in zip(others, key, strict=False)) or None
+            ax.errorbar(g[axis].to_numpy(dtype=float), g[f"{m}_mean"].to_numpy(dtype=float),
+                        yerr=g[f"{m}_std"].fillna(0).to_numpy(dtype=float), marker="o", capsize=3, label=label)
+        if len(xs_all) and xs_all.min() > 0 and xs_all.max() / xs_all.min() >= 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(axis)
+        ax.set_ylabel(LABELS.get(m, m), fontsize=8)
+        ax.grid(alpha=0.3)
+        if others:
+            ax.legend(fontsize=7)
+        ax.set_title(m + note, fontsize=9)
+    fig.suptitle(f"against {axis}: mean +- std over seeds", fontsize=10)
     return fig
 
 
@@ -165,7 +163,7 @@ def bars(summary, axis: str, metrics: list[str]) -> Figure:
     ax.set_xlabel(axis)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(f"{', '.join(metrics)} per {axis} (mean +- std over seeds)", fontsize=10)
+    ax.set_title(f"per {axis}: mean +- std over seeds", fontsize=10)
     return fig
 
 
