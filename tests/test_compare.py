@@ -129,7 +129,8 @@ def test_compare_end_to_end_on_smollm2(smollm2, tmp_path):
     for name, row in rows.items():
         assert row["node_auc"] is None  # no ground truth for SmolLM2
         assert row["cpr"] is not None and row["wall_time_s"] > 0, name
-    assert rows["eap"]["forward_passes"] == 3 and rows["eap"]["backward_passes"] == 1
+    # Syed et al.'s cost: two forward passes (corrupted, clean) and one backward pass
+    assert rows["eap"]["forward_passes"] == 2 and rows["eap"]["backward_passes"] == 1
     scores = json.loads((out / "scores.json").read_text())
     edges = scores["methods"]["eap"]["edges"]
     # grouped-query attention: key/value receivers are SmolLM2's 3 key/value heads per layer

@@ -129,7 +129,7 @@ def estimate_passes(method: str, cfg: Any, model: ModelHandle, prompts: PromptSe
     if method in ("sae-codes", "norm-diff"):
         return n_all, 0, f"one pass over {n_all} prompts"
     if method in ("eap", "hisp"):
-        return 3 * n, n, "two forward passes and one backward pass"
+        return 2 * n, n, "two forward passes and one backward pass"
     if method == "eap-ig":
         return (2 + cfg.steps) * n, cfg.steps * n, f"{cfg.steps} forward and backward passes along the path"
     if method == "patching":

@@ -77,6 +77,7 @@ class PassCounter:
     backward: int = 0
     rows_forward: int = 0
     rows_backward: int = 0
+    embedding_lookups: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     def fwd(self, rows: int, n: int = 1) -> None:
@@ -92,7 +93,8 @@ class PassCounter:
         return time.perf_counter() - self.started
 
     def stats(self) -> dict[str, int]:
-        return {"rows_forward": self.rows_forward, "rows_backward": self.rows_backward}
+        return {"rows_forward": self.rows_forward, "rows_backward": self.rows_backward,
+                "embedding_lookups": self.embedding_lookups}
 
 
 @contextmanager
@@ -129,7 +131,7 @@ def capture(
     """Every head's z and the input embedding (``blocks.0.hook_resid_pre``) on ``tokens``.
 
     The pass stops after the last layer's z (or right after the embedding when
-    ``with_z`` is False).
+    ``with_z`` is False; that counts as an embedding lookup, not a forward pass).
     """
     import torch
 
@@ -166,7 +168,10 @@ def capture(
                 model.bridge.run_with_hooks(tokens[lo:hi], fwd_hooks=hooks, **kwargs)
             except _Stop:
                 pass
-            counter.fwd(hi - lo)
+            if with_z:
+                counter.fwd(hi - lo)
+            else:  # stopped right after the embedding: not a pass through the model
+                counter.embedding_lookups += 1
     return z_out, e_out
 
 
