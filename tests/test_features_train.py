@@ -173,7 +173,7 @@ def test_cli_trains_builds_a_graph_and_scores_heads(tmp_path, capsys):
     assert "data:image/png;base64" in page and "attn.2/error" in page
     # the run directory is a regular one: the main report reads it and shows the feature figures
     assert main(["report", str(run)]) == 0
-    assert (run / "report.html").is_file()
+    assert (run / "report.html").is_file() and (run / "figures" / "feature-graph.png").is_file()
     # a prompt given as token ids, with a target token
     run2 = tmp_path / "run2"
     assert main(["features", "graph", "--model", "toy-planted", "--prompt-ids", "0,17,3,4,5", "--target", "32",
