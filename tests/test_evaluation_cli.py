@@ -94,3 +94,23 @@ def test_discover_evaluate_in_one_go(tmp_path, capsys):
     assert metrics["circuit_performance"]["ablation"] == "mean"
     assert set(metrics["faithfulness"]["curves"]) == {"sae-codes"}
     assert json.loads((out / "config.json").read_text())["argv"]["evaluate"] is True
+
+
+def test_edge_scores_in_scores_json_get_edge_level_cpr(run_dir, tmp_path, capsys):
+    import shutil
+
+    from circuitscan.methods.edges import planted_true_edges
+
+    run = tmp_path / "with-edges"
+    shutil.copytree(run_dir, run)
+    scores = json.loads((run / "scores.json").read_text())
+    # a method that scores edges (as compare writes them): the planted value edges and read-outs
+    ports = {e if e.endswith("logits") else f"{e}.v" for e in planted_true_edges()}
+    scores["methods"]["sae-codes"]["edges"] = dict.fromkeys(sorted(ports), 1.0)
+    (run / "scores.json").write_text(json.dumps(scores))
+    assert main(["evaluate", str(run), "--faithfulness", "--random-samples", "0", "--faithfulness-samples", "0",
+                 "--examples", "6"]) == 0
+    assert "edge level (193 edges)" in capsys.readouterr().out
+    edge = _metrics(run)["faithfulness"]["edge_level"]
+    assert set(edge["curves"]) == {"sae-codes"}  # the pairs method has no edge scores
+    assert edge["cpr"]["sae-codes"] > 0.9 and edge["cmd"]["sae-codes"] < 0.1

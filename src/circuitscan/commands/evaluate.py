@@ -115,6 +115,12 @@ def print_evaluation(result) -> None:
         for m, c in result.curves.items():
             print(f"  {m:<20} CPR {_fmt(c.cpr)} (random {_fmt(c.cpr_random)})  CMD {_fmt(c.cmd)} "
                   f"(random {_fmt(c.cmd_random)})  over {len(c.sizes)} sizes")
+        edge = f.get("edge_level")
+        if edge:
+            print(f"  edge level ({edge['n_edges']} edges):")
+            for m, c in edge["curves"].items():
+                print(f"  {m:<20} CPR {_fmt(c['cpr'])} (random {_fmt(c['cpr_random'])})  CMD {_fmt(c['cmd'])} "
+                      f"(random {_fmt(c['cmd_random'])})")
     s = result.stats
     print(f"cost   {int(s['forward_passes'])} forward passes, {int(s['rows'])} prompt rows, "
           f"{int(s['circuits'])} distinct circuits, {s['total_seconds']:.1f}s")

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from .faithfulness import (
     MIB_FRACTIONS,
+    EdgeFaithfulnessCurve,
     FaithfulnessCurve,
     cmd,
     cpr,
     curve_sizes,
+    edge_faithfulness_curves,
     faithfulness_curve,
     faithfulness_curves,
     mib_sizes,
@@ -51,6 +53,7 @@ __all__ = [
     "MIB_FRACTIONS",
     "AblationSource",
     "CircuitEvaluator",
+    "EdgeFaithfulnessCurve",
     "FaithfulnessCurve",
     "GroundTruthMetrics",
     "HeadCache",
@@ -67,6 +70,7 @@ __all__ = [
     "cpr",
     "curve_sizes",
     "default_metric",
+    "edge_faithfulness_curves",
     "evaluate_against",
     "evaluate_run",
     "evaluate_scores",

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ..types import HeadId, HeadLayout, PromptSet
 
 ABLATIONS = ("corrupt", "mean", "zero")
+LOGITS_BUDGET = 2**27  # most logits one evaluation pass may hold (512 MiB in float32)
 _UNEMBED_IN = "unembed.hook_in"
 
 
@@ -615,7 +616,8 @@ class CircuitEvaluator:
             ablation: ``"corrupt"``, ``"mean"`` or ``"zero"``.
             metrics: metric names (default: :func:`~circuitscan.evaluation.metrics.table_metrics`).
             n_examples: score on the first n positive prompts only (default: all).
-            max_rows: most token rows per forward pass (circuits x prompts x group).
+            max_rows: most token rows per forward pass (circuits x prompts x group); fewer
+                when the logits kept would pass :data:`LOGITS_BUDGET` (all-position metrics).
             batch_size: prompts per pass when caching.
             progress: progress bar for long evaluations (default: on a terminal).
         """
@@ -736,8 +738,11 @@ class CircuitEvaluator:
         n_unique = unique.shape[0]
         out = {name: torch.empty(n_unique, self.n) for name in self.metrics}
         g = self.group
-        chunk = max(1, min(self.n, self.max_rows // g))  # examples per pass
-        per_pass = max(1, self.max_rows // (chunk * g))  # circuits per pass
+        # rows per pass: max_rows, and at most LOGITS_BUDGET logits (all-position metrics)
+        vocab = int(self.model.bridge.cfg.d_vocab)
+        budget = max(g, min(self.max_rows, LOGITS_BUDGET // (len(self.positions) * vocab)))
+        chunk = max(1, min(self.n, budget // g))  # examples per pass
+        per_pass = max(1, budget // (chunk * g))  # circuits per pass
         n_passes = -(-self.n // chunk) * -(-n_unique // per_pass)
         show = self.progress if self.progress is not None else None
         with torch.inference_mode(), bar("evaluating circuits", n_passes,

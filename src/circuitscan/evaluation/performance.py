@@ -177,8 +177,10 @@ def scores_from_json(data: Mapping[str, Any], layout) -> list[Scores]:
                 "flat order (L0H0, L0H1, ...); was the run made with another model?"
             )
         vals = [float(v) for v in values]  # "nan"/"inf" strings come back as floats
+        edges = entry.get("edges")
+        edges = {str(k): float(v) for k, v in edges.items()} if isinstance(edges, Mapping) and edges else None
         out.append(Scores(method=name, node=torch.tensor(vals).reshape(layout.n_layers, layout.n_heads),
-                          layout=layout, wall_time_s=float(entry.get("wall_time_s", 0.0)),
+                          layout=layout, edges=edges, wall_time_s=float(entry.get("wall_time_s", 0.0)),
                           forward_passes=int(entry.get("forward_passes", 0)),
                           backward_passes=int(entry.get("backward_passes", 0))))
     return out
@@ -293,7 +295,7 @@ def evaluate_run(
     evaluation leaves the previous file intact.
     """
     from ..rundir import CONFIG, METRICS, SCORES, read_json, write_json
-    from .faithfulness import curve_sizes, faithfulness_curves
+    from .faithfulness import curve_sizes, edge_faithfulness_curves, faithfulness_curves
     from .intervention import CircuitEvaluator
     from .metrics import table_metrics
 
@@ -339,6 +341,18 @@ def evaluate_run(
             "cpr_random": {m: c.cpr_random for m, c in curves.items()},
             "cmd_random": {m: c.cmd_random for m, c in curves.items()},
         }
+        edge_curves = edge_faithfulness_curves(model, prompts, scores, ablation=ablation, metric=ev.metrics[0],
+                                               random_samples=faithfulness_samples, seed=seed,
+                                               n_examples=n_examples)
+        if edge_curves:
+            faith_json["edge_level"] = {
+                "n_edges": next(iter(edge_curves.values())).n_edges,
+                "rule": "top-k edges by score kept, every other edge patched (no pruning); sizes at the MIB "
+                "fractions of the model's head-graph edges",
+                "curves": {m: c.to_dict() for m, c in edge_curves.items()},
+                "cpr": {m: c.cpr for m, c in edge_curves.items()},
+                "cmd": {m: c.cmd for m, c in edge_curves.items()},
+            }
     stats = {**ev.stats.to_dict(), "total_seconds": time.perf_counter() - t0}
     perf_json = {
         **table.to_dict(),
