@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--sp-steps", type=int, default=50)
     ap.add_argument("--faithfulness-samples", type=int, default=3)
     ap.add_argument("--out", default=None, help="also write the comparison run directory here")
+    ap.add_argument("--scale-examples", type=int, default=0,
+                    help="also time sae-codes and eap alone on this many IOI prompts (0: skip)")
     args = ap.parse_args()
 
     import torch
@@ -109,6 +111,14 @@ def main() -> None:
     print(f"proxy ground truth ({k} heads): {', '.join(sorted(h.name for h in proxy.heads))}")
     if result.out:
         print(f"wrote {result.out}/")
+    if args.scale_examples:
+        from circuitscan.methods import EAPConfig, get
+
+        big = cs.build_task("ioi", model, args.scale_examples, seed=1)
+        sae = get("sae-codes").score(model, big, SAECodesConfig(batch_size=64))
+        eap = get("eap").score(model, big, EAPConfig(batch_size=32))
+        print(f"at {big.n_positive} + {big.n_negative} prompts: sae-codes {sae.wall_time_s:.1f}s, eap "
+              f"{eap.wall_time_s:.1f}s (ratio eap / sae-codes = {eap.wall_time_s / sae.wall_time_s:.2f})")
 
 
 if __name__ == "__main__":
