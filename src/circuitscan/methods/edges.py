@@ -272,6 +272,16 @@ class EdgeForward:
         self.graph = graph
         b = model.bridge
         L, H = model.layout.n_layers, model.layout.n_heads
+        needed = ["blocks.0.hook_resid_pre", "ln_final.hook_in"] + [
+            name for layer in range(L) for name in (
+                f"blocks.{layer}.ln1.hook_in", *(f"blocks.{layer}.attn.hook_{p}" for p in PORTS), model.hook_z(layer))
+        ]
+        missing = [name for name in needed if name not in b.hook_dict]
+        if missing:
+            raise CircuitscanError(
+                f"model {model.spec!r} has no hook point {missing[0]!r}; edge-level methods need each layer's "
+                "ln1 input, per-head q/k/v and z, the first residual stream and the final norm's input"
+            )
         self.w_o = b.W_O.detach()
         self.w = {"q": b.W_Q.detach(), "k": b.W_K.detach(), "v": b.W_V.detach()}
         self.b = {}
