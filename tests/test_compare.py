@@ -59,7 +59,7 @@ def test_compare_writes_a_complete_run_directory(planted_run):
     assert table.count("\n") == len(expected) and "threshold sweep" in table
 
 
-def test_the_run_can_be_evaluated_and_reported(planted_run, tmp_path):
+def test_the_run_can_be_evaluated(planted_run, tmp_path):
     import shutil
 
     from circuitscan.evaluation.performance import evaluate_run
