@@ -19,6 +19,7 @@ from circuitscan.features.corpus import (
 from circuitscan.features.sae_train import (
     SublayerSAEConfig,
     _fold_scale,
+    load_many,
     load_sublayer_saes,
     save_sublayer_saes,
     train_sublayer_saes,
@@ -129,6 +130,12 @@ def test_streamed_training_learns_saves_and_loads(tmp_path):
     back.check_model(model)
     one = load_sublayer_saes(path, parse_sites("resid.1"))
     assert list(one.saes) == ["resid.1"]
+    a = save_sublayer_saes(saes.subset(parse_sites("resid.1")), tmp_path / "a")
+    b = save_sublayer_saes(saes.subset(parse_sites("attn.0")), tmp_path / "b")
+    both = load_many(f"{a},{b}")
+    assert list(both.saes) == ["attn.0", "resid.1"] and set(both.contexts) == {"attn.0", "resid.1"}
+    with pytest.raises(CircuitscanError, match="more than one SAE directory"):
+        load_many([a, path])
     with pytest.raises(CircuitscanError, match="no SAE for site"):
         load_sublayer_saes(path, parse_sites("attn.1"))
     with pytest.raises(CircuitscanError, match="trained on a 'toy-random'"):

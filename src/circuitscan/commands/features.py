@@ -48,15 +48,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--corpus", default="generated,package,python-docs",
                    help="comma-separated sources: generated, package, python-docs, file:PATH "
                    "(default: generated,package,python-docs)")
-    t.add_argument("--generated-tokens", type=positive_int, default=16_384,
-                   help="tokens the model generates for the corpus (cached; default 16384)")
+    t.add_argument("--generated-tokens", type=positive_int, default=4096,
+                   help="tokens the model generates for the corpus (cached per model and seed; default 4096)")
     t.add_argument("--seq-len", type=positive_int, default=64, help="tokens per corpus chunk (default 64)")
     t.add_argument("--features", type=positive_int, default=1024, help="dictionary size per site (default 1024)")
-    t.add_argument("--l1", type=finite_float, default=3.0, help="sparsity weight (default 3.0)")
+    t.add_argument("--l1", type=finite_float, default=2.0,
+                   help="sparsity weight, inputs scaled to mean squared norm d_model (default 2.0)")
     t.add_argument("--lr", type=finite_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    t.add_argument("--tokens", type=positive_int, default=131_072,
-                   help="training tokens per site (default 131072)")
-    t.add_argument("--batch-rows", type=positive_int, default=1024, help="rows per SAE step (default 1024)")
+    t.add_argument("--tokens", type=positive_int, default=262_144,
+                   help="training rows per site, counting reuse (default 262144)")
+    t.add_argument("--batch-rows", type=positive_int, default=128, help="rows per SAE step (default 128)")
+    t.add_argument("--buffer-epochs", type=positive_int, default=4,
+                   help="passes over each pool of activations (default 4)")
     t.add_argument("--model-batch", type=positive_int, default=16, help="corpus chunks per forward pass (default 16)")
     t.add_argument("--no-ce-eval", action="store_true", help="skip the spliced cross-entropy evaluation")
     t.add_argument("--seed", type=int, default=0, help="seed of the corpus, sampling and training (default 0)")
@@ -82,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --task: positive prompts (and as many negatives) to build (default 16)")
     g.add_argument("--metric", default=None, help="with --task: task metric (default: the task's own)")
     g.add_argument("--seed", type=int, default=0, help="task seed (default 0)")
-    g.add_argument("--saes", required=True, help="SAE directory from `circuitscan features train`")
+    g.add_argument("--saes", required=True,
+                   help="SAE directory from `circuitscan features train` (several: comma-separated)")
     g.add_argument("--sites", default=None, help="use only these of the SAEs' sites (default: all)")
     g.add_argument("--out", "-o", required=True, help="run directory to write (new or empty)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -120,7 +124,8 @@ def run_train(args: argparse.Namespace) -> int:
     sources = parse_sources(args.corpus)
     sites = parse_sites(args.sites)
     cfg = SublayerSAEConfig(n_features=args.features, l1=args.l1, lr=args.lr, train_tokens=args.tokens,
-                            batch_rows=args.batch_rows, model_batch=args.model_batch, ce_eval=not args.no_ce_eval,
+                            batch_rows=args.batch_rows, buffer_epochs=args.buffer_epochs, model_batch=args.model_batch,
+                            ce_eval=not args.no_ce_eval,
                             seed=args.seed)
     t = time.perf_counter()
     model = load_model_from_args(args)
@@ -151,7 +156,7 @@ def run_graph(args: argparse.Namespace) -> int:
     from .. import circuits
     from ..features.graph import GraphConfig
     from ..features.run import feature_graph_run, prompt_tokens, summary, target_token
-    from ..features.sae_train import load_sublayer_saes
+    from ..features.sae_train import load_many
     from ..features.sites import parse_sites
     from ..rundir import check_out_dir
     from .common import load_model_from_args
@@ -159,7 +164,7 @@ def run_graph(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out_dir(out, overwrite=args.overwrite)
     cfg = GraphConfig(top_k=args.top_k, edges=args.edges, batch_size=args.batch_size)
-    saes = load_sublayer_saes(args.saes)
+    saes = load_many(args.saes)
     model = load_model_from_args(args)
     sites = parse_sites(args.sites, model.layout.n_layers) if args.sites else None
     saes.subset(sites or saes.sites).check_model(model)

@@ -299,7 +299,7 @@ def build_corpus(
     *,
     seq_len: int = 64,
     seed: int = 0,
-    generated_tokens: int = 16_384,
+    generated_tokens: int = 4096,
     max_tokens: int | None = None,
     progress: bool | None = None,
 ) -> Corpus:

@@ -6,7 +6,9 @@ x_hat = z W_D + b, unit-norm dictionary atoms). Training, for every site at once
 
 * the corpus (:mod:`.corpus`) is run through the model batch by batch, stopping after the
   last site; the activations of ``buffer_batches`` forward batches are pooled, shuffled
-  and consumed in minibatches of ``batch_rows`` rows, then the pool is refilled;
+  and consumed ``buffer_epochs`` times in minibatches of ``batch_rows`` rows, then the pool
+  is refilled (reusing each pool a few times makes the model's forward passes, the
+  expensive part on a CPU, go further);
 * the first ``skip_positions`` positions of every chunk are left out (position 0 carries
   the attention sink, whose norm is many times the others');
 * inputs are scaled so that their mean squared norm is ``d_model`` (one scalar per site,
@@ -68,9 +70,10 @@ class SublayerSAEConfig:
         n_features: dictionary size per site.
         l1: sparsity weight (inputs scaled to mean squared norm d_model).
         lr: Adam learning rate.
-        train_tokens: training rows per site (tokens, after skipped positions); the
-            corpus is cycled if it is shorter.
+        train_tokens: training rows per site (tokens, after skipped positions, counted
+            once per use); the corpus is cycled if it is shorter.
         batch_rows: rows per SAE step.
+        buffer_epochs: passes over each pool of activations.
         model_batch: corpus chunks per forward pass.
         buffer_batches: forward batches pooled and shuffled before training on them.
         l1_warmup: fraction of training over which l1 ramps up from 0.
@@ -85,10 +88,11 @@ class SublayerSAEConfig:
     """
 
     n_features: int = 1024
-    l1: float = 3.0
+    l1: float = 2.0
     lr: float = 1e-3
-    train_tokens: int = 131_072
-    batch_rows: int = 1024
+    train_tokens: int = 262_144
+    batch_rows: int = 128
+    buffer_epochs: int = 4
     model_batch: int = 16
     buffer_batches: int = 8
     l1_warmup: float = 0.05
@@ -106,7 +110,7 @@ class SublayerSAEConfig:
         _check(self.l1 >= 0 and math.isfinite(self.l1), f"l1 must be a finite number >= 0, got {self.l1}")
         _check(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
         _check(self.train_tokens >= 1, f"train_tokens must be >= 1, got {self.train_tokens}")
-        for name in ("batch_rows", "model_batch", "buffer_batches", "dead_window"):
+        for name in ("batch_rows", "buffer_epochs", "model_batch", "buffer_batches", "dead_window"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         _check(0 <= self.l1_warmup < 1, f"l1_warmup must be in [0, 1), got {self.l1_warmup}")
         _check(all(0 < f < 1 for f in self.resample_at), f"resample_at fractions must lie in (0, 1), got {self.resample_at}")
@@ -156,7 +160,11 @@ class SublayerSAEs:
                 f"no SAE for site(s) {', '.join(missing)}; the SAEs cover {', '.join(self.saes)} "
                 "(train more with `circuitscan features train --sites ...`)"
             )
-        return SublayerSAEs({s.name: self.saes[s.name] for s in sites}, self.info, self.contexts, self.curves)
+        names = [s.name for s in sorted(sites)]
+        info = {**self.info, "sites": names}
+        return SublayerSAEs({n: self.saes[n] for n in names}, info,
+                            {n: v for n, v in self.contexts.items() if n in names},
+                            {n: v for n, v in self.curves.items() if n in names})
 
     def check_model(self, model: ModelHandle) -> None:
         """Raise if these SAEs cannot read ``model``'s activations."""
@@ -300,7 +308,8 @@ def train_sublayer_saes(
     tokens_seen = 0
     t_model = 0.0
     t_sae = 0.0
-    n_buffers = -(-total_steps * cfg.batch_rows // (cfg.buffer_batches * cfg.model_batch * rows_per_chunk))
+    n_buffers = -(-total_steps * cfg.batch_rows // (cfg.buffer_batches * cfg.model_batch * rows_per_chunk
+                                                    * cfg.buffer_epochs))
 
     def next_chunks() -> Tensor:
         nonlocal cursor, order, epochs
@@ -344,8 +353,8 @@ def train_sublayer_saes(
                         log={k: [] for k in ("step", "tokens", "mse", "fvu", "l0", "dead_fraction", "l1")},
                     )
             n_rows = min(b.shape[0] for b in buffers.values())
-            perm = torch.randperm(n_rows, generator=g)
-            for lo in range(0, n_rows - cfg.batch_rows + 1, cfg.batch_rows):
+            perm = torch.cat([torch.randperm(n_rows, generator=g) for _ in range(cfg.buffer_epochs)])
+            for lo in range(0, perm.numel() - cfg.batch_rows + 1, cfg.batch_rows):
                 if step >= total_steps:
                     break
                 rows = perm[lo : lo + cfg.batch_rows]
@@ -572,6 +581,35 @@ def load_sublayer_saes(path: str | Path, sites: list[Site] | None = None) -> Sub
     contexts = read_json(root / CONTEXTS) if (root / CONTEXTS).is_file() else {}
     curves = read_json(root / TRAINING) if (root / TRAINING).is_file() else {}
     return SublayerSAEs(saes=saes, info=info, contexts=contexts, curves=curves)
+
+
+def load_many(paths: str | list[str | Path]) -> SublayerSAEs:
+    """Load one or more SAE directories (comma-separated) into one set; sites must not repeat."""
+    items = [p for p in (paths.split(",") if isinstance(paths, str) else paths) if str(p).strip()]
+    if not items:
+        raise CircuitscanError("give at least one SAE directory")
+    loaded = [load_sublayer_saes(str(p).strip()) for p in items]
+    if len(loaded) == 1:
+        return loaded[0]
+    saes: dict[str, SparseAutoencoder] = {}
+    contexts: dict = {}
+    curves: dict = {}
+    metrics: dict = {}
+    families = {(x.info.get("model") or {}).get("family") for x in loaded}
+    if len(families) > 1:
+        raise CircuitscanError(f"the SAE directories were trained on different models: {sorted(map(str, families))}")
+    for path, x in zip(items, loaded, strict=True):
+        clash = set(saes) & set(x.saes)
+        if clash:
+            raise CircuitscanError(f"site(s) {', '.join(sorted(clash))} appear in more than one SAE directory ({path})")
+        saes.update(x.saes)
+        contexts.update(x.contexts)
+        curves.update(x.curves)
+        metrics.update(x.info.get("metrics") or {})
+    order = sorted(parse_site(n) for n in saes)
+    info = {**loaded[0].info, "sites": [s.name for s in order], "metrics": metrics,
+            "directories": [str(p) for p in items]}
+    return SublayerSAEs({s.name: saes[s.name] for s in order}, info, contexts, curves)
 
 
 def describe(saes: SublayerSAEs) -> str:
