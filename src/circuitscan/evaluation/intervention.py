@@ -7,7 +7,7 @@ head's output because the projection is linear. The replacement comes from an
 :class:`AblationSource`:
 
 ``corrupt``  the head's z on the paired corrupted (negative) prompt, position by
-             position (the paper's default; "resample ablation" of a fixed pair);
+             position (the paper's default: activation patching from the pair);
 ``mean``     the head's z averaged over all the task's prompts (positives and
              negatives), per position, over real (non-padding) tokens;
 ``zero``     zero (the head writes only the layer's shared bias, if any).
