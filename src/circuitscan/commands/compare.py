@@ -89,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = build_prompts_from_args(args, model)
     t_task = time.perf_counter() - t
     if args.ground_truth:
-        gt = circuits.resolve(args.ground_truth, model.layout, model.family)
+        gt = circuits.resolve(args.ground_truth, model.layout, model.family, model=model)
     else:
-        gt = circuits.default_for(prompts.task, model.family)
+        gt = circuits.default_for(prompts.task, model.family, model=model)
     settings = CompareSettings(metric=args.metric, ablation=args.ablation, n_examples=args.baseline_examples,
                                batch_size=args.batch_size, max_seconds=args.max_seconds,
                                acdc_thresholds=args.acdc_thresholds, sp_steps=args.sp_steps,

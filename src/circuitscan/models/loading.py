@@ -24,6 +24,12 @@ OFFLINE_SPECS: dict[str, str] = {
     "gpt2-random": "GPT-2 small architecture (12 x 12) at random init, real GPT-2 tokenizer; offline",
     "toy-planted": "3 x 4 hand-set attention-only model with a planted circuit (L0H1, L1H2, L2H0)",
     "toy-random": "2 x 4 random attention-only TL-native model",
+    # known-answer testbeds (circuitscan.testbeds, docs/TESTBEDS.md)
+    "tracr-reverse": "tracr-compiled 'reverse' (4 x 1 heads, 2 with weights); compiled once with the tracr extra",
+    "tracr-frac_prev": "tracr-compiled 'fraction of previous x' (2 x 1, numerical output); tracr extra, once",
+    "tracr-sort": "tracr-compiled 'sort' (3 x 1, 2 heads with weights); compiled once with the tracr extra",
+    "tracr-sort_freq": "tracr-compiled 'sort by frequency' (5 x 1, 3 with weights); tracr extra, once",
+    "toy-induction": "2 x 8 attention-only model trained here to do induction (about a minute, once; cached)",
 }
 _ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m"}
 
@@ -71,6 +77,10 @@ def load_model(
         handle = _load_smollm2(device)
     elif key == "gpt2-random":
         handle = _load_gpt2_random(device, tokenizer, seed)
+    elif key == "toy-induction" or key.startswith("tracr-"):
+        from ..testbeds import load_testbed
+
+        handle = load_testbed(key, device=device)
     elif key in ("toy-planted", "toy-random"):
         from .toy import planted_model, random_toy_model
 
