@@ -49,15 +49,15 @@ class SPConfig(BaselineConfig):
         lambdas: sparsity weights to sweep (relative, see the module docstring).
         steps: optimiser steps (each on one batch of prompts, cycling).
         lr: Adam's constant learning rate.
-        init_logit: initial gate logit (2.0: about 88% of a gate is open).
+        init_logit: initial gate logit (1.0: deterministic gate 0.78, open).
         max_seconds: stop training after this long (the circuits are read off as they are).
         seed: seed of the gates' noise.
     """
 
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
     steps: int = 200
-    lr: float = 0.05
-    init_logit: float = 2.0
+    lr: float = 0.1
+    init_logit: float = 1.0
     max_seconds: float | None = None
     seed: int = 0
 
