@@ -98,9 +98,12 @@ def main() -> None:
     if st.get("stopped_early"):
         full = st["extrapolated_seconds_if_every_remaining_edge_is_tried"] + (
             scores["acdc-edge"].wall_time_s - st["loop_seconds"])
+        setup = scores["acdc-edge"].wall_time_s - st["loop_seconds"]
+        rate = st["extrapolated_seconds_at_the_rate_so_far"] + setup
         print(f"  {st['seconds_per_try']:.2f}s per try -> a full run would take ~{full / 3600:.1f} h "
-              f"= {full / base:.0f}x sae-codes (extrapolated, upper bound: ACDC skips receivers that lose "
-              "all their outputs)")
+              f"= {full / base:.0f}x sae-codes if every remaining edge needed a try (upper bound), "
+              f"~{rate / 3600:.1f} h = {rate / base:.0f}x sae-codes at the rate so far (disconnected "
+              "receivers skipped as often as in the part it ran)")
     else:
         print(f"  full run: {scores['acdc-edge'].wall_time_s:.0f}s = "
               f"{scores['acdc-edge'].wall_time_s / base:.0f}x sae-codes")

@@ -110,6 +110,8 @@ class _Run:
             out["seconds_per_try"] = per_try
             out["extrapolated_seconds_if_every_remaining_edge_is_tried"] = self.seconds + per_try * (
                 self.total - self.visited)
+            # the rate so far, skipped (disconnected) receivers included: a central estimate
+            out["extrapolated_seconds_at_the_rate_so_far"] = self.seconds * self.total / self.visited
         return out
 
 

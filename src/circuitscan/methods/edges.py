@@ -458,7 +458,7 @@ class EdgeForward:
 
                 zz = split_heads(z, H)
                 state["z"][layer] = zz
-                if patch and layer < L:
+                if patch:
                     src = None if source_heads is None else source_heads[layer]
                     a = self.head_out(layer, zz)
                     a_src = torch.zeros_like(a) if src is None else self.head_out(layer, ablated(src, zz))
