@@ -136,13 +136,14 @@ def ablation_effect(
 
     Returns:
         ``objective_clean``, ``objective_ablated``, ``delta`` (ablated - clean), the mean
-        change of the target tokens' logits, and the tokens whose logits (mean over
-        prompts, at the last position) fell and rose most: the first are what the
-        ablated nodes promoted in this forward pass.
+        change of the target tokens' logits and probabilities, and the tokens whose
+        log-probabilities (mean over prompts, at the last position) fell and rose most:
+        the first are what the ablated nodes promoted in this forward pass.
     """
     clean = clean_logits if clean_logits is not None else run_ablated(model, saes, tokens, None, attention_mask)
     abl = run_ablated(model, saes, tokens, ablation, attention_mask)
-    d = _upcast(abl[:, -1] - clean[:, -1]).mean(0)
+    # log-probabilities, not logits: an ablation upstream can shift every logit alike
+    d = (_upcast(abl[:, -1]).log_softmax(-1) - _upcast(clean[:, -1]).log_softmax(-1)).mean(0)
     out: dict[str, Any] = {
         "objective_clean": _objective(objective, clean),
         "objective_ablated": _objective(objective, abl),

@@ -3,7 +3,8 @@
 * :func:`graph_figure` — the attribution graph: one column per site in forward order
   (the output last), kept features by |score| with the site's error and "other features"
   nodes below, node area by |score|, colour by whether the node supports the objective;
-  the strongest edges, width by |weight|, colour by sign;
+  the strongest edges, width by |weight|, colour by whether the source supports the
+  objective through the target;
 * :func:`accounting_figure` — per site, the attribution carried by kept features, other
   features, the SAE error and the decoder bias;
 * :func:`validation_figure` — predicted (-score) vs measured change of the objective when
@@ -94,7 +95,7 @@ def graph_figure(graph: dict[str, Any], cards: dict[str, Any] | None = None, *, 
     for s, d, w in edges:
         (x0, y0), (x1, y1) = pos[s], pos[d]
         frac = abs(w) / wmax
-        ax.plot([x0, x1], [y0, y1], color=SUPPORT if w > 0 else OPPOSE, lw=0.4 + 4.0 * frac,
+        ax.plot([x0, x1], [y0, y1], color=SUPPORT if _supports(w, hib) else OPPOSE, lw=0.4 + 4.0 * frac,
                 alpha=0.15 + 0.6 * frac, zorder=1, solid_capstyle="round")
     for nid, (x, y) in pos.items():
         n = nodes.get(nid)
@@ -133,10 +134,10 @@ def graph_figure(graph: dict[str, Any], cards: dict[str, Any] | None = None, *, 
         Line2D([], [], marker="o", ls="", color=OPPOSE, label="feature opposing it"),
         Line2D([], [], marker="s", ls="", color=GREY, label="SAE error"),
         Line2D([], [], marker="D", ls="", color=GREY, label="all other features"),
-        Line2D([], [], color=SUPPORT, lw=2, label="edge > 0"),
-        Line2D([], [], color=OPPOSE, lw=2, label="edge < 0"),
+        Line2D([], [], color=SUPPORT, lw=2, label="edge: the source supports the objective through the target"),
+        Line2D([], [], color=OPPOSE, lw=2, label="edge: opposes it"),
     ]
-    ax.legend(handles=handles, loc="lower left", fontsize=7, frameon=False, ncol=3, bbox_to_anchor=(0.0, -0.16))
+    ax.legend(handles=handles, loc="lower left", fontsize=7, frameon=False, ncol=3, bbox_to_anchor=(0.0, -0.17))
     fig.subplots_adjust(bottom=0.14)
     return fig
 
@@ -367,12 +368,12 @@ def _page(run_dir: Path, figs: list[tuple[str, Path, str]]) -> str:
         parts.append(f"<h2>The strongest thread, ablated</h2><p>{' → '.join(_e(t) for t in th['thread'])} → output. "
                      f"Objective {_fmt(th.get('objective_clean'))} → {_fmt(th.get('objective_ablated'))} (change "
                      f"{_fmt(th.get('delta'))}; the sum of the nodes' scores predicts {_fmt(th.get('naive_predicted_delta'))}"
-                     f", which double counts). Tokens whose logits fell most: {_tokens(th.get('promoted_here', []))}; "
+                     f", which double counts). Tokens whose log-probability fell most: {_tokens(th.get('promoted_here', []))}; "
                      f"rose most: {_tokens(th.get('suppressed_here', []))}.</p>")
     rows = (abl.get("single_nodes") or {}).get("nodes") or []
     if rows:
         parts.append("<h2>Single-node ablations</h2><table><tr><th>node</th><th>predicted change</th><th>measured</th>"
-                     "<th>target logit change</th><th>logits that fell most (promoted here)</th></tr>")
+                     "<th>target logit change</th><th>log-probs that fell most (promoted here)</th></tr>")
         for r in rows:
             parts.append(f"<tr><td>{_e(r['node'])}</td><td class='n'>{_fmt(r['predicted_delta'])}</td><td class='n'>"
                          f"{_fmt(r['delta'])}</td><td class='n'>{_fmt(r.get('target_logit_delta'))}</td>"
@@ -381,7 +382,7 @@ def _page(run_dir: Path, figs: list[tuple[str, Path, str]]) -> str:
     if abl.get("user"):
         u = abl["user"]
         parts.append(f"<h2>Your ablation</h2><p><code>{_e(u.get('nodes'))}</code>: objective {_fmt(u.get('objective_clean'))} → "
-                     f"{_fmt(u.get('objective_ablated'))}; logits that fell most: {_tokens(u.get('promoted_here', []))}.</p>")
+                     f"{_fmt(u.get('objective_ablated'))}; log-probs that fell most: {_tokens(u.get('promoted_here', []))}.</p>")
     gt = metrics.get("ground_truth") or {}
     if gt:
         parts.append("<h2>Head-level view against the ground truth</h2><table><tr><th>method</th><th>ROC AUC over heads</th>"
