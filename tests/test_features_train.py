@@ -184,9 +184,11 @@ def test_cli_trains_builds_a_graph_and_scores_heads(tmp_path, capsys):
     # a prompt given as token ids, with a target token
     run2 = tmp_path / "run2"
     assert main(["features", "graph", "--model", "toy-planted", "--prompt-ids", "0,17,3,4,5", "--target", "32",
-                 "--saes", str(saes), "--out", str(run2), "--validate", "0"]) == 0
+                 "--saes", str(saes), "--out", str(run2), "--validate", "0", "--no-edges"]) == 0
     cfg = json.loads((run2 / "config.json").read_text())
     assert cfg["prompt"]["token_ids"] == [0, 17, 3, 4, 5] and cfg["prompt"]["target"] == 32
+    graph = json.loads((run2 / "feature_graph.json").read_text())
+    assert graph["edges"] == [] and graph["backward_passes"] == 1
 
 
 @pytest.mark.parametrize("argv, message", [

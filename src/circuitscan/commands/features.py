@@ -94,6 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--edges", choices=("corrected", "direct", "total"), default="corrected",
                    help="corrected: total minus the paths through intermediate sites (default); direct: the same "
                    "by stopping gradients; total: uncorrected (double counts)")
+    g.add_argument("--no-edges", action="store_true",
+                   help="node scores (and the head view) only: one backward pass per batch; without residual "
+                   "sites between them, many sites make corrected edges expensive")
     g.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward pass (default 8)")
     g.add_argument("--validate", type=int, default=12,
                    help="ablate this many of the strongest nodes one by one (default 12; 0: none)")
@@ -163,7 +166,7 @@ def run_graph(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_out_dir(out, overwrite=args.overwrite)
-    cfg = GraphConfig(top_k=args.top_k, edges=args.edges, batch_size=args.batch_size)
+    cfg = GraphConfig(top_k=args.top_k, edges=args.edges, batch_size=args.batch_size, compute_edges=not args.no_edges)
     saes = load_many(args.saes)
     model = load_model_from_args(args)
     sites = parse_sites(args.sites, model.layout.n_layers) if args.sites else None
