@@ -487,9 +487,15 @@ def attribution_graph(
     # ---- pass 2: edges -----------------------------------------------------------------------
     edges: dict[tuple[str, str], float] = {}
     if cfg.compute_edges:
-        for index in batches:
-            mask = None if attention_mask is None else attention_mask[index]
-            _edges_for_batch(model, tokens[index], index, n, sites, W, kept, objective, cfg.edges, mask, edges, counter)
+        from ..progress import bar
+
+        n_targets = sum(len(kept[s.name]) + 2 for s in sites) + 1
+        with bar("attribution graph edges", len(batches) * n_targets,
+                 show=None if len(batches) * n_targets > 40 else False) as advance:
+            for index in batches:
+                mask = None if attention_mask is None else attention_mask[index]
+                _edges_for_batch(model, tokens[index], index, n, sites, W, kept, objective, cfg.edges, mask, edges,
+                                 counter, advance)
 
     return AttributionGraph(
         sites=[s.name for s in sites], nodes=nodes, edges=edges, site_totals=site_totals,
@@ -558,7 +564,8 @@ def _head_shares(z: Tensor, w_o: Tensor, b_o: Tensor | None, w: dict[str, Tensor
     return encoder, decoder
 
 
-def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, mask, edges, counter) -> None:
+def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, mask, edges, counter,
+                     advance=lambda n=1: None) -> None:
     p = _forward(model, tokens, sites, mode="total", mask=mask)
     counter.fwd += 1
     vals = objective.fn(p.logits, index)
@@ -617,6 +624,7 @@ def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, m
     def add(src_vals: dict[str, float], dst: str) -> None:
         for src, v in src_vals.items():
             edges[(src, dst)] = edges.get((src, dst), 0.0) + v
+        advance()
 
     for v in sites:
         ups = upstream_of(v, sites)
