@@ -294,6 +294,8 @@ def test_smollm2_induction_scores_reference(smollm2, tmp_path):
         "12",
         "--level",
         "node",
+        "--epochs",
+        "100",
         "--ground-truth",
         "induction-scores:n=4,length=12",
         "--out",
