@@ -9,6 +9,7 @@
   features, the SAE error and the decoder bias;
 * :func:`validation_figure` — predicted (-score) vs measured change of the objective when
   each node is ablated;
+* :func:`promoted_tokens_figure` — each kept feature's promoted and suppressed tokens;
 * :func:`training_figure` — SAE training curves (an SAE directory);
 * :func:`write_feature_report` — all of it into ``feature_figures/`` and ``features.html``
   of a ``features graph`` run directory; :func:`feature_figure_specs` gives the same
@@ -195,6 +196,43 @@ def validation_figure(ablations: dict[str, Any]) -> Figure | None:
     return fig
 
 
+def promoted_tokens_figure(graph: dict[str, Any], cards: dict[str, Any], *, max_rows: int = 60, k: int = 5) -> Figure | None:
+    """A table: every kept feature with its score and the tokens it promotes / suppresses."""
+    from matplotlib.figure import Figure
+
+    sites = list(graph["sites"])
+    feats = sorted((n for n in graph["nodes"] if n["kind"] == "feature" and n["id"] in cards),
+                   key=lambda n: (sites.index(n["site"]), -abs(_num(n["score"]))))[:max_rows]
+    if not feats:
+        return None
+    hib = bool(graph["objective"].get("higher_is_better", False))
+    fig = Figure(figsize=(13.5, 0.9 + 0.24 * (len(feats) + 1)))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.axis("off")
+
+    def toks(items: list[list[Any]]) -> str:
+        return "  ".join(_short(repr(str(t))[1:-1], 12) for t, _ in items[:k])
+
+    y = 1.0
+    step = 1.0 / (len(feats) + 1)
+    for x, head in ((0.0, "node"), (0.13, "score"), (0.21, "promoted through the unembedding"),
+                    (0.61, "suppressed")):
+        ax.text(x, y, head, fontsize=8, fontweight="bold", va="top", transform=ax.transAxes)
+    for n in feats:
+        y -= step
+        c = cards[n["id"]]
+        score = _num(n["score"])
+        ax.text(0.0, y, n["id"], fontsize=7.5, va="top", family="monospace", transform=ax.transAxes)
+        ax.text(0.13, y, f"{score:+.3g}", fontsize=7.5, va="top", transform=ax.transAxes,
+                color=SUPPORT if _supports(score, hib) else OPPOSE)
+        ax.text(0.21, y, toks(c.get("promoted", [])), fontsize=7.5, va="top", family="monospace", transform=ax.transAxes)
+        ax.text(0.61, y, toks(c.get("suppressed", [])), fontsize=7.5, va="top", family="monospace",
+                transform=ax.transAxes)
+    ax.set_title("Kept features: the tokens their atoms promote and suppress through the unembedding "
+                 "(score blue = supports the objective)", fontsize=9)
+    return fig
+
+
 def training_figure(curves: dict[str, dict[str, list[float]]]) -> Figure:
     """FVU, L0 and dead fraction against training tokens, one line per site."""
     from matplotlib.figure import Figure
@@ -232,6 +270,10 @@ def _figures(run_dir: Path) -> list[tuple[str, Any, str]]:
         ("feature-accounting", lambda: accounting_figure(graph),
          "Each site's total attribution split into kept features, other features, the SAE error and the bias."),
     ]
+    if cards and any(n["kind"] == "feature" for n in graph["nodes"]):
+        out.append(("feature-tokens", lambda: promoted_tokens_figure(graph, cards),
+                    "Each kept feature's score and the tokens its atom promotes and suppresses through the unembedding "
+                    "(weights only; the ablation tables give the effect in this forward pass)."))
     if (abl.get("single_nodes") or {}).get("nodes"):
         out.append(("feature-validation", lambda: validation_figure(abl),
                     "Each strong node zero-ablated on its own: the measured change of the objective against the "
