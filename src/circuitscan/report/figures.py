@@ -865,7 +865,9 @@ def figure_specs(run: RunData, *, tsne: bool = False) -> list[FigureSpec]:
                           "positives vs negatives (paper Fig. 31)."))
     if (run.metrics.get("sae") or {}).get("losses"):
         specs.append(("sae", "sae-loss", lambda: sae_loss(run), "The SAE's training loss per full-batch step."))
-    from .feature_figures import feature_figure_specs  # feature-level circuits (a `features graph` run)
+    from .feature_figures import (
+        feature_figure_specs,  # feature-level circuits (a `features graph` run)
+    )
 
     specs.extend(feature_figure_specs(run))
     return specs
