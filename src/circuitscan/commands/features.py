@@ -214,9 +214,9 @@ def print_graph_summary(result, s: dict, model) -> None:
         print(f"target     {token_text(model, o['targets'][:1])!r} (token {o['targets'][0]})")
     print(f"graph      {s['nodes']} feature nodes on {', '.join(g.sites)}; {s['edges']} edges "
           f"({g.config['edges']}); {g.forward_passes} forward + {g.backward_passes} backward passes, {g.seconds:.1f}s")
-    print("sites      share of each site's attribution: kept features / other features / SAE error / bias")
+    print("sites      share of each site's absolute attribution: kept features / other features / SAE error")
     for site, fr in s["explained_fractions"].items():
-        print(f"  {site:<9} {_f(fr['kept']):>8} {_f(fr['rest']):>8} {_f(fr['error']):>8} {_f(fr['bias']):>8}")
+        print(f"  {site:<9} {_f(fr['kept']):>8} {_f(fr['rest']):>8} {_f(fr['error']):>8}")
     print("into the output (strongest direct edges):")
     for nid, w in s["proximal_nodes"]:
         card = result.cards.get(nid, {})

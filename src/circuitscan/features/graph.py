@@ -469,9 +469,12 @@ def attribution_graph(
         )
         rest = float(feat.sum()) - sum(float(feat[i]) for i in chosen)
         nodes[node_id(s.name, "rest")] = GraphNode(id=node_id(s.name, "rest"), site=s.name, kind="rest", score=rest)
+        kept_abs = sum(abs(float(feat[i])) for i in chosen)
         site_totals[s.name] = {
             "total": a["total"], "features": float(feat.sum()), "kept": float(feat.sum()) - rest, "rest": rest,
             "error": a["err"], "bias": a["bias"], "n_active_features": int((a["act"] > 0).sum()),
+            "abs_features": float(feat.abs().sum()), "abs_kept": kept_abs,
+            "abs_rest": float(feat.abs().sum()) - kept_abs,
         }
     value = value_sum / n
     nodes[OUTPUT] = GraphNode(id=OUTPUT, site=OUTPUT, kind="output", score=value)
@@ -681,11 +684,19 @@ def graph_for_prompts(
 
 
 def explained_fractions(graph: AttributionGraph) -> dict[str, dict[str, float]]:
-    """Per site: the share of the site's total attribution carried by kept features, the
-    other features, the error and the bias (signed shares of ``total``)."""
+    """Per site, shares of the site's *absolute* attribution ``sum_i |n_i| + |n_eps|``
+    carried by the kept features, the other features and the SAE error.
+
+    Signed shares of the site's total are not used: node scores of one site cancel, and
+    a residual site feeding a final RMSNorm/LayerNorm has a total near zero (the norm
+    makes the output invariant to scaling it), so its signed shares are meaningless."""
     out = {}
     for site, t in graph.site_totals.items():
-        tot = t["total"]
-        ok = abs(tot) > 1e-12 and math.isfinite(tot)
-        out[site] = {k: (t[k] / tot if ok else float("nan")) for k in ("kept", "rest", "error", "bias")}
+        denom = t.get("abs_features", math.nan) + abs(t["error"])
+        ok = math.isfinite(denom) and denom > 1e-30
+        out[site] = {
+            "kept": t.get("abs_kept", math.nan) / denom if ok else math.nan,
+            "rest": t.get("abs_rest", math.nan) / denom if ok else math.nan,
+            "error": abs(t["error"]) / denom if ok else math.nan,
+        }
     return out

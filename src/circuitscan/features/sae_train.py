@@ -99,7 +99,7 @@ class SublayerSAEConfig:
     resample_at: tuple[float, ...] = (0.25, 0.5)
     dead_window: int = 32_768
     skip_positions: int = 1
-    eval_chunks: int = 16
+    eval_chunks: int = 8
     ce_eval: bool = True
     context_chunks: int = 256
     contexts_per_feature: int = 5

@@ -5,8 +5,8 @@
   nodes below, node area by |score|, colour by whether the node supports the objective;
   the strongest edges, width by |weight|, colour by whether the source supports the
   objective through the target;
-* :func:`accounting_figure` — per site, the attribution carried by kept features, other
-  features, the SAE error and the decoder bias;
+* :func:`accounting_figure` — per site, the shares of the absolute attribution carried by
+  kept features, other features and the SAE error;
 * :func:`validation_figure` — predicted (-score) vs measured change of the objective when
   each node is ablated;
 * :func:`promoted_tokens_figure` — each kept feature's promoted and suppressed tokens;
@@ -144,28 +144,34 @@ def graph_figure(graph: dict[str, Any], cards: dict[str, Any] | None = None, *, 
 
 
 def accounting_figure(graph: dict[str, Any]) -> Figure:
-    """Per site: attribution of kept features, other features, error and bias."""
-    import numpy as np
+    """Per site: shares of the absolute attribution held by kept features, other features
+    and the SAE error (signed totals cancel; see ``explained_fractions``)."""
     from matplotlib.figure import Figure
 
     sites = list(graph["sites"])
-    parts = [("kept", "kept features", SUPPORT), ("rest", "other features", "#92c5de"),
-             ("error", "SAE error", "#f4a582"), ("bias", "decoder bias", GREY)]
-    fig = Figure(figsize=(min(16.0, 2.5 + 1.2 * len(sites)), 4.0))
+    parts = [("abs_kept", "kept features", SUPPORT), ("abs_rest", "other features", "#92c5de"),
+             ("error", "SAE error", "#f4a582")]
+    fig = Figure(figsize=(9.0, 1.4 + 0.35 * len(sites)))
     ax = fig.add_subplot(1, 1, 1)
-    x = np.arange(len(sites))
-    width = 0.2
-    for i, (key, label, color) in enumerate(parts):
-        vals = [_num(graph["site_totals"][s].get(key)) for s in sites]
-        ax.bar(x + (i - 1.5) * width, vals, width, label=label, color=color)
-    tot = [_num(graph["site_totals"][s].get("total")) for s in sites]
-    ax.scatter(x, tot, marker="_", s=400, color="black", label="site total", zorder=3)
-    ax.axhline(0, color="black", lw=0.5)
-    ax.set_xticks(x)
-    ax.set_xticklabels(sites)
-    ax.set_ylabel("attribution to the objective")
-    ax.set_title("Where each site's attribution goes: kept features, other features, SAE error, bias")
-    ax.legend(fontsize=8, frameon=False)
+    left = [0.0] * len(sites)
+    for key, label, color in parts:
+        vals = []
+        for s in sites:
+            t = graph["site_totals"][s]
+            denom = _num(t.get("abs_features")) + abs(_num(t.get("error")))
+            v = abs(_num(t.get(key))) / denom if math.isfinite(denom) and denom > 0 else 0.0
+            vals.append(v if math.isfinite(v) else 0.0)
+        ax.barh(range(len(sites)), vals, left=left, color=color, label=label)
+        left = [a + b for a, b in zip(left, vals, strict=True)]
+    ax.set_yticks(range(len(sites)))
+    ax.set_yticklabels(sites)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the site's absolute attribution (sum of |node score|)")
+    ax.set_title("How much of each site the graph keeps: kept features, the other features, the SAE error",
+                 fontsize=10)
+    ax.legend(fontsize=8, frameon=False, ncol=3, loc="lower center", bbox_to_anchor=(0.5, -0.55 if len(sites) < 4 else -0.3))
+    fig.tight_layout()
     return fig
 
 
@@ -268,7 +274,8 @@ def _figures(run_dir: Path) -> list[tuple[str, Any, str]]:
          "error (square) and all its other features (diamond); blue nodes support the objective, red oppose it; "
          "the strongest edges, width by |weight|."),
         ("feature-accounting", lambda: accounting_figure(graph),
-         "Each site's total attribution split into kept features, other features, the SAE error and the bias."),
+         "Each site's absolute attribution (sum of |node score|) split into the kept features, all other features "
+         "and the SAE error."),
     ]
     if cards and any(n["kind"] == "feature" for n in graph["nodes"]):
         out.append(("feature-tokens", lambda: promoted_tokens_figure(graph, cards),
@@ -381,12 +388,14 @@ def _page(run_dir: Path, figs: list[tuple[str, Path, str]]) -> str:
         data = base64.b64encode(png.read_bytes()).decode()
         parts.append(f"<figure><img alt='{_e(name)}' src='data:image/png;base64,{data}'><figcaption><p class='note'>"
                      f"{_e(caption)}</p></figcaption></figure>")
-    parts.append("<h2>Sites</h2><table><tr><th>site</th><th>total</th><th>kept features</th><th>other features</th>"
-                 "<th>SAE error</th><th>bias</th><th>active features</th></tr>")
+    parts.append("<h2>Sites</h2><p class='note'>Signed sums of node scores (they cancel; a residual site feeding the "
+                 "final norm totals about zero) and the sums of |score|.</p><table><tr><th>site</th><th>total</th>"
+                 "<th>kept features</th><th>other features</th><th>SAE error</th><th>bias</th><th>|kept|</th>"
+                 "<th>|other|</th><th>active features</th></tr>")
     for site in graph["sites"]:
         t = graph["site_totals"][site]
         parts.append(f"<tr><td>{_e(site)}</td>" + "".join(f"<td class='n'>{_fmt(t.get(k))}</td>" for k in
-                     ("total", "kept", "rest", "error", "bias", "n_active_features")) + "</tr>")
+                     ("total", "kept", "rest", "error", "bias", "abs_kept", "abs_rest", "n_active_features")) + "</tr>")
     parts.append("</table>")
     parts.append("<h2>Nodes and what they do</h2><p class='note'>Promoted / suppressed: tokens whose logits the "
                  "feature's atom raises / lowers most through the unembedding (weights only). Contexts: where the "
