@@ -308,3 +308,20 @@ def test_bad_graph_input_is_a_clear_error():
                           sites=parse_sites("attn.0"))
     with pytest.raises(CircuitscanError, match="target token ids"):
         next_token_objective(model, torch.tensor([[1, 2]]), 99)
+
+
+def test_attribution_patching_keeps_the_identities(nonlinear):
+    """With a counterfactual baseline every identity holds with activations replaced by
+    their differences: outgoing edges sum to the node; corrected = direct."""
+    model, saes, tokens, obj, _ = nonlinear
+    other = torch.tensor([[4, 1, 3, 12, 6, 7], [2, 9, 8, 1, 0, 5]])
+    graphs = {mode: attribution_graph(model, saes, tokens, obj, GraphConfig(top_k=4, edges=mode, baseline="corrupt"),
+                                      baseline_tokens=other) for mode in ("corrected", "direct")}
+    g = graphs["corrected"]
+    for node in g.nodes.values():
+        if node.kind != "output":
+            assert sum(g.outgoing(node.id).values()) == pytest.approx(node.score, rel=1e-6, abs=1e-9), node.id
+    for key, w in g.edges.items():
+        assert graphs["direct"].edges[key] == pytest.approx(w, rel=1e-6, abs=1e-10), key
+    for site, t in g.site_totals.items():
+        assert t["kept"] + t["rest"] + t["error"] == pytest.approx(t["total"], rel=1e-9, abs=1e-12), site

@@ -94,6 +94,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--edges", choices=("corrected", "direct", "total"), default="corrected",
                    help="corrected: total minus the paths through intermediate sites (default); direct: the same "
                    "by stopping gradients; total: uncorrected (double counts)")
+    g.add_argument("--baseline", choices=("zero", "corrupt"), default="zero",
+                   help="zero: node = f * dm/df, against the feature switched off (default, as the seed post); "
+                   "corrupt (with --task): Marks et al.'s attribution patching, (f - f_corrupt) * dm/df against "
+                   "each prompt's paired negative, and ablations patch to the negative's values")
     g.add_argument("--no-edges", action="store_true",
                    help="node scores (and the head view) only: one backward pass per batch; without residual "
                    "sites between them, many sites make corrected edges expensive")
@@ -157,6 +161,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_graph(args: argparse.Namespace) -> int:
     from .. import circuits
+    from ..errors import CircuitscanError
     from ..features.graph import GraphConfig
     from ..features.run import feature_graph_run, prompt_tokens, summary, target_token
     from ..features.sae_train import load_many
@@ -166,7 +171,10 @@ def run_graph(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_out_dir(out, overwrite=args.overwrite)
-    cfg = GraphConfig(top_k=args.top_k, edges=args.edges, batch_size=args.batch_size, compute_edges=not args.no_edges)
+    cfg = GraphConfig(top_k=args.top_k, edges=args.edges, batch_size=args.batch_size, compute_edges=not args.no_edges,
+                      baseline=args.baseline)
+    if args.baseline == "corrupt" and not args.task:
+        raise CircuitscanError("--baseline corrupt needs --task (paired counterfactual prompts)")
     saes = load_many(args.saes)
     model = load_model_from_args(args)
     sites = parse_sites(args.sites, model.layout.n_layers) if args.sites else None

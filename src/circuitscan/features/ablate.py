@@ -18,6 +18,12 @@ its decoder bias, roughly its mean)::
 
 reported with the error nodes kept (as Marks et al. count them in the circuit) and
 with them ablated too (what the kept *features* explain on their own).
+
+With a counterfactual ``baseline`` (the site activations of paired corrupted prompts,
+for graphs built with ``baseline="corrupt"``), "ablating" a node *patches* it to its value
+on the corrupted prompt instead of zero: feature ``i`` adds ``(f_i(x_b) - f_i(x)) W_D[i]``,
+the error node swaps ``eps(x)`` for ``eps(x_b)``. The empty circuit then runs every site on
+the corrupted activations, and faithfulness is Marks et al.'s counterfactual one.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ def parse_nodes(spec: str | Iterable[str]) -> Ablation:
     return Ablation({k: tuple(sorted(set(v))) for k, v in feats.items()}, frozenset(errors))
 
 
-def _hooks(saes: SublayerSAEs, ab: Ablation, dtype) -> list[tuple[str, Any]]:
+def _hooks(saes: SublayerSAEs, ab: Ablation, dtype, baseline: dict[str, Tensor] | None = None) -> list[tuple[str, Any]]:
     hooks = []
     for site in ab.sites:
         sae = saes[site]
@@ -87,18 +93,27 @@ def _hooks(saes: SublayerSAEs, ab: Ablation, dtype) -> list[tuple[str, Any]]:
             raise CircuitscanError(f"site {site.name} has features 0..{sae.n_features - 1}; cannot ablate {bad}")
         keep = None if ab.keep_only is None or site.name not in ab.keep_only else list(ab.keep_only[site.name])
         err = site.name in ab.errors
+        xb = None
+        if baseline is not None:
+            if site.name not in baseline:
+                raise CircuitscanError(f"no baseline activations for site {site.name}")
+            xb = baseline[site.name].to(dtype)
 
-        def hook(x: Tensor, hook, w=w, feats=feats, keep=keep, err=err) -> Tensor:  # noqa: ARG001
+        def hook(x: Tensor, hook, w=w, feats=feats, keep=keep, err=err, xb=xb) -> Tensor:  # noqa: ARG001
             f = torch.relu((x - w["b"]) @ w["W_E"] + w["b_E"])
+            fb = torch.zeros_like(f) if xb is None else torch.relu((xb - w["b"]) @ w["W_E"] + w["b_E"])
+            change = f - fb  # what switching a feature to its baseline value removes
             off = torch.zeros_like(f)
             if keep is not None:
-                off = f.clone()
+                off = change.clone()
                 off[..., keep] = 0.0
             if feats:
-                off[..., feats] = f[..., feats]
+                off[..., feats] = change[..., feats]
             y = x - off @ w["W_D"]
             if err:
-                y = y - (x - (f @ w["W_D"] + w["b"]))
+                eps = x - (f @ w["W_D"] + w["b"])
+                eps_b = 0.0 if xb is None else xb - (fb @ w["W_D"] + w["b"])
+                y = y - (eps - eps_b)
             return y
 
         hooks.append((site.hook, hook))
@@ -107,13 +122,14 @@ def _hooks(saes: SublayerSAEs, ab: Ablation, dtype) -> list[tuple[str, Any]]:
 
 @torch.no_grad()
 def run_ablated(model: ModelHandle, saes: SublayerSAEs, tokens: Tensor, ablation: Ablation | None,
-                attention_mask: Tensor | None = None) -> Tensor:
-    """Logits with ``ablation`` applied (None: the clean model)."""
+                attention_mask: Tensor | None = None, baseline: dict[str, Tensor] | None = None) -> Tensor:
+    """Logits with ``ablation`` applied (None: the clean model); with ``baseline`` (site
+    activations of counterfactual prompts), nodes are patched to their baseline values."""
     kw = {} if attention_mask is None else {"attention_mask": attention_mask}
     if ablation is None:
         return model.bridge(tokens, **kw)
     dtype = next(model.bridge.parameters()).dtype
-    return model.bridge.run_with_hooks(tokens, fwd_hooks=_hooks(saes, ablation, dtype), **kw)
+    return model.bridge.run_with_hooks(tokens, fwd_hooks=_hooks(saes, ablation, dtype, baseline), **kw)
 
 
 def _objective(obj: Objective, logits: Tensor) -> float:
@@ -131,6 +147,7 @@ def ablation_effect(
     clean_logits: Tensor | None = None,
     attention_mask: Tensor | None = None,
     top: int = 8,
+    baseline: dict[str, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Objective and last-position logits with ``ablation`` against the clean model.
 
@@ -141,7 +158,7 @@ def ablation_effect(
         the first are what the ablated nodes promoted in this forward pass.
     """
     clean = clean_logits if clean_logits is not None else run_ablated(model, saes, tokens, None, attention_mask)
-    abl = run_ablated(model, saes, tokens, ablation, attention_mask)
+    abl = run_ablated(model, saes, tokens, ablation, attention_mask, baseline)
     # log-probabilities, not logits: an ablation upstream can shift every logit alike
     d = (_upcast(abl[:, -1]).log_softmax(-1) - _upcast(clean[:, -1]).log_softmax(-1)).mean(0)
     out: dict[str, Any] = {
@@ -174,6 +191,7 @@ def validate_nodes(
     *,
     top: int | None = 12,
     attention_mask: Tensor | None = None,
+    baseline: dict[str, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Ablate the graph's strongest feature nodes one at a time; compare with ``-score``.
 
@@ -190,7 +208,8 @@ def validate_nodes(
     rows = []
     for node in feats:
         ab = Ablation({node.site: (int(node.feature),)})
-        eff = ablation_effect(model, saes, tokens, objective, ab, clean_logits=clean, attention_mask=attention_mask)
+        eff = ablation_effect(model, saes, tokens, objective, ab, clean_logits=clean, attention_mask=attention_mask,
+                              baseline=baseline)
         rows.append({"node": node.id, "score": node.score, "predicted_delta": -node.score, **eff})
     return {"nodes": rows, "summary": _agreement([r["predicted_delta"] for r in rows], [r["delta"] for r in rows])}
 
@@ -218,6 +237,7 @@ def thread_ablation(
     thread: list[str] | None = None,
     *,
     attention_mask: Tensor | None = None,
+    baseline: dict[str, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Ablate a whole thread of nodes at once (default: :meth:`AttributionGraph.thread`)."""
     thread = thread if thread is not None else graph.thread()
@@ -227,7 +247,7 @@ def thread_ablation(
     if unknown:
         raise CircuitscanError(f"node(s) {', '.join(unknown)} are not in the graph")
     ab = parse_nodes(thread)
-    eff = ablation_effect(model, saes, tokens, objective, ab, attention_mask=attention_mask)
+    eff = ablation_effect(model, saes, tokens, objective, ab, attention_mask=attention_mask, baseline=baseline)
     naive = -sum(graph.nodes[t].score for t in thread)
     edges = [graph.edges.get((a, b)) for a, b in zip(thread, thread[1:], strict=False)]
     return {"thread": thread, "edges": edges, "naive_predicted_delta": naive, **eff}
@@ -241,6 +261,7 @@ def graph_faithfulness(
     graph: AttributionGraph,
     *,
     attention_mask: Tensor | None = None,
+    baseline: dict[str, Tensor] | None = None,
 ) -> dict[str, float]:
     """Faithfulness of the graph's kept features as a circuit (see the module docstring)."""
     keep = {s: tuple(int(n.feature) for n in graph.kept(s)) for s in graph.sites}
@@ -251,7 +272,8 @@ def graph_faithfulness(
         "graph_features_only": Ablation({}, all_sites, keep),
         "empty": Ablation({}, all_sites, {s: () for s in graph.sites}),
     }
-    vals = {k: _objective(objective, run_ablated(model, saes, tokens, ab, attention_mask)) for k, ab in runs.items()}
+    vals = {k: _objective(objective, run_ablated(model, saes, tokens, ab, attention_mask, baseline))
+            for k, ab in runs.items()}
     span = vals["clean"] - vals["empty"]
 
     def faith(v: float) -> float:

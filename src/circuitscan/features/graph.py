@@ -52,6 +52,15 @@ edges are zero and are not computed.
 A consequence used in the tests: for every node ``u``, ``n_u = e(u -> m) + sum over later
 sites V of sum over V's nodes (kept, error, rest) of e(u -> d)`` -- every path leaves
 ``u`` through exactly one first site.
+
+Counterfactual baseline
+-----------------------
+``GraphConfig(baseline="corrupt")`` with ``baseline_tokens`` (a task's paired negatives)
+is Marks et al.'s attribution patching: every activation ``a`` multiplying a derivative
+above (node scores, and the upstream factor of edges) becomes ``a - a_corrupt``, the
+decoder bias drops out, derivatives stay at the clean prompt. The node score is then the
+first-order estimate of ``m(clean) - m(node patched to its corrupted value)``, and every
+identity above still holds.
 """
 
 from __future__ import annotations
@@ -94,6 +103,10 @@ class GraphConfig:
         compute_edges: False computes node scores only (one backward pass per batch).
         batch_size: prompts per forward pass.
         head_shares: split attention-output features over the layer's heads (through W_O).
+        baseline: ``"zero"`` (the seed post's ``f * dm/df``: against the feature switched
+            off) or ``"corrupt"`` (Marks et al.'s attribution patching for tasks with
+            counterfactual prompts: ``(f - f_corrupt) * dm/df``, upstream activations in
+            the edges replaced by their differences likewise); needs baseline tokens.
     """
 
     top_k: int = 10
@@ -101,8 +114,10 @@ class GraphConfig:
     compute_edges: bool = True
     batch_size: int = 8
     head_shares: bool = True
+    baseline: str = "zero"
 
     def __post_init__(self) -> None:
+        _check(self.baseline in ("zero", "corrupt"), f"baseline must be 'zero' or 'corrupt', got {self.baseline!r}")
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
         _check(self.edges in EDGE_MODES, f"edges must be one of {', '.join(EDGE_MODES)}, got {self.edges!r}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -353,6 +368,33 @@ def _forward(model: ModelHandle, tokens: Tensor, sites: list[Site], *, mode: str
     return _Pass(logits=logits, x=xs, handles=handles, z=zs)
 
 
+@torch.no_grad()
+def _baseline_pass(model: ModelHandle, tokens: Tensor, sites: list[Site], mask: Tensor | None,
+                   z_layers: tuple[int, ...]) -> _Pass:
+    """Site activations (and attention z) of the counterfactual prompts, detached."""
+    xs: dict[str, Tensor] = {}
+    zs: dict[str, Tensor] = {}
+
+    def make(site: Site):
+        def hook(x: Tensor, hook) -> Tensor:  # noqa: ARG001
+            xs[site.name] = x.detach()
+            return x
+
+        return hook
+
+    def make_z(layer: int):
+        def hook(z: Tensor, hook) -> Tensor:  # noqa: ARG001
+            zs[f"attn.{layer}"] = z.detach()
+            return z
+
+        return hook
+
+    fwd = [(s.hook, make(s)) for s in sites] + [(f"blocks.{la}.attn.hook_z", make_z(la)) for la in z_layers]
+    kw = {} if mask is None else {"attention_mask": mask}
+    logits = model.bridge.run_with_hooks(tokens, fwd_hooks=fwd, **kw)
+    return _Pass(logits=logits, x=xs, handles={}, z=zs)
+
+
 def _grad(out: Tensor, inputs: list[Tensor]) -> list[Tensor]:
     gs = torch.autograd.grad(out, inputs, retain_graph=True, allow_unused=True)
     return [torch.zeros_like(i) if g is None else g for g, i in zip(gs, inputs, strict=True)]
@@ -376,6 +418,8 @@ def attribution_graph(
     *,
     attention_mask: Tensor | None = None,
     sites: list[Site] | None = None,
+    baseline_tokens: Tensor | None = None,
+    baseline_mask: Tensor | None = None,
 ) -> AttributionGraph:
     """Build the attribution graph of ``objective`` on ``tokens`` (see the module docstring).
 
@@ -386,8 +430,18 @@ def attribution_graph(
         objective: :func:`next_token_objective` or :func:`task_objective`.
         cfg: :class:`GraphConfig`.
         sites: which of the SAEs' sites to use (default: all).
+        baseline_tokens: with ``cfg.baseline == "corrupt"``: one counterfactual prompt per
+            prompt, of the same length (a task's paired negatives).
     """
     cfg = cfg or GraphConfig()
+    if cfg.baseline == "corrupt":
+        if baseline_tokens is None:
+            raise CircuitscanError("baseline 'corrupt' needs counterfactual prompts (a task with paired negatives)")
+        if tuple(baseline_tokens.shape) != tuple(tokens.shape):
+            raise CircuitscanError(
+                f"baseline prompts have shape {tuple(baseline_tokens.shape)}, the prompts {tuple(tokens.shape)}; "
+                "they must pair one to one"
+            )
     t0 = time.perf_counter()
     sites = sorted(sites) if sites is not None else saes.sites
     saes.subset(sites).check_model(model)
@@ -407,8 +461,16 @@ def attribution_graph(
     head_acc: dict[str, tuple[Tensor, Tensor]] = {}
     value_sum = 0.0
     batches = [torch.arange(lo, min(n, lo + cfg.batch_size)) for lo in range(0, n, cfg.batch_size)]
+    corrupt = cfg.baseline == "corrupt"
+    base_runs: list[_Pass | None] = []
     for index in batches:
         mask = None if attention_mask is None else attention_mask[index]
+        base = None
+        if corrupt:
+            bmask = None if baseline_mask is None else baseline_mask[index]
+            base = _baseline_pass(model, baseline_tokens[index], sites, bmask, attn_layers)
+            counter.fwd += 1
+        base_runs.append(base)
         p = _forward(model, tokens[index], sites, mode="total", mask=mask, z_layers=attn_layers)
         counter.fwd += 1
         vals = objective.fn(p.logits, index)
@@ -423,18 +485,25 @@ def attribution_graph(
             f = _encode(w, x)
             eps = x - _decode(w, f)
             c = g @ w["W_D"].T  # dm/df per position
-            contrib = f * c
+            df, deps, dx, z_h = f, eps, x, p.z.get(s.name)
+            if base is not None:  # differences from the counterfactual run; the bias cancels
+                xb = base.x[s.name]
+                fb = _encode(w, xb)
+                df, deps, dx = f - fb, eps - (xb - _decode(w, fb)), x - xb
+                z_h = None if z_h is None else z_h - base.z[s.name]
+            contrib = df * c
             a["feat"] = a["feat"] + contrib.sum((0, 1))
             a["pos_feat"] = a["pos_feat"] + contrib.sum(0)
-            e = (eps * g).sum(-1)
+            e = (deps * g).sum(-1)
             a["err"] += float(e.sum())
             a["pos_err"] = a["pos_err"] + e.sum(0)
-            a["bias"] += float((w["b"] * g).sum())
-            a["total"] += float((x * g).sum())
+            a["bias"] += 0.0 if base is not None else float((w["b"] * g).sum())
+            a["total"] += float((dx * g).sum())
             a["act"] = a["act"] + f.sum((0, 1))
             a["err_norm"] += float(eps.norm(dim=-1).sum())
-            if s.kind == "attn" and s.name in p.z:
-                enc, dec = _head_shares(p.z[s.name], w_o[s.layer], w_o_bias.get(s.layer), w, f, c)
+            if s.kind == "attn" and z_h is not None:
+                enc, dec = _head_shares(z_h, w_o[s.layer], None if base is not None else w_o_bias.get(s.layer), w,
+                                        f, c, delta=df if base is not None else None)
                 prev = head_acc.get(s.name)
                 head_acc[s.name] = (enc, dec) if prev is None else (prev[0] + enc, prev[1] + dec)
         del p, gs
@@ -495,10 +564,10 @@ def attribution_graph(
         n_targets = sum(len(kept[s.name]) + 2 for s in sites) + 1
         with bar("attribution graph edges", len(batches) * n_targets,
                  show=None if len(batches) * n_targets > 40 else False) as advance:
-            for index in batches:
+            for index, base in zip(batches, base_runs, strict=True):
                 mask = None if attention_mask is None else attention_mask[index]
                 _edges_for_batch(model, tokens[index], index, n, sites, W, kept, objective, cfg.edges, mask, edges,
-                                 counter, advance)
+                                 counter, advance, base)
 
     return AttributionGraph(
         sites=[s.name for s in sites], nodes=nodes, edges=edges, site_totals=site_totals,
@@ -534,7 +603,7 @@ def _attn_out_bias(model: ModelHandle, dtype) -> dict[int, Tensor]:
 
 
 def _head_shares(z: Tensor, w_o: Tensor, b_o: Tensor | None, w: dict[str, Tensor], f: Tensor,
-                 c: Tensor) -> tuple[Tensor, Tensor]:
+                 c: Tensor, delta: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Two ways to give an attention-output feature's node score to the layer's heads.
 
     *Encoder side* (exact): where feature i is active, ``f_i = sum_h r_h . W_E[:, i] + const``
@@ -545,10 +614,21 @@ def _head_shares(z: Tensor, w_o: Tensor, b_o: Tensor | None, w: dict[str, Tensor
     *Decoder side* (the default head view): at each position, ``|f_i(t) c_i(t)|`` is split
     over the heads in proportion to ``|r_h(t) . W_D[i]|``, how much each head writes along the
     feature's atom. Returns ``[n_heads, F]`` (non-negative).
+
+    With a counterfactual baseline, ``z`` is the difference of the heads' z from the
+    baseline run and ``delta`` the features' differences: the decoder-side split uses
+    them; the encoder side is not defined (ReLU of a difference) and comes back as zeros.
     """
     if z.ndim == 3:
         z = z.reshape(z.shape[0], z.shape[1], w_o.shape[0], -1)
     z = z.to(w_o.dtype)
+    if delta is not None:
+        write = torch.einsum("hdm,fm->hdf", w_o, w["W_D"])
+        psi = torch.einsum("bthd,hdf->bthf", z, write).abs()
+        share = psi / psi.sum(2, keepdim=True).clamp_min(1e-30)
+        decoder = (share * (delta * c).abs()[:, :, None, :]).sum((0, 1)).detach()
+        encoder = torch.zeros(w_o.shape[0] + 1, f.shape[-1], dtype=decoder.dtype, device=decoder.device)
+        return encoder, decoder
     read = torch.einsum("hdm,mf->hdf", w_o, w["W_E"])  # each head's W_O read by each feature's encoder
     phi = torch.einsum("bthd,hdf->bthf", z, read)  # [b, T, H, F]
     active = (f > 0).to(c.dtype)
@@ -568,7 +648,7 @@ def _head_shares(z: Tensor, w_o: Tensor, b_o: Tensor | None, w: dict[str, Tensor
 
 
 def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, mask, edges, counter,
-                     advance=lambda n=1: None) -> None:
+                     advance=lambda n=1: None, base: _Pass | None = None) -> None:
     p = _forward(model, tokens, sites, mode="total", mask=mask)
     counter.fwd += 1
     vals = objective.fn(p.logits, index)
@@ -586,7 +666,12 @@ def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, m
     for s in sites:
         x = p.x[s.name].detach()
         f = _encode(W[s.name], x)
-        up_data[s.name] = (f, x - _decode(W[s.name], f))
+        eps = x - _decode(W[s.name], f)
+        if base is not None:  # attribution patching: upstream activations as differences from the baseline
+            xb = base.x[s.name]
+            fb = _encode(W[s.name], xb)
+            f, eps = f - fb, eps - (xb - _decode(W[s.name], fb))
+        up_data[s.name] = (f, eps)
 
     def rows(target_fn: Callable[[_Pass], Tensor], ups: list[Site], out_name: str) -> dict[str, Tensor]:
         """The direct (or total) row d s / d y_U for every upstream site U."""
@@ -676,11 +761,21 @@ def graph_for_prompts(
     n_prompts: int | None = None,
     sites: list[Site] | None = None,
 ) -> AttributionGraph:
-    """The graph of a task's metric over (the first ``n_prompts`` of) its positive prompts."""
-    tokens = prompts.positive if n_prompts is None else prompts.positive[:n_prompts]
-    mask = prompts.positive_mask if prompts.positive_mask is None or n_prompts is None else prompts.positive_mask[:n_prompts]
+    """The graph of a task's metric over (the first ``n_prompts`` of) its positive prompts
+    (with ``cfg.baseline == "corrupt"``, against their paired negatives)."""
+    cfg = cfg or GraphConfig()
+    k = prompts.n_positive if n_prompts is None else min(n_prompts, prompts.n_positive)
+    tokens = prompts.positive[:k]
+    mask = None if prompts.positive_mask is None else prompts.positive_mask[:k]
+    base = base_mask = None
+    if cfg.baseline == "corrupt":
+        if not prompts.paired:
+            raise CircuitscanError(f"task {prompts.task!r} has no paired negatives; use baseline 'zero'")
+        base = prompts.negative[:k]
+        base_mask = None if prompts.negative_mask is None else prompts.negative_mask[:k]
     objective = task_objective(prompts, metric)
-    return attribution_graph(model, saes, tokens, objective, cfg, attention_mask=mask, sites=sites)
+    return attribution_graph(model, saes, tokens, objective, cfg, attention_mask=mask, sites=sites,
+                             baseline_tokens=base, baseline_mask=base_mask)
 
 
 def explained_fractions(graph: AttributionGraph) -> dict[str, dict[str, float]]:

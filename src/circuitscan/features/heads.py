@@ -47,6 +47,8 @@ class FeatureAttributionConfig:
         top_k: features kept per site.
         features: ``"kept"`` or ``"all"`` (which features' head shares count).
         head_map: ``"decoder"`` or ``"encoder"`` (see the module docstring).
+        baseline: ``"zero"`` (node = f * dm/df) or ``"corrupt"`` (Marks et al.'s attribution
+            patching against the task's paired negatives; decoder head map only).
         metric: task metric (default: the task's own; see :func:`~.graph.task_objective`).
         n_prompts: positive prompts the graph is built on (None: all).
         batch_size: prompts per forward pass.
@@ -56,6 +58,7 @@ class FeatureAttributionConfig:
     top_k: int = 10
     features: str = "kept"
     head_map: str = "decoder"
+    baseline: str = "zero"
     metric: str | None = None
     n_prompts: int | None = 32
     batch_size: int = 8
@@ -65,6 +68,10 @@ class FeatureAttributionConfig:
             raise CircuitscanError(f"features must be 'kept' or 'all', got {self.features!r}")
         if self.head_map not in ("decoder", "encoder"):
             raise CircuitscanError(f"head_map must be 'decoder' or 'encoder', got {self.head_map!r}")
+        if self.baseline not in ("zero", "corrupt"):
+            raise CircuitscanError(f"baseline must be 'zero' or 'corrupt', got {self.baseline!r}")
+        if self.baseline == "corrupt" and self.head_map == "encoder":
+            raise CircuitscanError("the encoder head map is exact only for the zero baseline; use head_map='decoder'")
         if self.n_prompts is not None and self.n_prompts < 1:
             raise CircuitscanError(f"n_prompts must be >= 1, got {self.n_prompts}")
 
@@ -119,7 +126,8 @@ class FeatureAttributionScorer:
                 "attn.L sites (train with --sites attn.0-N)"
             )
         graph = graph_for_prompts(
-            model, saes, prompts, GraphConfig(top_k=cfg.top_k, compute_edges=False, batch_size=cfg.batch_size),
+            model, saes, prompts, GraphConfig(top_k=cfg.top_k, compute_edges=False, batch_size=cfg.batch_size,
+                                              baseline=cfg.baseline),
             metric=cfg.metric, n_prompts=cfg.n_prompts, sites=attn,
         )
         return scores_from_graph(graph, model.layout, cfg.features, cfg.head_map, wall_time_s=time.perf_counter() - t0)

@@ -39,7 +39,7 @@ from .graph import (
 )
 from .interpret import feature_cards, token_text
 from .sae_train import SublayerSAEs
-from .sites import Site
+from .sites import Site, capture_sites
 
 GRAPH = "feature_graph.json"
 CARDS = "features.json"
@@ -131,17 +131,31 @@ def feature_graph_run(
     writer = RunWriter(Path(out), overwrite=overwrite) if out is not None else None
     try:
         timings = dict(timings or {})
-        mask = None
+        mask = base_tokens = base_mask = baseline = None
         if prompts is not None:
             tokens = prompts.positive if n_prompts is None else prompts.positive[:n_prompts]
             if prompts.positive_mask is not None:
                 mask = prompts.positive_mask[: tokens.shape[0]]
             objective = task_objective(prompts, metric)
+            if cfg.baseline == "corrupt":
+                if not prompts.paired:
+                    raise CircuitscanError(f"task {prompts.task!r} has no paired negatives; use baseline 'zero'")
+                base_tokens = prompts.negative[: tokens.shape[0]]
+                base_mask = None if prompts.negative_mask is None else prompts.negative_mask[: tokens.shape[0]]
         else:
+            if cfg.baseline == "corrupt":
+                raise CircuitscanError("baseline 'corrupt' needs a task with paired counterfactual prompts, not --prompt")
             objective = next_token_objective(model, tokens, target)
         t = time.perf_counter()
-        graph = attribution_graph(model, saes, tokens, objective, cfg, attention_mask=mask, sites=sites)
+        graph = attribution_graph(model, saes, tokens, objective, cfg, attention_mask=mask, sites=sites,
+                                  baseline_tokens=base_tokens, baseline_mask=base_mask)
         timings["graph"] = time.perf_counter() - t
+        if base_tokens is not None:
+            from .sites import parse_sites
+
+            with torch.no_grad():
+                baseline = capture_sites(model, base_tokens, parse_sites(graph.sites), attention_mask=base_mask,
+                                         keep_dtype=True)
 
         t = time.perf_counter()
         kept = [(n.site, int(n.feature)) for n in graph.nodes.values() if n.kind == "feature"]
@@ -149,15 +163,16 @@ def feature_graph_run(
         timings["interpret"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        kw = {"attention_mask": mask, "baseline": baseline}
         abl: dict[str, Any] = {
-            "single_nodes": validate_nodes(model, saes, tokens, objective, graph, top=validate, attention_mask=mask)
+            "mode": "patched to the counterfactual prompt's value" if baseline is not None else "zero-ablated",
+            "single_nodes": validate_nodes(model, saes, tokens, objective, graph, top=validate, **kw)
             if validate > 0 else {"nodes": [], "summary": {"n": 0}},
-            "thread": thread_ablation(model, saes, tokens, objective, graph, attention_mask=mask),
-            "faithfulness": graph_faithfulness(model, saes, tokens, objective, graph, attention_mask=mask),
+            "thread": thread_ablation(model, saes, tokens, objective, graph, **kw),
+            "faithfulness": graph_faithfulness(model, saes, tokens, objective, graph, **kw),
         }
         if ablation is not None:
-            abl["user"] = {"nodes": ablate, **_ablation_effect(model, saes, tokens, objective, ablation,
-                                                                attention_mask=mask)}
+            abl["user"] = {"nodes": ablate, **_ablation_effect(model, saes, tokens, objective, ablation, **kw)}
             abl["user"]["naive_predicted_delta"] = -sum(
                 graph.nodes[n].score for n in _ids(ablation) if n in graph.nodes)
         timings["ablations"] = time.perf_counter() - t

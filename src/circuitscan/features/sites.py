@@ -149,9 +149,9 @@ class _StopForward(Exception):
     """Raised in the last site's hook: nothing after it is needed."""
 
 
-def capture_sites(model, tokens, sites: list[Site], *, attention_mask=None) -> dict[str, object]:
+def capture_sites(model, tokens, sites: list[Site], *, attention_mask=None, keep_dtype: bool = False) -> dict[str, object]:
     """Run ``model`` on ``tokens`` up to the last of ``sites`` and return each site's
-    activations ``{name: [batch, pos, d_model]}`` (detached, float32).
+    activations ``{name: [batch, pos, d_model]}`` (detached; float32 unless ``keep_dtype``).
 
     The forward pass stops right after the last site's hook, so a site in layer 3 of a
     30-layer model costs about a tenth of a full pass.
@@ -163,7 +163,7 @@ def capture_sites(model, tokens, sites: list[Site], *, attention_mask=None) -> d
 
     def make(site: Site):
         def hook(x, hook):  # noqa: ARG001
-            out[site.name] = x.detach().float()
+            out[site.name] = x.detach() if keep_dtype else x.detach().float()
             if site == last:
                 raise _StopForward
             return x
