@@ -12,6 +12,7 @@ atoms. :func:`loss_and_grads` is checked against autograd in the tests.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,12 @@ from torch import Tensor
 from ..config import SAEConfig
 from ..errors import CircuitscanError, TrainingError
 from .model import SparseAutoencoder
+
+ExtraTerm = Callable[[SparseAutoencoder, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]]
+"""An extra loss term: ``extra(sae, x, z) -> (loss, grads)``, called every step with the
+training rows ``x`` [n, d] and their codes ``z`` [n, F]; ``grads`` maps some of the
+parameter names (``W_E``, ``b_E``, ``W_D``, ``b``) to gradients added to the hand-derived
+ones, and ``loss`` is added to the logged loss."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +152,19 @@ def train_sae(
     *,
     generator: torch.Generator | None = None,
     log_every: int = 25,
+    extra: ExtraTerm | None = None,
 ) -> tuple[SparseAutoencoder, list[float]]:
     """Train an SAE on the rows of ``data`` (full batch). Returns the SAE and its loss curve.
+
+    Args:
+        data: the training rows.
+        cfg: the SAE's configuration.
+        generator: randomness for the initialisation (default: seeded with ``cfg.seed``).
+        log_every: record the loss every this many epochs (and at the last).
+        extra: an optional extra loss term and its gradients (see :data:`ExtraTerm`).
+
+    Returns:
+        (the SAE, its loss curve).
 
     Raises:
         TrainingError: the data is not finite or the loss diverges.
@@ -163,8 +181,13 @@ def train_sae(
     losses: list[float] = []
     first = None
     for epoch in range(cfg.epochs):
-        loss, _, _, grads = loss_and_grads(sae, data, cfg)
+        loss, _, z, grads = loss_and_grads(sae, data, cfg)
         assert grads is not None
+        if extra is not None:
+            extra_loss, extra_grads = extra(sae, data, z)
+            loss = loss + extra_loss
+            for name, g in extra_grads.items():
+                grads[name] = grads[name] + g
         _project_out_parallel(grads["W_D"], params["W_D"].detach(), cfg.decoder_norm)
         for name, p in params.items():
             p.grad = grads[name]
@@ -192,13 +215,30 @@ def fit(
     cfg: SAEConfig,
     *,
     paired: bool = True,
+    log_every: int = 25,
+    extra_for: Callable[[Int[Tensor, " n_train"]], ExtraTerm] | None = None,
 ) -> TrainResult:
-    """Select training examples, train on all their head rows, report final stats."""
+    """Select training examples, train on all their head rows, report final stats.
+
+    Args:
+        x: head activations [examples, heads, d].
+        labels: True for positive examples.
+        cfg: the SAE's configuration.
+        paired: positives then their paired negatives (see :func:`select_train_examples`).
+        log_every: record the loss every this many epochs (and at the last).
+        extra_for: given the chosen training example indices, an extra loss term for
+            :func:`train_sae` (rows are example-major: example ``i``'s heads are rows
+            ``i * heads`` to ``(i + 1) * heads - 1``).
+
+    Returns:
+        A :class:`TrainResult`.
+    """
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     idx = select_train_examples(labels, cfg, gen, paired=paired)
     rows = x[idx].reshape(-1, x.shape[-1])
-    sae, losses = train_sae(rows, cfg, generator=gen)
+    extra = extra_for(idx) if extra_for is not None else None
+    sae, losses = train_sae(rows, cfg, generator=gen, log_every=log_every, extra=extra)
     with torch.no_grad():
         _, mse, z, _ = loss_and_grads(sae, rows.float(), cfg, with_grads=False)
     return TrainResult(

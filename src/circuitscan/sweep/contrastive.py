@@ -25,7 +25,6 @@ respect to z is taken by autograd and pushed through the encoder by hand. With
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -109,68 +108,30 @@ def fit_contrastive(x, labels, cfg, contrastive: ContrastiveConfig, *, paired: b
         cfg: the SAE's :class:`~circuitscan.config.SAEConfig`.
         contrastive: alpha and epsilon.
         paired: positives then their paired negatives (see ``select_train_examples``).
+        log_every: record the loss every this many epochs (and at the last).
 
     Returns:
         A :class:`~circuitscan.sae.TrainResult`.
+
+    Raises:
+        TrainingError: the data is not finite or the loss diverges.
     """
-    import torch
+    from ..sae.train import fit
 
-    from ..sae.train import (
-        TrainResult,
-        _normalise,
-        _project_out_parallel,
-        init_sae,
-        loss_and_grads,
-        select_train_examples,
-    )
-
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    idx = select_train_examples(labels, cfg, gen, paired=paired)
     n_heads_total = x.shape[1]
-    data = x[idx].reshape(-1, x.shape[-1])
-    row_labels = labels[idx].repeat_interleave(n_heads_total)
-    if not torch.isfinite(data).all():
-        raise TrainingError("SAE training data contains NaN or inf; the head activations are not finite")
-    data = data.float().contiguous()
-    sae = init_sae(data.shape[1], cfg, data, gen)
-    params = dict(sae.named_parameters())
-    opt = torch.optim.Adam(list(params.values()), lr=cfg.lr)
-    losses: list[float] = []
-    first = None
-    for epoch in range(cfg.epochs):
-        loss, _, z, grads = loss_and_grads(sae, data, cfg)
-        assert grads is not None
-        if contrastive.alpha > 0:
-            extra, cg = contrastive_grads(sae, data, z, row_labels, n_heads_total, contrastive)
-            loss = loss + extra
-            for name, g in cg.items():
-                grads[name] = grads[name] + g
-        _project_out_parallel(grads["W_D"], params["W_D"].detach(), cfg.decoder_norm)
-        for name, p in params.items():
-            p.grad = grads[name]
-        opt.step()
-        with torch.no_grad():
-            _normalise(params["W_D"], cfg.decoder_norm)
-        if epoch % log_every == 0 or epoch == cfg.epochs - 1:
-            value = float(loss)
-            if first is None:
-                first = value
-            if not (value == value and abs(value) < float("inf")) or value > 1e6 * max(first, 1e-12):
-                raise TrainingError(
-                    f"contrastive SAE training diverged at epoch {epoch} (loss {value:.3g}, started at "
-                    f"{first:.3g}); lower lr ({cfg.lr}), l1 ({cfg.l1}) or alpha ({contrastive.alpha})"
-                )
-            losses.append(value)
-    for p in params.values():
-        p.grad = None
-    with torch.no_grad():
-        _, mse, z, _ = loss_and_grads(sae, data, cfg, with_grads=False)
-    return TrainResult(
-        sae=sae,
-        train_indices=idx,
-        losses=losses,
-        final_mse=float(mse),
-        final_l0=float((z > 0).float().sum(1).mean()),
-        seconds=time.perf_counter() - t0,
-    )
+
+    def extra_for(idx):
+        row_labels = labels[idx].repeat_interleave(n_heads_total)
+
+        def extra(sae, data, z):
+            return contrastive_grads(sae, data, z, row_labels, n_heads_total, contrastive)
+
+        return extra
+
+    make_extra = extra_for if contrastive.alpha > 0 else None
+    try:
+        return fit(x, labels, cfg, paired=paired, log_every=log_every, extra_for=make_extra)
+    except TrainingError as exc:
+        if "diverged" not in str(exc):
+            raise
+        raise TrainingError(f"contrastive {exc}, or alpha ({contrastive.alpha})") from exc
