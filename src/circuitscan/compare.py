@@ -250,7 +250,7 @@ def compare(
         :class:`CompareResult` with every method's scores and the comparison rows.
     """
     from .methods import get as get_method
-    from .rundir import RunWriter
+    from .rundir import open_run
 
     methods = parse_methods(list(methods))
     settings = settings or CompareSettings()
@@ -263,8 +263,7 @@ def compare(
         if k not in cfgs:
             raise CircuitscanError(f"a config was given for {k!r}, which is not among the methods {methods}")
         cfgs[k] = v
-    writer = RunWriter(Path(out), overwrite=overwrite) if out is not None else None
-    try:
+    with open_run(out, overwrite=overwrite) as writer:
         per_row = seconds_per_row(model, prompts)
         estimates = {}
         for m in methods:
@@ -321,10 +320,6 @@ def compare(
         if writer is not None:
             _write(writer, result, model)
             result.out = writer.commit()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
     return result
 
 

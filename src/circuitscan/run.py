@@ -13,7 +13,7 @@ from .errors import CircuitscanError
 from .evaluation.ground_truth import GroundTruthMetrics, evaluate_against
 from .methods.sae_codes import Discovery, SAECodesConfig, run_sae_codes
 from .models.handle import ModelHandle
-from .rundir import ACTIVATIONS, CODES, CONFIG, METRICS, SAE, SCORES, RunWriter
+from .rundir import ACTIVATIONS, CODES, CONFIG, METRICS, SAE, SCORES, RunWriter, open_run
 from .types import GroundTruth, PromptSet, Scores
 
 LEVELS = ("node", "edge", "both")
@@ -94,8 +94,7 @@ def discover(
         )
     if ground_truth is not None:
         ground_truth.check_layout(model.layout)
-    writer = RunWriter(Path(out), overwrite=overwrite) if out is not None else None
-    try:
+    with open_run(out, overwrite=overwrite) as writer:
         cfg = SAECodesConfig(sae=sae, scoring=scoring, level=level, aggregation=aggregation, batch_size=batch_size)
         d = run_sae_codes(model, prompts, cfg)
         all_timings = {**(timings or {}), **d.timings}
@@ -112,10 +111,6 @@ def discover(
             if save_activations:
                 _write_activations(writer, result)
             result.out = writer.commit()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
     return result
 
 

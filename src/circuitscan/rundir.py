@@ -119,3 +119,17 @@ class RunWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+@contextmanager
+def open_run(out: str | Path | None, *, overwrite: bool = False) -> Iterator[RunWriter | None]:
+    """A :class:`RunWriter` for ``out`` (``None`` when ``out`` is), checked before any work.
+
+    The block calls :meth:`RunWriter.commit` itself when it is done; if the block raises,
+    the partial directory is removed and nothing appears at ``out``.
+    """
+    if out is None:
+        yield None
+        return
+    with RunWriter(Path(out), overwrite=overwrite) as writer:
+        yield writer

@@ -120,7 +120,7 @@ def feature_graph_run(
 ) -> FeatureRun:
     """Build a feature graph for a prompt (``tokens``) or a task (``prompts``), check it by
     ablation, map it to heads, and optionally write a run directory (see the module docstring)."""
-    from ..rundir import CONFIG, METRICS, SCORES, RunWriter
+    from ..rundir import CONFIG, METRICS, SCORES, open_run
 
     if (tokens is None) == (prompts is None):
         raise CircuitscanError("give either a prompt or a task's prompts, not both")
@@ -128,8 +128,7 @@ def feature_graph_run(
     ablation = parse_nodes(ablate) if ablate else None  # fail before any work
     if ground_truth is not None:
         ground_truth.check_layout(model.layout)
-    writer = RunWriter(Path(out), overwrite=overwrite) if out is not None else None
-    try:
+    with open_run(out, overwrite=overwrite) as writer:
         timings = dict(timings or {})
         mask = base_tokens = base_mask = baseline = None
         if prompts is not None:
@@ -225,10 +224,6 @@ def feature_graph_run(
 
             write_feature_report(writer.tmp)
             result.out = writer.commit()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
     return result
 
 
