@@ -26,7 +26,7 @@ per-edge scores (``Scores.edges``, port-level names such as ``"L1H0->L3H2.q"``),
 same numbers over EDGES: the circuit at fraction x keeps the ``floor(x * n_edges)``
 highest-scoring edges of the model's head graph (edges a method did not score rank
 last) and every other edge carries its sender's ablated value into its receiver (edge
-patching, :mod:`circuitscan.methods.edges`); no pruning of dangling edges.
+patching, :mod:`circuitscan.evaluation.edges`); no pruning of dangling edges.
 """
 
 from __future__ import annotations
@@ -311,8 +311,8 @@ def edge_faithfulness_curves(
     """
     import torch
 
-    from ..methods._setup import BaselineConfig, build_objective
-    from ..methods.edges import EdgeForward, EdgeGraph, run_edges
+    from .edges import EdgeForward, EdgeGraph, run_edges
+    from .objective import ObjectiveConfig, build_objective
 
     scores_list = [scores] if not isinstance(scores, Sequence) else list(scores)
     with_edges = [s for s in scores_list if s.edges]
@@ -357,7 +357,7 @@ def edge_faithfulness_curves(
             kept = torch.zeros(n_edges, dtype=torch.bool)
             kept[torch.randperm(n_edges, generator=g)[:k]] = True
             configs.append(removed_for(kept))
-    obj = build_objective(model, prompts, BaselineConfig(metric=metric, ablation=ablation, n_examples=n_examples))
+    obj = build_objective(model, prompts, ObjectiveConfig(metric=metric, ablation=ablation, n_examples=n_examples))
     removed = torch.stack(configs)
     unique, inverse = torch.unique(removed.reshape(removed.shape[0], -1), dim=0, return_inverse=True)
     good = run_edges(obj, EdgeForward(model, graph), unique.reshape(-1, *removed.shape[1:]), max_rows=max_rows)

@@ -3,98 +3,60 @@
 The baselines score heads by what happens to the task metric when heads (or edges
 between them) are moved from their clean values towards an ablated value. They share:
 
-* :class:`BaselineConfig` -- metric (the task's own, or ``kl``), ablation (``corrupt``,
-  ``mean``, ``zero``), how many prompts, batch size, progress;
-* :class:`Objective` -- the prompts expanded the way the metric needs them (greater-than
-  on a digit tokenizer runs every prompt followed by each digit), the replacement
-  values of every head and of the input embedding, and ``goodness``: the metric with
-  its sign fixed so that higher always means "the model does the task better" (KL
-  becomes -KL, a loss becomes -loss);
-* :class:`PassCounter` -- forward and backward passes, counted as batched model calls
-  (the convention of ``sae-codes``: one call over up to ``batch_size`` prompts).
+* :class:`BaselineConfig` -- the objective's fields (metric, ablation, how many prompts,
+  batch size; :class:`~circuitscan.evaluation.objective.ObjectiveConfig`) and progress;
+* :class:`~circuitscan.evaluation.objective.Objective` and
+  :class:`~circuitscan.evaluation.objective.PassCounter`, which live in
+  :mod:`circuitscan.evaluation.objective` (edge-level faithfulness uses them too) and
+  are re-exported here;
+* wrapping scores with their time and passes, and the area under a threshold sweep.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CircuitscanError
+from ..evaluation.objective import (
+    Objective,
+    ObjectiveConfig,
+    PassCounter,
+    build_objective,
+    capture,
+    split_heads,
+)
 
 if TYPE_CHECKING:
-    from jaxtyping import Float, Int
     from torch import Tensor
 
-    from ..evaluation.intervention import AblationSource
-    from ..evaluation.metrics import Metric
     from ..models.handle import ModelHandle
-    from ..types import PromptSet
 
-_RESID0 = "blocks.0.hook_resid_pre"
+__all__ = [
+    "BaselineConfig",
+    "Objective",
+    "PassCounter",
+    "build_objective",
+    "capture",
+    "finish_scores",
+    "frozen_params",
+    "split_heads",
+    "sweep_auc",
+]
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
-    """Fields every baseline takes.
+class BaselineConfig(ObjectiveConfig):
+    """Fields every baseline takes: those of
+    :class:`~circuitscan.evaluation.objective.ObjectiveConfig` (metric, ablation,
+    n_examples, batch_size), and
 
     Attributes:
-        metric: a metric of :mod:`circuitscan.evaluation.metrics` (``logit_diff``,
-            ``prob_diff``, ``kl``...); None = the task's own (``prompts.metadata["metric"]``).
-        ablation: what a removed head or edge carries instead of its clean value:
-            ``corrupt`` (its value on the paired corrupted prompt), ``mean`` (its mean over
-            the task's prompts) or ``zero``.
-        n_examples: use the first n positive prompts (and their corrupted partners);
-            None = all.
-        batch_size: prompts per forward pass.
         progress: progress bars (None: on a terminal).
     """
 
-    metric: str | None = None
-    ablation: str = "corrupt"
-    n_examples: int | None = None
-    batch_size: int = 32
     progress: bool | None = None
-
-    def __post_init__(self) -> None:
-        from ..evaluation.intervention import ABLATIONS
-
-        if self.ablation not in ABLATIONS:
-            raise CircuitscanError(f"ablation {self.ablation!r} is not one of {', '.join(ABLATIONS)}")
-        if self.n_examples is not None and self.n_examples < 1:
-            raise CircuitscanError(f"n_examples must be >= 1, got {self.n_examples}")
-        if self.batch_size < 1:
-            raise CircuitscanError(f"batch_size must be >= 1, got {self.batch_size}")
-
-
-@dataclass
-class PassCounter:
-    """Model calls spent: forward and backward passes, and the prompt rows they carried."""
-
-    forward: int = 0
-    backward: int = 0
-    rows_forward: int = 0
-    rows_backward: int = 0
-    embedding_lookups: int = 0
-    started: float = field(default_factory=time.perf_counter)
-
-    def fwd(self, rows: int, n: int = 1) -> None:
-        self.forward += n
-        self.rows_forward += rows
-
-    def bwd(self, rows: int, n: int = 1) -> None:
-        self.backward += n
-        self.rows_backward += rows
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.started
-
-    def stats(self) -> dict[str, int]:
-        return {"rows_forward": self.rows_forward, "rows_backward": self.rows_backward,
-                "embedding_lookups": self.embedding_lookups}
 
 
 @contextmanager
@@ -108,311 +70,6 @@ def frozen_params(model: ModelHandle) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
-
-
-class _Stop(Exception):
-    """Raised in a hook once everything needed from a forward pass has been seen."""
-
-
-def split_heads(z: Tensor, n_heads: int) -> Tensor:
-    """[b, p, H, d] stays; [b, p, H*d] -> [b, p, H, d]."""
-    return z if z.ndim == 4 else z.reshape(z.shape[0], z.shape[1], n_heads, -1)
-
-
-def capture(
-    model: ModelHandle,
-    tokens: Int[Tensor, "n seq"],
-    mask: Int[Tensor, "n seq"] | None,
-    *,
-    batch_rows: int,
-    counter: PassCounter,
-    with_z: bool = True,
-) -> tuple[Float[Tensor, "n layers seq heads d_head"] | None, Float[Tensor, "n seq d_model"]]:
-    """Every head's z and the input embedding (``blocks.0.hook_resid_pre``) on ``tokens``.
-
-    The pass stops after the last layer's z (or right after the embedding when
-    ``with_z`` is False; that counts as an embedding lookup, not a forward pass).
-    """
-    import torch
-
-    layout = model.layout
-    n, seq = tokens.shape
-    z_out = torch.empty(n, layout.n_layers, seq, layout.n_heads, model.d_head) if with_z else None
-    e_out = torch.empty(n, seq, model.d_model)
-    state: dict[str, int] = {}
-
-    def grab_e(x: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-        e_out[state["lo"] : state["hi"]] = x.detach().float()
-        if not with_z:
-            raise _Stop
-        return x
-
-    def make(layer: int):
-        def grab(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-            z_out[state["lo"] : state["hi"], layer] = split_heads(z, layout.n_heads).detach().float()
-            if layer == layout.n_layers - 1:
-                raise _Stop
-            return z
-
-        return grab
-
-    hooks = [(_RESID0, grab_e)]
-    if with_z:
-        hooks += [(model.hook_z(layer), make(layer)) for layer in range(layout.n_layers)]
-    with torch.inference_mode():
-        for lo in range(0, n, batch_rows):
-            hi = min(n, lo + batch_rows)
-            state["lo"], state["hi"] = lo, hi
-            kwargs = {} if mask is None else {"attention_mask": mask[lo:hi]}
-            try:
-                model.bridge.run_with_hooks(tokens[lo:hi], fwd_hooks=hooks, **kwargs)
-            except _Stop:
-                pass
-            if with_z:
-                counter.fwd(hi - lo)
-            else:  # stopped right after the embedding: not a pass through the model
-                counter.embedding_lookups += 1
-    return z_out, e_out
-
-
-def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean over rows at each position (axis 1 of x is the position), real tokens only."""
-    if mask is None:
-        return x.mean(0)
-    m = mask.to(x.dtype).reshape(mask.shape[0], mask.shape[1], *([1] * (x.ndim - 2)))
-    return (x * m).sum(0) / m.sum(0).clamp_min(1)
-
-
-@dataclass
-class Objective:
-    """A task's metric on a model, ready for interventions and gradients.
-
-    Rows: ``n`` examples, each ``group`` token rows (``group > 1`` only for metrics that
-    read the prompt followed by suffix tokens). Example i owns rows
-    ``i * group .. (i + 1) * group - 1`` of ``tokens`` and ``corrupt_tokens``.
-
-    Attributes:
-        metric, metric_name: the metric and its registry name.
-        sign: +1 if higher metric values are better, else -1; ``goodness = sign * metric``.
-        source: the heads' replacement z (:class:`~circuitscan.evaluation.intervention.AblationSource`).
-        input_source: the input embedding's replacement: ``[rows, seq, d]`` (corrupt),
-            ``[1, seq, d]`` (mean) or None (zero).
-        clean_input: the clean input embedding ``[rows, seq, d]``.
-        reference: the clean model's log-probs at the last prompt position (KL only).
-    """
-
-    model: ModelHandle
-    prompts: PromptSet
-    metric: Metric
-    metric_name: str
-    sign: float
-    ablation: str
-    n: int
-    group: int
-    positions: Int[Tensor, " P"]
-    last: int
-    tokens: Int[Tensor, "rows seq"]
-    mask: Int[Tensor, "rows seq"] | None
-    corrupt_tokens: Int[Tensor, "rows seq"] | None
-    corrupt_mask: Int[Tensor, "rows seq"] | None
-    batch_rows: int
-    source: AblationSource
-    input_source: Float[Tensor, "r seq d"] | None
-    clean_input: Float[Tensor, "rows seq d"]
-    reference: Float[Tensor, "n vocab"] | None
-    counter: PassCounter
-    clean_z: Float[Tensor, "rows layers seq heads d_head"] | None = None
-
-    @property
-    def rows(self) -> int:
-        return self.n * self.group
-
-    @property
-    def examples_per_batch(self) -> int:
-        return self.batch_rows // self.group
-
-    def batches(self) -> Iterator[tuple[Int[Tensor, " b"], slice]]:
-        """(example indices, row slice) per batch."""
-        import torch
-
-        step = self.examples_per_batch
-        for lo in range(0, self.n, step):
-            hi = min(self.n, lo + step)
-            yield torch.arange(lo, hi), slice(lo * self.group, hi * self.group)
-
-    def goodness(self, logits: Float[Tensor, "rows P vocab"], index: Int[Tensor, " b"]) -> Float[Tensor, " b"]:
-        """sign * metric per example, differentiable in ``logits``."""
-        from ..evaluation.metrics import MetricBatch
-
-        ref = None if self.reference is None else self.reference[index]
-        batch = MetricBatch(prompts=self.prompts, index=index, positions=self.positions, last=self.last,
-                            group=self.group, reference_logprobs=ref)
-        return self.sign * self.metric(logits, batch)
-
-    def logits(self, tokens: Tensor, mask: Tensor | None, hooks: list) -> Tensor:
-        """Logits at :attr:`positions` of one batch of rows, with ``hooks``."""
-        from ..evaluation.intervention import logits_at
-
-        return logits_at(self.model, tokens, self.positions, hooks=hooks, attention_mask=mask)
-
-    def source_z(self, layer: int, rows: slice) -> Tensor | None:
-        """Replacement z of one layer for a row slice: ``[r, seq, H, d]``, ``[1, seq, H, d]`` or None (zero)."""
-        import torch
-
-        if self.source.kind == "zero":
-            return None
-        if self.source.kind == "mean":
-            return self.source.z[layer][None]
-        return self.source.cache.full_z(torch.arange(rows.start, rows.stop), layer)
-
-    def source_input(self, rows: slice) -> Tensor | None:
-        if self.input_source is None:
-            return None
-        return self.input_source if self.input_source.shape[0] == 1 else self.input_source[rows]
-
-    def describe(self) -> dict[str, Any]:
-        return {"metric": self.metric_name, "ablation": self.ablation, "n_examples": self.n,
-                "rows_per_example": self.group, "batch_size": self.examples_per_batch}
-
-
-def build_objective(
-    model: ModelHandle,
-    prompts: PromptSet,
-    cfg: BaselineConfig,
-    *,
-    counter: PassCounter | None = None,
-    keep_clean_z: bool = False,
-) -> Objective:
-    """Check the metric and ablation against the prompts; cache replacement values.
-
-    Costs one pass over the clean prompts (their input embedding; with KL the clean
-    model's distribution, the reference; with ``keep_clean_z`` every head's clean z, which
-    :attr:`Objective.clean_z` keeps), stopped as early as it can be, and one over the
-    corrupted prompts (corrupt ablation) or every prompt (mean ablation).
-    """
-    import torch
-
-    from ..evaluation.intervention import (
-        AblationSource,
-        HeadCache,
-        expand_with_suffixes,
-        paired_negatives,
-    )
-    from ..evaluation.metrics import default_metric, get_metric
-
-    counter = counter or PassCounter()
-    name = cfg.metric or default_metric(prompts)
-    metric = get_metric(name)
-    metric.check(prompts)
-    vocab = int(model.bridge.cfg.d_vocab)
-    all_tokens, _ = prompts.all_tokens()
-    if int(all_tokens.min()) < 0 or int(all_tokens.max()) >= vocab:
-        raise CircuitscanError(f"task {prompts.task!r} has token ids outside the model's vocabulary 0..{vocab - 1}")
-    n = prompts.n_positive if cfg.n_examples is None else min(cfg.n_examples, prompts.n_positive)
-    seq = prompts.seq_len
-    tok = prompts.positive[:n]
-    mask = None if prompts.positive_mask is None else prompts.positive_mask[:n]
-    neg = neg_mask = None
-    if cfg.ablation == "corrupt":
-        neg, neg_mask = paired_negatives(prompts)
-        neg, neg_mask = neg[:n], None if neg_mask is None else neg_mask[:n]
-    suffixes = metric.suffixes(prompts)
-    group = 1
-    if suffixes is not None:
-        group = len(suffixes)
-        tok, mask = expand_with_suffixes(tok, mask, suffixes)
-        if neg is not None:
-            neg, neg_mask = expand_with_suffixes(neg, neg_mask, suffixes)
-    run_seq = tok.shape[1]
-    positions = torch.arange(run_seq) if metric.positions == "all" else torch.arange(seq - 1, run_seq)
-    last = seq - 1 - int(positions[0])
-    batch_rows = max(1, cfg.batch_size) * group
-
-    reference, clean_input, clean_z = _clean_pass(model, tok, mask, positions, last, group, batch_rows, counter,
-                                                  need_reference=metric.needs_reference, need_z=keep_clean_z)
-
-    input_source = None
-    if cfg.ablation == "corrupt":
-        z, e = capture(model, neg, neg_mask, batch_rows=batch_rows, counter=counter)
-        source = AblationSource("corrupt", cache=HeadCache(z=z, logits=None, positions=None))
-        input_source = e
-    elif cfg.ablation == "mean":
-        # the mean over ALL the task's prompts, positives and negatives, per position
-        parts = []
-        for t, m in ((prompts.positive, prompts.positive_mask), (prompts.negative, prompts.negative_mask)):
-            if suffixes is not None:
-                t, m = expand_with_suffixes(t, m, suffixes)
-            z, e = capture(model, t, m, batch_rows=batch_rows, counter=counter)
-            parts.append((z, e, m))
-        z_all = torch.cat([p[0] for p in parts])
-        e_all = torch.cat([p[1] for p in parts])
-        masks = [p[2] if p[2] is not None else torch.ones(p[0].shape[0], p[0].shape[2], dtype=torch.long)
-                 for p in parts]
-        m_all = torch.cat(masks)
-        source = AblationSource("mean", z=_masked_mean(z_all.transpose(1, 2), m_all).transpose(0, 1).contiguous())
-        input_source = _masked_mean(e_all, m_all)[None]
-    else:
-        source = AblationSource("zero")
-    return Objective(
-        model=model, prompts=prompts, metric=metric, metric_name=name,
-        sign=1.0 if metric.higher_is_better else -1.0, ablation=cfg.ablation, n=n, group=group,
-        positions=positions, last=last, tokens=tok, mask=mask, corrupt_tokens=neg, corrupt_mask=neg_mask,
-        batch_rows=batch_rows, source=source, input_source=input_source, clean_input=clean_input,
-        reference=reference, counter=counter, clean_z=clean_z,
-    )
-
-
-def _clean_pass(
-    model: ModelHandle,
-    tok: Tensor,
-    mask: Tensor | None,
-    positions: Tensor,
-    last: int,
-    group: int,
-    batch_rows: int,
-    counter: PassCounter,
-    *,
-    need_reference: bool,
-    need_z: bool,
-) -> tuple[Tensor | None, Tensor, Tensor | None]:
-    """(reference log-probs or None, input embedding, z or None) on the clean rows."""
-    import torch
-
-    from ..evaluation.intervention import logits_at
-
-    if not need_reference:
-        z, e = capture(model, tok, mask, batch_rows=batch_rows, counter=counter, with_z=need_z)
-        return None, e, z
-    layout = model.layout
-    refs, embeds, zs = [], [], []
-    cur: dict[str, Any] = {}
-
-    def grab_e(x: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-        embeds.append(x.detach().float())
-        return x
-
-    def make(layer: int):
-        def grab(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-            cur["z"][:, layer] = split_heads(z, layout.n_heads).detach().float()
-            return z
-
-        return grab
-
-    hooks = [(_RESID0, grab_e)]
-    if need_z:
-        hooks += [(model.hook_z(layer), make(layer)) for layer in range(layout.n_layers)]
-    with torch.inference_mode():
-        for lo in range(0, tok.shape[0], batch_rows):
-            hi = min(tok.shape[0], lo + batch_rows)
-            if need_z:
-                cur["z"] = torch.empty(hi - lo, layout.n_layers, tok.shape[1], layout.n_heads, model.d_head)
-            out = logits_at(model, tok[lo:hi], positions, hooks=hooks,
-                            attention_mask=None if mask is None else mask[lo:hi])
-            refs.append(out[::group, last].float().log_softmax(-1))
-            if need_z:
-                zs.append(cur["z"])
-            counter.fwd(hi - lo)
-    return torch.cat(refs), torch.cat(embeds), torch.cat(zs) if need_z else None
 
 
 def finish_scores(
