@@ -167,6 +167,26 @@ def resolve(spec: str, layout: HeadLayout, family: str, *, model=None) -> Ground
     return gt
 
 
+def for_model(spec: str | None, model, task: str | None = None) -> GroundTruth | None:
+    """The ground truth of ``--ground-truth SPEC`` for a loaded model, as every command resolves it.
+
+    Args:
+        spec: what :func:`resolve` takes, or None.
+        model: the loaded :class:`~circuitscan.models.handle.ModelHandle`; names that
+            measure the model (``induction-scores``) measure this one.
+        task: without ``spec``, the task whose canonical circuit for this model to use
+            (:func:`default_for`); None = no default.
+
+    Returns:
+        The ground truth, or None when no spec is given and the task has no default here.
+    """
+    if spec:
+        return resolve(spec, model.layout, model.family, model=model)
+    if task is None:
+        return None
+    return default_for(task, model.family, model=model)
+
+
 # --------------------------------------------------------------------------- edges
 
 PORTS = ("q", "k", "v")

@@ -88,10 +88,7 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     prompts = build_prompts_from_args(args, model)
     t_task = time.perf_counter() - t
-    if args.ground_truth:
-        gt = circuits.resolve(args.ground_truth, model.layout, model.family, model=model)
-    else:
-        gt = circuits.default_for(prompts.task, model.family, model=model)
+    gt = circuits.for_model(args.ground_truth, model, prompts.task)
     settings = CompareSettings(metric=args.metric, ablation=args.ablation, n_examples=args.baseline_examples,
                                batch_size=args.batch_size, max_seconds=args.max_seconds,
                                acdc_thresholds=args.acdc_thresholds, sp_steps=args.sp_steps,

@@ -89,10 +89,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = build_prompts_from_args(args, model)
     t_task = time.perf_counter() - t
     task_name = prompts.task
-    if args.ground_truth:
-        gt = circuits.resolve(args.ground_truth, model.layout, model.family, model=model)
-    else:
-        gt = circuits.default_for(task_name, model.family, model=model)
+    gt = circuits.for_model(args.ground_truth, model, task_name)
     result = discover(
         model, prompts, sae=sae, scoring=scoring, level=args.level, ground_truth=gt, out=out,
         overwrite=args.overwrite, aggregation=args.aggregation, batch_size=args.batch_size,

@@ -184,15 +184,11 @@ def run_graph(args: argparse.Namespace) -> int:
         from ..tasks import build_task
 
         prompts = build_task(args.task, model, args.examples, seed=args.seed)
-        if args.ground_truth:
-            gt = circuits.resolve(args.ground_truth, model.layout, model.family)
-        else:
-            gt = circuits.default_for(prompts.task, model.family)
+        gt = circuits.for_model(args.ground_truth, model, prompts.task)
     else:
         tokens = prompt_tokens(model, args.prompt, args.prompt_ids)
         target = target_token(model, args.target)
-        if args.ground_truth:
-            gt = circuits.resolve(args.ground_truth, model.layout, model.family)
+        gt = circuits.for_model(args.ground_truth, model)
     argv = {k: v for k, v in vars(args).items() if k != "func"}
     argv.update(task_file=None, tokenizer=args.tokenizer)
     result = feature_graph_run(

@@ -152,10 +152,7 @@ def build_spec(args: argparse.Namespace, model):
                             softmax=args.softmax, edge_k=args.edge_k)
     if args.compat == "authors":
         sae, scoring = authors_compat(sae, scoring)
-    if args.ground_truth:
-        gt = circuits.resolve(args.ground_truth, model.layout, model.family)
-    else:
-        gt = circuits.default_for(task_name, model.family)
+    gt = circuits.for_model(args.ground_truth, model, task_name)
     truth = None if gt is None else tuple(sorted(model.layout.index(h) for h in gt.heads))
     if truth is not None and len(truth) in (0, model.layout.n_total):
         raise CircuitscanError(f"ground truth {gt.name!r} marks {len(truth)} of {model.layout.n_total} heads; "

@@ -247,7 +247,7 @@ def _ground_truth(spec: str | None, config: Mapping[str, Any], model: ModelHandl
     from ..types import GroundTruth
 
     if spec:
-        return circuits.resolve(spec, model.layout, model.family)
+        return circuits.for_model(spec, model)
     saved = config.get("ground_truth")
     if isinstance(saved, Mapping) and saved.get("heads"):
         gt = GroundTruth.from_heads(saved["heads"], name=str(saved.get("name", "ground truth")),

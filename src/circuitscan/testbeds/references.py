@@ -124,9 +124,8 @@ def _scores_circuit(spec: str, model: ModelHandle | None, family: str) -> Ground
     opts = parse_scores_spec(spec)
     if model is None:
         raise CircuitscanError(
-            f"--ground-truth {SCORES_NAME} measures the loaded model's heads, which this command does not "
-            "pass on; use `circuitscan discover` or `circuitscan compare`, or save the circuit as a JSON "
-            "list of heads (circuitscan.testbeds.head_scores) and pass that file"
+            f"ground truth {SCORES_NAME!r} measures the loaded model's heads, but no model was given "
+            "to measure (circuits.resolve(..., model=model) or circuits.for_model)"
         )
     scores = head_scores(
         model, n=opts.get("n", 20), length=opts.get("length", 10 if _small(model) else 20)
