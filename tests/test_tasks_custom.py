@@ -246,3 +246,26 @@ def test_csv_from_a_spreadsheet(gpt2_tok, tmp_path):
     path.write_bytes('\ufeffpositive,negative,answer\n"When Mary and John left, John thanked","When Mary and John left, Anna thanked"," Mary"\n'.encode())
     ps = load_task_file(path, gpt2_tok, n=5)
     assert ps.answers.tolist() == [[gpt2_tok.single_token_id(" Mary")]]
+
+
+def test_cli_unequal_lengths_reject_exits_2_and_writes_nothing(planted, tmp_path, capsys):
+    from circuitscan.commands.common import UNEQUAL_LENGTHS
+    from circuitscan.tasks.custom import UNEQUAL
+
+    assert UNEQUAL_LENGTHS == UNEQUAL  # the parser's choices are the library's
+    rows = [
+        {"positive": [0, 1, 2, 3, 4], "negative": [0, 1, 2, 3, 5]},
+        {"positive": [0, 1, 2, 6], "negative": [0, 1, 2, 3, 7]},
+    ]
+    path = _jsonl(tmp_path / "unequal.jsonl", rows)
+    out = tmp_path / "run"
+    argv = ["discover", "--model", "toy-planted", "--task-file", str(path), "--out", str(out)]
+    assert main([*argv, "--unequal-lengths", "reject"]) == 2
+    err = capsys.readouterr().err
+    assert "every prompt must tokenise to the same length" in err and "line 2 (positive: 4 tokens)" in err
+    assert "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["unequal.jsonl"]  # no run, no partial directory
+    show = ["tasks", "show", "--task-file", str(path), "--model", "toy-planted", "-n", "2"]
+    assert main([*show, "--unequal-lengths", "reject"]) == 2
+    assert "line 2 (positive: 4 tokens)" in capsys.readouterr().err
+    assert main(show) == 0  # padded by default

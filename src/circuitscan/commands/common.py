@@ -37,9 +37,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
+# circuitscan.tasks.custom.UNEQUAL, spelt out so that building the parser imports no task code
+UNEQUAL_LENGTHS = ("pad", "reject")
+
+
+def add_unequal_lengths_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--unequal-lengths",
+        choices=UNEQUAL_LENGTHS,
+        default="pad",
+        help="--task-file prompts that tokenise to different lengths: left-pad and mask them "
+        "(default) or reject the file, naming the lines",
+    )
+
+
 def add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", "-t", default=None, help="task name (see `circuitscan tasks`)")
     p.add_argument("--task-file", default=None, help="a custom task file (JSONL or CSV)")
+    add_unequal_lengths_arg(p)
     p.add_argument("--examples", "-n", type=positive_int, default=250,
                    help="positive prompts, and as many negatives (default 250)")
     p.add_argument("--seed", type=int, default=0, help="seed for prompts and the SAE (default 0)")
@@ -59,7 +74,9 @@ def build_prompts_from_args(args: argparse.Namespace, model) -> Any:
             from ..tasks.custom import load_task_file
         except ModuleNotFoundError as exc:  # pragma: no cover - until custom tasks land
             raise CircuitscanError("--task-file is not supported yet") from exc
-        return load_task_file(Path(args.task_file), model, n=args.examples)
+        return load_task_file(
+            Path(args.task_file), model, n=args.examples, unequal=args.unequal_lengths
+        )
     if not args.task:
         raise CircuitscanError("give a task: --task NAME (see `circuitscan tasks`) or --task-file FILE")
     return build_task(args.task, model, args.examples, seed=args.seed)

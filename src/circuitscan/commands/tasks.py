@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_args, positive_int
+from .common import add_model_args, add_unequal_lengths_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     show.add_argument("task", nargs="?", default=None, help="task name, with options: greater-than:negative=year")
     show.add_argument("--task-file", default=None, help="show a custom task file (JSONL or CSV) instead")
+    add_unequal_lengths_arg(show)
     _add_build_args(show, default_n=5)
     show.set_defaults(func=run_show)
 
@@ -146,7 +147,9 @@ def run_show(args: argparse.Namespace) -> int:
     if args.task_file:
         from ..tasks.custom import load_task_file
 
-        prompts = load_task_file(Path(args.task_file), model, n=args.examples)
+        prompts = load_task_file(
+            Path(args.task_file), model, n=args.examples, unequal=args.unequal_lengths
+        )
     else:
         prompts = _build(args, model)
     print_pairs(model, prompts, args.examples)
