@@ -10,71 +10,32 @@ import pytest
 from circuitscan.cli import main
 
 GT = "induction-scores:k=3"  # the top 3 heads of toy-planted by induction score
+MODEL = ["--model", "toy-planted"]
 
 
-def _ok(argv, capsys):
-    rc = main(argv)
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err
-    return captured.out
+def _ok(command: str, *more: str, capsys) -> None:
+    rc = main([*command.split(), *MODEL, *more, "--ground-truth", GT])
+    assert rc == 0, capsys.readouterr().err
+
+
+def _metrics(run):
+    return json.loads((run / "metrics.json").read_text())
 
 
 def test_discover_and_evaluate_measure_the_model(tmp_path, capsys):
     run = tmp_path / "run"
-    _ok(
-        [
-            "discover",
-            "--model",
-            "toy-planted",
-            "--task",
-            "planted",
-            "-n",
-            "20",
-            "--epochs",
-            "50",
-            "--ground-truth",
-            GT,
-            "--out",
-            str(run),
-        ],
-        capsys,
-    )
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["ground_truth"]["sae-codes"]["ground_truth"] == GT
-    _ok(["evaluate", str(run), "--random-samples", "0", "--ground-truth", GT], capsys)
-    rows = json.loads((run / "metrics.json").read_text())["circuit_performance"]["rows"]
-    assert f"ground truth ({GT})" in [r["name"] for r in rows]
+    _ok("discover --task planted -n 20 --epochs 50", "--out", str(run), capsys=capsys)
+    assert _metrics(run)["ground_truth"]["sae-codes"]["ground_truth"] == GT
+    # evaluate takes no --model: it reloads the run's
+    assert main(["evaluate", str(run), "--random-samples", "0", "--ground-truth", GT]) == 0
+    names = [r["name"] for r in _metrics(run)["circuit_performance"]["rows"]]
+    assert f"ground truth ({GT})" in names
 
 
 def test_sweep_measures_the_model(tmp_path, capsys):
     out = tmp_path / "sweep"
-    _ok(
-        [
-            "sweep",
-            "--model",
-            "toy-planted",
-            "--task",
-            "planted",
-            "-n",
-            "20",
-            "--epochs",
-            "20",
-            "--workers",
-            "1",
-            "--threads-per-worker",
-            "1",
-            "--grid",
-            "features=4",
-            "--seeds",
-            "1",
-            "--no-figures",
-            "--ground-truth",
-            GT,
-            "--out",
-            str(out),
-        ],
-        capsys,
-    )
+    sweep = "sweep --task planted -n 20 --epochs 20 --workers 1 --threads-per-worker 1 --grid features=4"
+    _ok(f"{sweep} --seeds 1 --no-figures", "--out", str(out), capsys=capsys)
     spec = json.loads((out / "sweep.json").read_text())
     assert spec["ground_truth"]["name"] == GT and len(spec["ground_truth"]["heads"]) == 3
 
@@ -82,62 +43,17 @@ def test_sweep_measures_the_model(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def saes(tmp_path_factory):
     out = tmp_path_factory.mktemp("saes") / "saes"
-    assert (
-        main(
-            [
-                "features",
-                "train",
-                "--model",
-                "toy-planted",
-                "--sites",
-                "attn.0-2",
-                "--out",
-                str(out),
-                "--corpus",
-                "generated",
-                "--generated-tokens",
-                "500",
-                "--seq-len",
-                "16",
-                "--features",
-                "16",
-                "--tokens",
-                "1024",
-                "--batch-rows",
-                "128",
-                "--l1",
-                "1",
-            ]
-        )
-        == 0
+    train = (
+        "features train --model toy-planted --sites attn.0-2 --corpus generated --generated-tokens 500 "
+        "--seq-len 16 --features 16 --tokens 1024 --batch-rows 128 --l1 1"
     )
+    assert main([*train.split(), "--out", str(out)]) == 0
     return out
 
 
-@pytest.mark.parametrize(
-    "source", [["--task", "planted", "-n", "8"], ["--prompt-ids", "0,17,3,4,5", "--target", "32"]]
-)
+@pytest.mark.parametrize("source", ["--task planted -n 8", "--prompt-ids 0,17,3,4,5 --target 32"])
 def test_features_graph_measures_the_model(saes, source, tmp_path, capsys):
     run = tmp_path / "run"
-    _ok(
-        [
-            "features",
-            "graph",
-            "--model",
-            "toy-planted",
-            *source,
-            "--saes",
-            str(saes),
-            "--validate",
-            "0",
-            "--no-edges",
-            "--no-sae-codes",
-            "--ground-truth",
-            GT,
-            "--out",
-            str(run),
-        ],
-        capsys,
-    )
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["ground_truth"]["feature-attribution"]["ground_truth"] == GT
+    graph = f"features graph {source} --validate 0 --no-edges --no-sae-codes"
+    _ok(graph, "--saes", str(saes), "--out", str(run), capsys=capsys)
+    assert _metrics(run)["ground_truth"]["feature-attribution"]["ground_truth"] == GT
