@@ -395,7 +395,7 @@ def _faithfulness(
     points: int,
     seed: int,
 ) -> dict[str, Any]:
-    from .evaluation.faithfulness import curve_sizes, faithfulness_curves
+    from .evaluation.faithfulness import curve_sizes, curves_summary, faithfulness_curves
     from .evaluation.intervention import CircuitEvaluator
     from .evaluation.metrics import table_metrics
 
@@ -405,20 +405,7 @@ def _faithfulness(
                                 progress=settings.progress)
     sizes = curve_sizes(model.layout.n_total, points)
     curves = faithfulness_curves(ev, scores, sizes=sizes, random_samples=samples, seed=seed)
-    return {
-        "ablation": settings.ablation,
-        "metric": ev.metrics[0],
-        "n_examples": ev.n,
-        "integration": "trapezoidal rule over the fraction of heads, linear axis, [0, 1]",
-        "mib_fractions": next(iter(curves.values())).mib_fractions,
-        "curves": {m: {k: v for k, v in c.to_dict().items() if k not in ("method", "metric", "ablation", "cpr", "cmd")}
-                   for m, c in curves.items()},
-        "cpr": {m: c.cpr for m, c in curves.items()},
-        "cmd": {m: c.cmd for m, c in curves.items()},
-        "cpr_random": {m: c.cpr_random for m, c in curves.items()},
-        "cmd_random": {m: c.cmd_random for m, c in curves.items()},
-        "cost": ev.stats.to_dict(),
-    }
+    return {**curves_summary(ev, curves), "cost": ev.stats.to_dict()}
 
 
 def _rows(scores: list[Scores], metrics: dict[str, Any]) -> list[dict[str, Any]]:

@@ -236,6 +236,23 @@ def faithfulness_curves(
     return out
 
 
+def curves_summary(ev, curves: dict[str, FaithfulnessCurve]) -> dict[str, Any]:
+    """The ``faithfulness`` block of ``metrics.json`` for curves measured with evaluator ``ev``."""
+    return {
+        "ablation": ev.ablation,
+        "metric": ev.metrics[0],
+        "n_examples": ev.n,
+        "integration": "trapezoidal rule over the fraction of heads, linear axis, [0, 1]",
+        "mib_fractions": next(iter(curves.values())).mib_fractions if curves else list(MIB_FRACTIONS),
+        "curves": {m: {k: v for k, v in c.to_dict().items() if k not in ("method", "metric", "ablation", "cpr", "cmd")}
+                   for m, c in curves.items()},
+        "cpr": {m: c.cpr for m, c in curves.items()},
+        "cmd": {m: c.cmd for m, c in curves.items()},
+        "cpr_random": {m: c.cpr_random for m, c in curves.items()},
+        "cmd_random": {m: c.cmd_random for m, c in curves.items()},
+    }
+
+
 def faithfulness_curve(
     model: ModelHandle,
     prompts: PromptSet,

@@ -247,22 +247,13 @@ def _evaluate(result: FeatureRun, model, prompts, gt, faithfulness: bool) -> Non
         for s in result.scores:
             metrics["circuits"][s.method] = predicted_circuit(s, None, None)
     if faithfulness and prompts is not None and result.scores:
-        from ..evaluation.faithfulness import curve_sizes, faithfulness_curves
+        from ..evaluation.faithfulness import curve_sizes, curves_summary, faithfulness_curves
         from ..evaluation.intervention import CircuitEvaluator
 
         t = time.perf_counter()
         ev = CircuitEvaluator.build(model, prompts, ablation="corrupt")
         curves = faithfulness_curves(ev, result.scores, sizes=curve_sizes(model.layout.n_total, 20))
-        metrics["faithfulness"] = {
-            "ablation": "corrupt", "metric": ev.metrics[0], "n_examples": ev.n,
-            "integration": "trapezoidal rule over the fraction of heads, linear axis, [0, 1]",
-            "curves": {m: {k: v for k, v in c.to_dict().items() if k not in ("method", "metric", "ablation", "cpr", "cmd")}
-                       for m, c in curves.items()},
-            "cpr": {m: c.cpr for m, c in curves.items()},
-            "cmd": {m: c.cmd for m, c in curves.items()},
-            "cpr_random": {m: c.cpr_random for m, c in curves.items()},
-            "cmd_random": {m: c.cmd_random for m, c in curves.items()},
-        }
+        metrics["faithfulness"] = curves_summary(ev, curves)
         result.timings["faithfulness"] = time.perf_counter() - t
     result.metrics = metrics
 
