@@ -283,7 +283,7 @@ def test_conservation_holds_with_error_terms_and_dropped_features(nonlinear):
             continue
         assert sum(graph.outgoing(node.id).values()) == pytest.approx(node.score, rel=1e-6, abs=1e-9), node.id
     for site, t in graph.site_totals.items():
-        assert t["kept"] + t["rest"] + t["error"] + t["bias"] == pytest.approx(t["total"], rel=1e-9, abs=1e-12), site
+        assert t["kept"] + t["rest"] + t["error"] + t["bias"] + t["uncovered"] == pytest.approx(t["total"], rel=1e-9, abs=1e-12), site
         assert abs(t["error"]) > 1e-6  # random SAEs do not reconstruct: the error node matters
 
 
@@ -324,4 +324,47 @@ def test_attribution_patching_keeps_the_identities(nonlinear):
     for key, w in g.edges.items():
         assert graphs["direct"].edges[key] == pytest.approx(w, rel=1e-6, abs=1e-10), key
     for site, t in g.site_totals.items():
-        assert t["kept"] + t["rest"] + t["error"] == pytest.approx(t["total"], rel=1e-9, abs=1e-12), site
+        assert t["kept"] + t["rest"] + t["error"] + t["uncovered"] == pytest.approx(t["total"], rel=1e-9, abs=1e-12), site
+
+
+def test_positions_the_saes_never_saw_are_neither_features_nor_error(nonlinear):
+    """SAEs trained without position 0 (the attention sink): the graph and the ablations
+    leave the site's value there alone; node scores are finite differences of edits at
+    positions 1.. only, the identities hold with an explicit "uncovered" term."""
+    from dataclasses import replace
+
+    from circuitscan.features.ablate import Ablation, _hooks, run_ablated
+
+    model, saes, tokens, obj, full = nonlinear
+    skipping = replace(saes, info={**saes.info, "skip_positions": 1})
+    graph = attribution_graph(model, skipping, tokens, obj, GraphConfig(top_k=4, batch_size=1))
+    h = 1e-5
+    for node in [n for n in graph.nodes.values() if n.kind in ("feature", "error")][:12]:
+        sae = saes[node.site]
+
+        def scaled(alpha, sae=sae, node=node):
+            def edit(x):
+                f = sae.encode(x)
+                part = f[..., node.feature, None] * sae.W_D[node.feature] if node.kind == "feature" else x - sae.decode(f)
+                part = part.clone()
+                part[:, 0] = 0.0
+                return x + (alpha - 1.0) * part
+            return _objective(obj, _run(model, saes, tokens, {node.site: edit})["logits"])
+
+        assert node.score == pytest.approx((scaled(1 + h) - scaled(1 - h)) / (2 * h), rel=1e-4, abs=1e-7), node.id
+    for node in graph.nodes.values():
+        if node.kind != "output":
+            assert sum(graph.outgoing(node.id).values()) == pytest.approx(node.score, rel=1e-6, abs=1e-9), node.id
+    for site, t in graph.site_totals.items():
+        assert t["kept"] + t["rest"] + t["error"] + t["bias"] + t["uncovered"] == pytest.approx(t["total"], rel=1e-9, abs=1e-12)
+        assert t["total"] == pytest.approx(full.site_totals[site]["total"], rel=1e-9, abs=1e-12)
+    assert any(abs(t["uncovered"]) > 1e-6 for t in graph.site_totals.values())
+    # ablating every error and every feature: position 0 keeps its value, the rest is the decoder bias
+    everything = Ablation({}, frozenset(skipping.saes), {s: () for s in skipping.saes})
+    clean = _run(model, saes, tokens, {})["x"]
+    for site, (_, hook) in zip(everything.sites, _hooks(skipping, everything, torch.float64), strict=True):
+        x = clean[site.name].double()
+        y = hook(x, None)
+        assert torch.equal(y[:, 0], x[:, 0])
+        assert torch.allclose(y[:, 1:], saes[site].b.double().expand_as(y[:, 1:]))
+    assert torch.isfinite(run_ablated(model, skipping, tokens, everything)).all()

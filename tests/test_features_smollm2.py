@@ -48,7 +48,7 @@ def test_graph_identities_hold_on_smollm2(smollm2, small_saes):
             out = sum(graph.outgoing(node.id).values())
             assert out == pytest.approx(node.score, rel=2e-3, abs=2e-4), node.id
     for site, t in graph.site_totals.items():
-        assert t["kept"] + t["rest"] + t["error"] + t["bias"] == pytest.approx(t["total"], rel=1e-4, abs=1e-5), site
+        assert t["kept"] + t["rest"] + t["error"] + t["bias"] + t["uncovered"] == pytest.approx(t["total"], rel=1e-4, abs=1e-5), site
     direct = attribution_graph(smollm2, small_saes, tokens, obj, GraphConfig(top_k=4, edges="direct"))
     big = max(abs(w) for w in graph.edges.values())
     for key, w in graph.edges.items():

@@ -84,6 +84,7 @@ def parse_nodes(spec: str | Iterable[str]) -> Ablation:
 
 def _hooks(saes: SublayerSAEs, ab: Ablation, dtype, baseline: dict[str, Tensor] | None = None) -> list[tuple[str, Any]]:
     hooks = []
+    skip = saes.skip_positions  # positions the SAEs never saw (the attention sink) keep their value
     for site in ab.sites:
         sae = saes[site]
         w = {k: getattr(sae, k).detach().to(dtype) for k in ("W_E", "b_E", "W_D", "b")}
@@ -114,6 +115,8 @@ def _hooks(saes: SublayerSAEs, ab: Ablation, dtype, baseline: dict[str, Tensor] 
                 eps = x - (f @ w["W_D"] + w["b"])
                 eps_b = 0.0 if xb is None else xb - (fb @ w["W_D"] + w["b"])
                 y = y - (eps - eps_b)
+            if skip:
+                y = torch.cat([x[:, :skip], y[:, skip:]], 1)
             return y
 
         hooks.append((site.hook, hook))

@@ -14,6 +14,12 @@ summed over positions and averaged over prompts.
   is the first-order estimate of ``m(clean) - m(feature i zero-ablated)``. Error node:
   ``n_eps = sum_t eps_s(t) . dm/dx_s(t)``. Per site, ``sum_i n_i + n_eps + n_bias =
   sum_t x_s(t) . dm/dx_s(t)`` exactly (the site's total, reported).
+* positions the SAEs were not trained on (``SublayerSAEs.skip_positions``, position 0 with
+  its attention sink for trained SAEs) are neither features nor error: sums over ``t``
+  above run over the covered positions, the rest of the site's total is reported as
+  ``uncovered``, and ablations (:mod:`.ablate`) never change those positions. (Counting
+  the sink as SAE error made every error ablation destroy the sink, and with it the
+  model.)
 * kept nodes: the ``top_k`` features of each site by ``|n_i|``, its error node, and a
   ``rest`` node aggregating every other feature, so that nothing is silently dropped.
 * edge from upstream node ``u`` (site ``U``) to downstream node ``d`` (site ``V > U``):
@@ -451,13 +457,17 @@ def attribution_graph(
     dtype = next(model.bridge.parameters()).dtype
     W = {s.name: _sae_tensors(saes[s], dtype) for s in sites}
     counter = _Counter()
+    # positions the SAEs were not trained on (the attention sink): neither features nor error
+    cov = torch.ones(seq, dtype=dtype)
+    cov[: saes.skip_positions] = 0.0
+    cov3 = cov[None, :, None]
     attn_layers = tuple(s.layer for s in sites if s.kind == "attn") if cfg.head_shares else ()
     w_o = model.bridge.W_O.detach().to(dtype) if attn_layers else None
     w_o_bias = _attn_out_bias(model, dtype) if attn_layers else {}
 
     # ---- pass 1: node scores (one forward, one backward per batch) --------------------------
-    acc = {s.name: {"feat": 0.0, "err": 0.0, "bias": 0.0, "total": 0.0, "act": 0.0, "err_norm": 0.0,
-                    "pos_feat": 0.0, "pos_err": 0.0} for s in sites}
+    acc = {s.name: {"feat": 0.0, "err": 0.0, "bias": 0.0, "uncovered": 0.0, "total": 0.0, "act": 0.0,
+                    "err_norm": 0.0, "pos_feat": 0.0, "pos_err": 0.0} for s in sites}
     head_acc: dict[str, tuple[Tensor, Tensor]] = {}
     value_sum = 0.0
     batches = [torch.arange(lo, min(n, lo + cfg.batch_size)) for lo in range(0, n, cfg.batch_size)]
@@ -482,14 +492,13 @@ def attribution_graph(
             a = acc[s.name]
             w = W[s.name]
             x = p.x[s.name].detach()
-            f = _encode(w, x)
-            eps = x - _decode(w, f)
+            f, eps = _split(w, x, cov3)
             c = g @ w["W_D"].T  # dm/df per position
             df, deps, dx, z_h = f, eps, x, p.z.get(s.name)
             if base is not None:  # differences from the counterfactual run; the bias cancels
                 xb = base.x[s.name]
-                fb = _encode(w, xb)
-                df, deps, dx = f - fb, eps - (xb - _decode(w, fb)), x - xb
+                fb, eps_b = _split(w, xb, cov3)
+                df, deps, dx = f - fb, eps - eps_b, x - xb
                 z_h = None if z_h is None else z_h - base.z[s.name]
             contrib = df * c
             a["feat"] = a["feat"] + contrib.sum((0, 1))
@@ -497,7 +506,8 @@ def attribution_graph(
             e = (deps * g).sum(-1)
             a["err"] += float(e.sum())
             a["pos_err"] = a["pos_err"] + e.sum(0)
-            a["bias"] += 0.0 if base is not None else float((w["b"] * g).sum())
+            a["bias"] += 0.0 if base is not None else float((w["b"] * g * cov3).sum())
+            a["uncovered"] += float((dx * g * (1.0 - cov3)).sum())
             a["total"] += float((dx * g).sum())
             a["act"] = a["act"] + f.sum((0, 1))
             a["err_norm"] += float(eps.norm(dim=-1).sum())
@@ -541,7 +551,8 @@ def attribution_graph(
         kept_abs = sum(abs(float(feat[i])) for i in chosen)
         site_totals[s.name] = {
             "total": a["total"], "features": float(feat.sum()), "kept": float(feat.sum()) - rest, "rest": rest,
-            "error": a["err"], "bias": a["bias"], "n_active_features": int((a["act"] > 0).sum()),
+            "error": a["err"], "bias": a["bias"], "uncovered": a["uncovered"],
+            "n_active_features": int((a["act"] > 0).sum()),
             "abs_features": float(feat.abs().sum()), "abs_kept": kept_abs,
             "abs_rest": float(feat.abs().sum()) - kept_abs,
         }
@@ -567,7 +578,7 @@ def attribution_graph(
             for index, base in zip(batches, base_runs, strict=True):
                 mask = None if attention_mask is None else attention_mask[index]
                 _edges_for_batch(model, tokens[index], index, n, sites, W, kept, objective, cfg.edges, mask, edges,
-                                 counter, advance, base)
+                                 counter, advance, base, cov3)
 
     return AttributionGraph(
         sites=[s.name for s in sites], nodes=nodes, edges=edges, site_totals=site_totals,
@@ -588,6 +599,12 @@ def _encode(w: dict[str, Tensor], x: Tensor) -> Tensor:
 
 def _decode(w: dict[str, Tensor], f: Tensor) -> Tensor:
     return f @ w["W_D"] + w["b"]
+
+
+def _split(w: dict[str, Tensor], x: Tensor, cov3: Tensor) -> tuple[Tensor, Tensor]:
+    """Features and error of ``x`` [b, seq, d], zero at positions the SAE does not cover."""
+    f = _encode(w, x)
+    return f * cov3, (x - _decode(w, f)) * cov3
 
 
 def _attn_out_bias(model: ModelHandle, dtype) -> dict[int, Tensor]:
@@ -648,7 +665,9 @@ def _head_shares(z: Tensor, w_o: Tensor, b_o: Tensor | None, w: dict[str, Tensor
 
 
 def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, mask, edges, counter,
-                     advance=lambda n=1: None, base: _Pass | None = None) -> None:
+                     advance=lambda n=1: None, base: _Pass | None = None, cov3: Tensor | None = None) -> None:
+    if cov3 is None:
+        cov3 = torch.ones(1, tokens.shape[1], 1, dtype=next(iter(W.values()))["W_D"].dtype)
     p = _forward(model, tokens, sites, mode="total", mask=mask)
     counter.fwd += 1
     vals = objective.fn(p.logits, index)
@@ -664,13 +683,10 @@ def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, m
     # upstream contraction data (detached): activations and errors of every site
     up_data = {}
     for s in sites:
-        x = p.x[s.name].detach()
-        f = _encode(W[s.name], x)
-        eps = x - _decode(W[s.name], f)
+        f, eps = _split(W[s.name], p.x[s.name].detach(), cov3)
         if base is not None:  # attribution patching: upstream activations as differences from the baseline
-            xb = base.x[s.name]
-            fb = _encode(W[s.name], xb)
-            f, eps = f - fb, eps - (xb - _decode(W[s.name], fb))
+            fb, eps_b = _split(W[s.name], base.x[s.name], cov3)
+            f, eps = f - fb, eps - eps_b
         up_data[s.name] = (f, eps)
 
     def rows(target_fn: Callable[[_Pass], Tensor], ups: list[Site], out_name: str) -> dict[str, Tensor]:
@@ -719,7 +735,8 @@ def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, m
         if not ups:
             continue
         wv = W[v.name]
-        gv = g[v.name].detach()
+        g_all = g[v.name].detach()
+        gv = g_all * cov3  # feature and error nodes live at covered positions only
         site_rows: dict[str, dict[str, float]] = {}
         for i in kept[v.name]:
             c = gv @ wv["W_D"][i]
@@ -733,7 +750,7 @@ def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, m
             x = pp.x[name]
             return ((x - _decode(wv, _encode(wv, x))) * gv).sum()
 
-        def total_target(pp: _Pass, gv=gv, name=v.name) -> Tensor:
+        def total_target(pp: _Pass, gv=g_all, name=v.name) -> Tensor:  # the whole site: "rest" keeps the remainder
             return (pp.x[name] * gv).sum()
 
         site_rows[node_id(v.name, "error")] = contract(rows(err_target, ups, v.name), ups)

@@ -147,6 +147,15 @@ class SublayerSAEs:
     def sites(self) -> list[Site]:
         return sorted(parse_site(n) for n in self.saes)
 
+    @property
+    def skip_positions(self) -> int:
+        """Leading positions the SAEs were not trained on (position 0 carries the attention
+        sink). Graphs and ablations leave a site's value there untouched: it is neither a
+        feature nor SAE error. 0 for SAEs built by hand."""
+        if "skip_positions" in self.info:
+            return int(self.info["skip_positions"])
+        return int((self.info.get("config") or {}).get("skip_positions", 0))
+
     def __getitem__(self, site: str | Site) -> SparseAutoencoder:
         name = site.name if isinstance(site, Site) else site
         if name not in self.saes:
@@ -498,11 +507,17 @@ def _spliced_ce(model, saes: SublayerSAEs, chunks: Tensor, means: dict[str, Tens
         for s in saes.sites:
             sae = saes[s]
 
-            def recon(x, hook, sae=sae):  # noqa: ARG001
-                return sae.decode(sae.encode(x.float())).to(x.dtype)
+            k = cfg.skip_positions  # the positions the SAE was trained on are replaced, the sink is not
 
-            def ablate(x, hook, m=means[s.name]):  # noqa: ARG001
-                return m.to(x.dtype).expand_as(x).clone()
+            def recon(x, hook, sae=sae, k=k):  # noqa: ARG001
+                y = x.clone()
+                y[:, k:] = sae.decode(sae.encode(x[:, k:].float())).to(x.dtype)
+                return y
+
+            def ablate(x, hook, m=means[s.name], k=k):  # noqa: ARG001
+                y = x.clone()
+                y[:, k:] = m.to(x.dtype)
+                return y
 
             for tag, fn in (("sae", recon), ("mean", ablate)):
                 logits = model.bridge.run_with_hooks(toks, fwd_hooks=[(s.hook, fn)])
@@ -608,7 +623,7 @@ def load_many(paths: str | list[str | Path]) -> SublayerSAEs:
         metrics.update(x.info.get("metrics") or {})
     order = sorted(parse_site(n) for n in saes)
     info = {**loaded[0].info, "sites": [s.name for s in order], "metrics": metrics,
-            "directories": [str(p) for p in items]}
+            "directories": [str(p) for p in items], "skip_positions": max(x.skip_positions for x in loaded)}
     return SublayerSAEs({s.name: saes[s.name] for s in order}, info, contexts, curves)
 
 

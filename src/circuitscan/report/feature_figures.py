@@ -378,7 +378,7 @@ def _page(run_dir: Path, figs: list[tuple[str, Path, str]]) -> str:
         parts.append(f"</table><p>Faithfulness (m(graph) − m(empty)) / (m(clean) − m(empty)): with SAE errors kept "
                      f"<b>{_fmt(faith.get('faithfulness_with_errors'))}</b>, kept features alone "
                      f"<b>{_fmt(faith.get('faithfulness_features_only'))}</b>. Empty = every feature and error "
-                     "zero-ablated at every site (each site outputs its decoder bias).</p>")
+                     "zero-ablated at every site (each site outputs its decoder bias at the positions its SAE covers).</p>")
     s = (abl.get("single_nodes") or {}).get("summary") or {}
     if s.get("n"):
         parts.append(f"<p>Single-node ablations ({s['n']} strongest nodes): Pearson correlation of predicted vs measured "
@@ -390,12 +390,13 @@ def _page(run_dir: Path, figs: list[tuple[str, Path, str]]) -> str:
                      f"{_e(caption)}</p></figcaption></figure>")
     parts.append("<h2>Sites</h2><p class='note'>Signed sums of node scores (they cancel; a residual site feeding the "
                  "final norm totals about zero) and the sums of |score|.</p><table><tr><th>site</th><th>total</th>"
-                 "<th>kept features</th><th>other features</th><th>SAE error</th><th>bias</th><th>|kept|</th>"
+                 "<th>kept features</th><th>other features</th><th>SAE error</th><th>bias</th><th>uncovered</th><th>|kept|</th>"
                  "<th>|other|</th><th>active features</th></tr>")
     for site in graph["sites"]:
         t = graph["site_totals"][site]
         parts.append(f"<tr><td>{_e(site)}</td>" + "".join(f"<td class='n'>{_fmt(t.get(k))}</td>" for k in
-                     ("total", "kept", "rest", "error", "bias", "abs_kept", "abs_rest", "n_active_features")) + "</tr>")
+                     ("total", "kept", "rest", "error", "bias", "uncovered", "abs_kept", "abs_rest", "n_active_features"))
+                     + "</tr>")
     parts.append("</table>")
     parts.append("<h2>Nodes and what they do</h2><p class='note'>Promoted / suppressed: tokens whose logits the "
                  "feature's atom raises / lowers most through the unembedding (weights only). Contexts: where the "
