@@ -15,7 +15,7 @@ test-fast:
 	$(PY) -m pytest -q -m "not slow"
 
 lint:
-	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff check src tests benchmarks studies
 
 bench:
 	$(PY) benchmarks/bench_discover.py
