@@ -338,6 +338,7 @@ def _forward(model: ModelHandle, tokens: Tensor, sites: list[Site], *, mode: str
     ``mode="total"``: the site outputs ``x + delta`` with ``delta`` a zero leaf, so
     gradients at ``delta`` are total derivatives. ``mode="leaf"``: the site outputs a leaf
     holding the clean value, so paths through the site are cut (direct derivatives).
+    ``mode="observe"``: nothing changes, activations are recorded detached, no graph is built.
     """
     xs: dict[str, Tensor] = {}
     handles: dict[str, Tensor] = {}
@@ -346,6 +347,9 @@ def _forward(model: ModelHandle, tokens: Tensor, sites: list[Site], *, mode: str
     def make(site: Site):
         def hook(x: Tensor, hook) -> Tensor:  # noqa: ARG001
             xs[site.name] = x
+            if mode == "observe":
+                xs[site.name] = x.detach()
+                return x
             if mode == "total":
                 delta = torch.zeros_like(x, requires_grad=True)
                 handles[site.name] = delta
@@ -366,7 +370,7 @@ def _forward(model: ModelHandle, tokens: Tensor, sites: list[Site], *, mode: str
 
     fwd = [(s.hook, make(s)) for s in sites] + [(f"blocks.{la}.attn.hook_z", make_z(la)) for la in z_layers]
     kw = {} if mask is None else {"attention_mask": mask}
-    with torch.enable_grad():
+    with torch.no_grad() if mode == "observe" else torch.enable_grad():
         logits = model.bridge.run_with_hooks(tokens, fwd_hooks=fwd, **kw)
     missing = [s.name for s in sites if s.name not in xs]
     if missing:
@@ -374,31 +378,10 @@ def _forward(model: ModelHandle, tokens: Tensor, sites: list[Site], *, mode: str
     return _Pass(logits=logits, x=xs, handles=handles, z=zs)
 
 
-@torch.no_grad()
 def _baseline_pass(model: ModelHandle, tokens: Tensor, sites: list[Site], mask: Tensor | None,
                    z_layers: tuple[int, ...]) -> _Pass:
     """Site activations (and attention z) of the counterfactual prompts, detached."""
-    xs: dict[str, Tensor] = {}
-    zs: dict[str, Tensor] = {}
-
-    def make(site: Site):
-        def hook(x: Tensor, hook) -> Tensor:  # noqa: ARG001
-            xs[site.name] = x.detach()
-            return x
-
-        return hook
-
-    def make_z(layer: int):
-        def hook(z: Tensor, hook) -> Tensor:  # noqa: ARG001
-            zs[f"attn.{layer}"] = z.detach()
-            return z
-
-        return hook
-
-    fwd = [(s.hook, make(s)) for s in sites] + [(f"blocks.{la}.attn.hook_z", make_z(la)) for la in z_layers]
-    kw = {} if mask is None else {"attention_mask": mask}
-    logits = model.bridge.run_with_hooks(tokens, fwd_hooks=fwd, **kw)
-    return _Pass(logits=logits, x=xs, handles={}, z=zs)
+    return _forward(model, tokens, sites, mode="observe", mask=mask, z_layers=z_layers)
 
 
 def _grad(out: Tensor, inputs: list[Tensor]) -> list[Tensor]:
