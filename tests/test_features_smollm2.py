@@ -47,6 +47,7 @@ def test_graph_identities_hold_on_smollm2(smollm2, small_saes):
         if node.kind != "output":
             out = sum(graph.outgoing(node.id).values())
             assert out == pytest.approx(node.score, rel=2e-3, abs=2e-4), node.id
+    assert small_saes.skip_positions == 1
     for site, t in graph.site_totals.items():
         assert t["kept"] + t["rest"] + t["error"] + t["bias"] + t["uncovered"] == pytest.approx(t["total"], rel=1e-4, abs=1e-5), site
     direct = attribution_graph(smollm2, small_saes, tokens, obj, GraphConfig(top_k=4, edges="direct"))
@@ -61,7 +62,9 @@ def test_graph_identities_hold_on_smollm2(smollm2, small_saes):
     def value(alpha: float) -> float:
         def edit(x, hook):  # noqa: ARG001
             f = sae.encode(x)
-            return x + (alpha - 1.0) * f[..., node.feature, None] * sae.W_D[node.feature]
+            part = f[..., node.feature, None] * sae.W_D[node.feature]
+            part[:, : small_saes.skip_positions] = 0.0  # the SAEs do not cover the attention sink
+            return x + (alpha - 1.0) * part
 
         with torch.no_grad():
             logits = smollm2.bridge.run_with_hooks(tokens, fwd_hooks=[(hook, edit)])
