@@ -46,3 +46,14 @@ def build_sae_cfg(**overrides):
     from circuitscan.config import SAEConfig
 
     return SAEConfig(**overrides)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny matrices: one thread is faster, and on a busy 2-core machine much faster."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -29,16 +29,6 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def single_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
 def toy_induction(single_thread):
     from circuitscan.models import load_model
 

@@ -56,17 +56,6 @@ def _need_tracr() -> None:
 
 
 @pytest.fixture(scope="module")
-def single_thread():
-    """Tiny matrices: one thread is faster, and on a busy 2-core machine much faster."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
 def compiled(single_thread):
     """name -> (tracr's assembled model, the converted ModelHandle); each compiled once."""
     _need_tracr()
