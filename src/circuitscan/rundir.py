@@ -59,11 +59,12 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(_clean(data), indent=2) + "\n")
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, what: str = "a circuitscan run directory") -> Any:
+    """A JSON file of a run (or SAE) directory; ``what`` names the directory in errors."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise CircuitscanError(f"{str(path)!r} does not exist; is {str(path.parent)!r} a circuitscan run directory?") from exc
+        raise CircuitscanError(f"{str(path)!r} does not exist; is {str(path.parent)!r} {what}?") from exc
     except json.JSONDecodeError as exc:
         raise CircuitscanError(f"{str(path)!r} is not valid JSON: {exc}") from exc
 

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CircuitscanError
-from ..rundir import atomic_path
+from ..rundir import atomic_path, read_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -42,12 +40,7 @@ MAX_EDGES = 60
 
 
 def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise CircuitscanError(f"{str(path)!r} does not exist; is {str(path.parent)!r} a features graph run?") from exc
-    except json.JSONDecodeError as exc:
-        raise CircuitscanError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+    return read_json(path, "a features graph run")
 
 
 def _num(v: Any) -> float:
