@@ -108,10 +108,22 @@ def test_unknown_model_is_a_clear_error(monkeypatch):
 
 
 def test_gpt2_tokenizer_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITSCAN_GPT2_TOKENIZER", str(tmp_path / "nowhere"))
+    with pytest.raises(ModelLoadError, match="GPT-2 tokenizer.*CIRCUITSCAN_GPT2_TOKENIZER"):
+        load_model("gpt2-random")
+    with pytest.raises(ModelLoadError, match="the given path"):
+        load_model(f"gpt2-random:{tmp_path}")
+
+
+def test_gpt2_tokenizer_ships_with_the_package(tmp_path, monkeypatch):
+    """gpt2-random works from any working directory: the tokenizer is package data."""
+    from circuitscan.models.loading import find_gpt2_tokenizer
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CIRCUITSCAN_GPT2_TOKENIZER", raising=False)
-    with pytest.raises(ModelLoadError, match="GPT-2 tokenizer"):
-        load_model("gpt2-random")
+    found = find_gpt2_tokenizer()
+    assert (found / "tokenizer.json").is_file()
+    assert "circuitscan" in found.parts and tmp_path not in found.parents
 
 
 # --------------------------------------------------------------------------- GPT-2 code paths

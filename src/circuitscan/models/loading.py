@@ -343,26 +343,24 @@ def dequantise_gguf(gguf: Path, target: Path) -> Path:
 def find_gpt2_tokenizer(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Locate the GPT-2 tokenizer directory (tokenizer.json + tokenizer_config.json).
 
-    Order: the explicit path; ``$CIRCUITSCAN_GPT2_TOKENIZER``; ``shared/tokenizers/gpt2``
-    in the working directory or any parent (this project's workplace layout).
+    Order: the explicit path; ``$CIRCUITSCAN_GPT2_TOKENIZER``; the copy shipped inside the
+    package (``circuitscan/data/tokenizers/gpt2``, read with ``importlib.resources``), so
+    ``gpt2-random`` works from any directory.
     """
-    candidates: list[Path] = []
+    import importlib.resources
+
     if explicit:
-        candidates.append(Path(explicit).expanduser())
+        where, c = "the given path", Path(explicit).expanduser()
     elif os.environ.get("CIRCUITSCAN_GPT2_TOKENIZER"):
-        candidates.append(Path(os.environ["CIRCUITSCAN_GPT2_TOKENIZER"]).expanduser())
+        where, c = "$CIRCUITSCAN_GPT2_TOKENIZER", Path(os.environ["CIRCUITSCAN_GPT2_TOKENIZER"]).expanduser()
     else:
-        here = Path.cwd().resolve()
-        for base in (here, *here.parents):
-            candidates.append(base / "shared" / "tokenizers" / "gpt2")
-    for c in candidates:
-        if (c / "tokenizer.json").is_file():
-            return c
+        shipped = importlib.resources.files("circuitscan.data").joinpath("tokenizers", "gpt2")
+        where, c = "the package's shipped copy", Path(str(shipped))
+    if (c / "tokenizer.json").is_file():
+        return c
     raise ModelLoadError(
-        "model 'gpt2-random' needs the GPT-2 tokenizer (a directory with tokenizer.json): pass "
-        "gpt2-random:PATH or --tokenizer PATH, or set CIRCUITSCAN_GPT2_TOKENIZER; searched "
-        + ", ".join(str(c) for c in candidates[:3])
-        + (" ..." if len(candidates) > 3 else "")
+        f"model 'gpt2-random' needs the GPT-2 tokenizer (a directory with tokenizer.json); {where} "
+        f"{c} has none: pass gpt2-random:PATH or --tokenizer PATH, or set CIRCUITSCAN_GPT2_TOKENIZER"
     )
 
 
