@@ -44,7 +44,8 @@ from circuitscan.features.corpus import build_corpus
 from circuitscan.features.graph import GraphConfig, attribution_graph, explained_fractions
 from circuitscan.features.interpret import token_strings, unembedding_directions
 from circuitscan.features.run import feature_graph_run, prompt_tokens
-from circuitscan.features.sae_train import SublayerSAEConfig, evaluate_saes, load_many
+from circuitscan.features.sae_train import evaluate_saes
+from circuitscan.features.saes import SublayerSAEConfig, load_many
 from circuitscan.features.sites import capture_sites, parse_sites
 from circuitscan.models import load_model
 

@@ -46,7 +46,7 @@ def main() -> None:
     from circuitscan.evaluation.intervention import CircuitEvaluator
     from circuitscan.features.graph import GraphConfig, graph_for_prompts
     from circuitscan.features.heads import scores_from_graph
-    from circuitscan.features.sae_train import load_sublayer_saes
+    from circuitscan.features.saes import load_sublayer_saes
     from circuitscan.methods import get as get_method
     from circuitscan.methods.sae_codes import SAECodesConfig, run_sae_codes
     from circuitscan.types import GroundTruth

@@ -12,7 +12,8 @@ import torch
 from circuitscan.features.corpus import build_corpus
 from circuitscan.features.graph import GraphConfig, attribution_graph, next_token_objective
 from circuitscan.features.run import feature_graph_run, prompt_tokens, target_token
-from circuitscan.features.sae_train import SublayerSAEConfig, train_sublayer_saes
+from circuitscan.features.sae_train import train_sublayer_saes
+from circuitscan.features.saes import SublayerSAEConfig
 from circuitscan.features.sites import parse_sites
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"

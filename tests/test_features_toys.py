@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from circuitscan.features.sae_train import SublayerSAEs
+from circuitscan.features.saes import SublayerSAEs
 from circuitscan.features.sites import parse_sites
 from circuitscan.models.handle import ModelHandle
 from circuitscan.sae.model import SparseAutoencoder

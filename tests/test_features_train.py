@@ -16,13 +16,12 @@ from circuitscan.features.corpus import (
     parse_sources,
     python_doc_documents,
 )
-from circuitscan.features.sae_train import (
+from circuitscan.features.sae_train import _fold_scale, train_sublayer_saes
+from circuitscan.features.saes import (
     SublayerSAEConfig,
-    _fold_scale,
     load_many,
     load_sublayer_saes,
     save_sublayer_saes,
-    train_sublayer_saes,
 )
 from circuitscan.features.sites import parse_sites, upstream_of
 from circuitscan.sae.model import SparseAutoencoder

@@ -115,12 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..features.corpus import build_corpus, parse_sources
-    from ..features.sae_train import (
-        SublayerSAEConfig,
-        describe,
-        save_sublayer_saes,
-        train_sublayer_saes,
-    )
+    from ..features.sae_train import train_sublayer_saes
+    from ..features.saes import SublayerSAEConfig, describe, save_sublayer_saes
     from ..features.sites import check_sites_exist, parse_sites
     from ..report.feature_figures import write_training_figure
     from ..rundir import check_out_dir
@@ -164,7 +160,7 @@ def run_graph(args: argparse.Namespace) -> int:
     from ..errors import CircuitscanError
     from ..features.graph import GraphConfig
     from ..features.run import feature_graph_run, prompt_tokens, summary, target_token
-    from ..features.sae_train import load_many
+    from ..features.saes import load_many
     from ..features.sites import parse_sites
     from ..rundir import check_out_dir
     from .common import load_model_from_args

@@ -43,7 +43,7 @@ from .sites import Site, parse_site
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
-    from .sae_train import SublayerSAEs
+    from .saes import SublayerSAEs
 
 
 @dataclass(frozen=True)

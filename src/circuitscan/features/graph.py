@@ -86,7 +86,7 @@ from .sites import Site, upstream_of
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
     from ..types import PromptSet
-    from .sae_train import SublayerSAEs
+    from .saes import SublayerSAEs
 
 EDGE_MODES = ("corrected", "direct", "total")
 OUTPUT = "output"

@@ -32,7 +32,7 @@ from ..errors import CircuitscanError
 from ..models.handle import ModelHandle
 from ..types import HeadLayout, PromptSet, Scores
 from .graph import AttributionGraph, GraphConfig, graph_for_prompts
-from .sae_train import SublayerSAEs, load_sublayer_saes
+from .saes import SublayerSAEs, load_sublayer_saes
 from .sites import parse_site
 
 METHOD = "feature-attribution"

@@ -23,7 +23,7 @@ from .sites import capture_sites
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
-    from .sae_train import SublayerSAEs
+    from .saes import SublayerSAEs
 
 
 def token_text(model: ModelHandle, ids: list[int] | Tensor) -> str:

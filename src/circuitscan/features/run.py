@@ -38,7 +38,7 @@ from .graph import (
     task_objective,
 )
 from .interpret import feature_cards, token_text
-from .sae_train import SublayerSAEs
+from .saes import SublayerSAEs
 from .sites import Site, capture_sites
 
 GRAPH = "feature_graph.json"
