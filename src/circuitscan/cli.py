@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from . import __version__
+from ._version import __version__
 
 COMMANDS = ("discover", "models", "tasks", "evaluate", "compare", "report", "sweep", "features")
 

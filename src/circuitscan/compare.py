@@ -447,7 +447,7 @@ def _config(
     egt_name: str | None,
     extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    from . import __version__
+    from ._version import __version__
 
     def plain(c: Any) -> Any:
         return asdict(c) if is_dataclass(c) else repr(c)

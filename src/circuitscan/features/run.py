@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import CircuitscanError
 from ..models.handle import ModelHandle
 from ..types import GroundTruth, PromptSet, Scores

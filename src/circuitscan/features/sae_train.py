@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import __version__
+from .._version import __version__
 from ..errors import CircuitscanError, TrainingError
 from ..models.handle import ModelHandle
 from ..sae.model import SparseAutoencoder

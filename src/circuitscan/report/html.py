@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from .figures import FigureFile
 from .rundata import RunData, to_float
 

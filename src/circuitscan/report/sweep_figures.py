@@ -295,7 +295,7 @@ def _table_html(df, cols: list[str], limit: int = 200) -> str:
 
 
 def render(data: dict[str, Any], figures: list[tuple[str, Path, str]]) -> str:
-    from .. import __version__
+    from .._version import __version__
     from .html import CSS
 
     spec = data["spec"]

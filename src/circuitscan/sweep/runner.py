@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..errors import CircuitscanError
 from ..rundir import read_json, write_json
 from .backends import Backend, available_cores, make_backend

@@ -1,0 +1,158 @@
+"""The import graph of ``src/circuitscan`` flows one way (docs/ARCHITECTURE.md).
+
+Reads the source with ``ast`` (imports at module level and inside functions alike, as
+``TYPE_CHECKING`` imports: a cycle hidden in a function body is still a cycle). Fails on
+an import from a higher layer or an import circle that is not in the known-debt lists
+below, and on an entry of those lists that no longer exists, so the lists only shrink.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "src" / "circuitscan"
+
+#: lower layers never import higher ones; packages of one layer may import each other
+#: (without circles). "(root)" is ``circuitscan/__init__.py``.
+LAYERS: list[set[str]] = [
+    {"errors", "types", "progress", "config", "data", "_version"},
+    {"rundir", "models", "tasks"},
+    {"circuits", "activations", "sae", "codes"},
+    {"evaluation"},
+    {"methods"},
+    {"run", "compare", "sweep", "features", "testbeds", "interop", "report", "pipelines"},
+    {"commands", "cli", "(root)"},
+]
+
+#: imports from a higher layer that exist today (issue 15 removes them); do not add to this
+KNOWN_UPWARD = {
+    ("evaluation", "commands"),
+    ("evaluation", "run"),
+    ("methods", "features"),
+    ("models", "testbeds"),
+    ("circuits", "testbeds"),
+}
+
+#: modules inside an import circle today (issue 15 removes them); do not add to this
+KNOWN_IN_CYCLES = {
+    "circuitscan.activations", "circuitscan.methods.sae_codes", "circuitscan.models",
+    "circuitscan.models.loading", "circuitscan.testbeds", "circuitscan.testbeds._native",
+    "circuitscan.testbeds.induction", "circuitscan.testbeds.tracr",
+    "circuitscan.report.feature_figures", "circuitscan.report.figures",
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in ROOT.rglob("*.py"):
+        parts = list(p.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def import_graph() -> set[tuple[str, str]]:
+    """(importer, imported) pairs between our own modules."""
+    mods = _modules()
+    edges = set()
+    for m, p in mods.items():
+        base = m.split(".") if p.name == "__init__.py" else m.split(".")[:-1]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                up = base[: len(base) - (node.level - 1)] if node.level else []
+                target = ".".join(up + ([node.module] if node.module else [])) if node.level else node.module or ""
+                subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods]
+                names = subs or [target]  # `from pkg import submodule` imports the submodule
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            edges |= {(m, n) for n in names if n in mods and n != m}
+    return edges
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "(root)"
+
+
+def _layer(pkg: str) -> int:
+    for i, layer in enumerate(LAYERS):
+        if pkg in layer:
+            return i
+    raise AssertionError(f"package {pkg!r} has no layer in tests/test_architecture.py LAYERS: give it one")
+
+
+def _cycles(edges: set[tuple[str, str]]) -> list[set[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative enough)."""
+    graph: dict[str, list[str]] = {}
+    for a, b in edges:
+        graph.setdefault(a, []).append(b)
+        graph.setdefault(b, [])
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(comp)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_checker_sees_a_cycle_and_an_upward_import():
+    edges = {("circuitscan.a", "circuitscan.b"), ("circuitscan.b", "circuitscan.a"), ("circuitscan.c", "circuitscan.a")}
+    assert _cycles(edges) == [{"circuitscan.a", "circuitscan.b"}]
+    assert _layer("evaluation") < _layer("commands")
+    assert ("circuitscan.activations", "circuitscan.models") in import_graph()
+
+
+def test_no_new_import_from_a_higher_layer():
+    upward = {
+        (_package(a), _package(b))
+        for a, b in import_graph()
+        if _package(a) != _package(b) and _layer(_package(a)) < _layer(_package(b))
+    }
+    new = sorted(upward - KNOWN_UPWARD)
+    assert not new, f"imports from a higher layer (docs/ARCHITECTURE.md): {new}"
+    gone = sorted(KNOWN_UPWARD - upward)
+    assert not gone, f"fixed, so remove from KNOWN_UPWARD: {gone}"
+
+
+def test_no_new_import_circle():
+    in_cycles = set().union(*_cycles(import_graph()))
+    new = sorted(in_cycles - KNOWN_IN_CYCLES)
+    assert not new, f"modules in a new import circle: {new}"
+    gone = sorted(KNOWN_IN_CYCLES - in_cycles)
+    assert not gone, f"no longer in a circle, so remove from KNOWN_IN_CYCLES: {gone}"
+
+
+@pytest.mark.parametrize("pkg", sorted({_package(m) for m in _modules()}))
+def test_every_package_has_a_layer(pkg):
+    _layer(pkg)
