@@ -68,13 +68,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.performance import evaluate_run
+    from ..rundir import lock_run
 
-    result = evaluate_run(
-        args.run_dir, ablation=args.ablation, faithfulness=args.faithfulness, random_samples=args.random_samples,
-        faithfulness_samples=args.faithfulness_samples, faithfulness_points=args.faithfulness_points,
-        ground_truth=args.ground_truth, threshold=args.threshold, size=args.size, metric=args.metric,
-        n_examples=args.examples, max_rows=args.max_rows, seed=args.seed,
-    )
+    with lock_run(args.run_dir):  # a second evaluate of this run stops at once; none is lost
+        result = evaluate_run(
+            args.run_dir, ablation=args.ablation, faithfulness=args.faithfulness,
+            random_samples=args.random_samples, faithfulness_samples=args.faithfulness_samples,
+            faithfulness_points=args.faithfulness_points, ground_truth=args.ground_truth,
+            threshold=args.threshold, size=args.size, metric=args.metric, n_examples=args.examples,
+            max_rows=args.max_rows, seed=args.seed,
+        )
     print_evaluation(result)
     print(f"wrote  {args.run_dir}/metrics.json")
     return 0
