@@ -107,6 +107,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+def canonical_safetensors(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys, so same inputs give the same bytes.
+
+    The header (8-byte length, then JSON) lists metadata and tensors in hash order, which
+    varies between processes; the tensors' offsets are explicit, so sorting loses nothing.
+    """
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(text) > n:  # cannot happen for a reordering; leave the file as it is
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
+
+
 def _clean(obj: Any) -> Any:
     """JSON-safe: tensors to lists, non-finite floats to strings."""
     if hasattr(obj, "tolist"):

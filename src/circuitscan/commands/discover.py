@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import circuits
     from ..config import SAEConfig, ScoringConfig, authors_compat
+    from ..guards import check_discover_memory
     from ..run import discover
     from ..rundir import check_out_dir
     from .common import build_prompts_from_args, load_model_from_args
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     model = load_model_from_args(args)
     t_model = time.perf_counter() - t
+    check_discover_memory(model, 2 * args.examples, sae)  # before the prompts are built
     t = time.perf_counter()
     prompts = build_prompts_from_args(args, model)
     t_task = time.perf_counter() - t

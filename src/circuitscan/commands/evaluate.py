@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .common import finite_float, positive_int
+from .common import finite_float, positive_int, seed_int
 
 ABLATION_HELP = ("what an ablated head's output becomes: corrupt = its value on the paired corrupted prompt "
                  "(the paper's default), mean = its mean over the task's prompts, zero = zero")
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="score on the first N positive prompts only (default: all of the run's)")
     p.add_argument("--max-rows", type=positive_int, default=256,
                    help="prompt rows per forward pass, circuits x prompts (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random circuits (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random circuits (default 0)")
     p.set_defaults(func=run)
 
 
