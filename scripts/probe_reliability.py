@@ -16,9 +16,16 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+import circuitscan.rundir
 from circuitscan.cli import main
+
+# the probe asks for --overwrite of "/", "~" and "."; against a circuitscan without the
+# protections it tests that would delete them, so it refuses to run there
+if not hasattr(circuitscan.rundir, "check_replaceable"):
+    sys.exit("this circuitscan lacks the --overwrite protections; the probe would delete real directories")
 
 RUN = ["--model", "toy-planted", "--task", "planted", "-n", "20", "--epochs", "20"]
 D = ["discover", *RUN]
@@ -101,7 +108,84 @@ CASES: list[Case] = [
     ("truncated codes.safetensors", lambda t: (_truncate(run_dir(t) / "codes.safetensors"),
      ["report", str(t / "run")])[1], 2, "truncated or corrupt", None),
     ("evaluate after the task file changed", lambda t: _changed_task(t), 2, "has changed since the run", None),
+    ("evaluate while another evaluate holds the run", lambda t: _held(t, "evaluate"), 2, "another circuitscan process",
+     None),
+    ("report while another command holds the run", lambda t: _held(t, "report"), 2, "another circuitscan process",
+     None),
+    ("discover to an --out another discover is writing", lambda t: _writing(t), 2, "is writing", None),
 ]
+
+_HELD: list = []
+
+
+def _held(t: Path, command: str) -> list[str]:
+    from circuitscan.rundir import lock_run
+
+    out = run_dir(t)
+    lock = lock_run(out)
+    lock.__enter__()
+    _HELD.append(lock)
+    return [command, str(out), *(["--random-samples", "2"] if command == "evaluate" else [])]
+
+
+def _writing(t: Path) -> list[str]:
+    from circuitscan.rundir import RunWriter
+
+    _HELD.append(RunWriter(t / "new"))
+    return [*D, "--out", str(t / "new")]
+
+
+def _release() -> None:
+    while _HELD:
+        h = _HELD.pop()
+        if hasattr(h, "abort"):
+            h.abort()
+        else:
+            h.__exit__(None, None, None)
+
+
+API: list[tuple[str, Callable[[dict], object], str]] = [  # (what is tried, the call, what the error names)
+    ("cs.discover(model, 'ioi')", lambda e: e["cs"].discover(e["model"], "ioi"), "prompts must be a PromptSet"),
+    ("cs.load_model(123)", lambda e: e["cs"].load_model(123), "spec must be"),
+    ("cs.build_task(model='toy-planted')", lambda e: e["cs"].build_task(model="toy-planted"), "name must be"),
+    ("cs.build_task('planted', 'toy-planted', 4)", lambda e: e["cs"].build_task("planted", "toy-planted", 4),
+     "model must be a ModelHandle"),
+    ("cs.discover(model, prompts with float tokens)", lambda e: e["cs"].discover(
+        e["model"], replace(e["prompts"], positive=e["prompts"].positive.float())), "integer tensor"),
+    ("cs.SAEConfig(epochs=2.5)", lambda e: e["cs"].SAEConfig(epochs=2.5), "epochs must be a whole number"),
+    ("cs.SAEConfig(n_features=True)", lambda e: e["cs"].SAEConfig(n_features=True),
+     "n_features must be a whole number"),
+    ("cs.ScoringConfig(edge_k=1.5)", lambda e: e["cs"].ScoringConfig(edge_k=1.5), "edge_k must be"),
+    ("cs.discover(model, prompts, sae='big')", lambda e: e["cs"].discover(e["model"], e["prompts"], sae="big"),
+     "sae must be an SAEConfig"),
+    ("cs.discover(model, prompts of toy-random)", lambda e: e["cs"].discover(e["model"], e["other"]),
+     "built for a model of family 'toy-random'"),
+    ("cs.load_model('toy-planted', device='banana')", lambda e: e["cs"].load_model("toy-planted", device="banana"),
+     "unknown device"),
+]
+
+
+def replay_api() -> tuple[int, int]:
+    import circuitscan as cs
+    from circuitscan.errors import CircuitscanError
+
+    model = cs.load_model("toy-planted")
+    prompts = cs.build_task("planted", model, 10)
+    other_model = cs.load_model("toy-random")
+    other = replace(prompts, metadata={**prompts.metadata, "built_for": other_model.family})
+    env = {"cs": cs, "model": model, "prompts": prompts, "other": other}
+    passed = 0
+    for expr, call, phrase in API:
+        try:
+            call(env)
+            ok, said = False, "no error"
+        except CircuitscanError as exc:
+            ok, said = phrase in str(exc), str(exc)
+        except Exception as exc:  # noqa: BLE001 - what the probe looks for
+            ok, said = False, f"{type(exc).__name__}: {exc}"
+        passed += ok
+        print(f"{'ok  ' if ok else 'FAIL'} {expr:<70} {said[:80]}")
+    return passed, len(API)
 
 
 def _truncate(path: Path) -> None:
@@ -137,6 +221,7 @@ def replay() -> tuple[int, int]:
                 ok = rc == want_rc and phrase in text and "unexpected error" not in text and (check is None or check(tmp))
             finally:
                 os.chdir(home)
+                _release()
         passed += ok
         print(f"{'ok  ' if ok else 'FAIL'} {name:<40} exit {rc}  {text.strip().splitlines()[-1][:110] if text.strip() else ''}")
     return passed, len(CASES)
@@ -144,5 +229,6 @@ def replay() -> tuple[int, int]:
 
 if __name__ == "__main__":
     p, n = replay()
-    print(f"{p} of {n} cases passed")
-    sys.exit(0 if p == n else 1)
+    q, m = replay_api()
+    print(f"CLI: {p} of {n} cases passed; Python API: {q} of {m} cases passed")
+    sys.exit(0 if (p, q) == (n, m) else 1)
