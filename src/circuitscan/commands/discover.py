@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_task_args(p)
     p.add_argument("--out", "-o", required=True, help="run directory to write (new or empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out that circuitscan wrote (never any other directory)")
     p.add_argument("--report", action="store_true",
                    help="also write RUN_DIR/report.html and its figures (as `circuitscan report` does)")
     p.add_argument("--save-activations", action="store_true",

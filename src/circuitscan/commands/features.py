@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sites: embed, attn.L, mlp.L, resid.L, ranges like attn.0-5, block.L (= resid.L-1, attn.L, "
                    "mlp.L, resid.L); comma-separated")
     t.add_argument("--out", "-o", required=True, help="SAE directory to write (new or empty)")
-    t.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    t.add_argument("--overwrite", action="store_true", help="replace an --out that circuitscan wrote (never any other directory)")
     t.add_argument("--corpus", default="generated,package,python-docs",
                    help="comma-separated sources: generated, package, python-docs, file:PATH "
                    "(default: generated,package,python-docs)")
@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="SAE directory from `circuitscan features train` (several: comma-separated)")
     g.add_argument("--sites", default=None, help="use only these of the SAEs' sites (default: all)")
     g.add_argument("--out", "-o", required=True, help="run directory to write (new or empty)")
-    g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    g.add_argument("--overwrite", action="store_true", help="replace an --out that circuitscan wrote (never any other directory)")
     g.add_argument("--top-k", type=positive_int, default=10, help="features kept per site (default 10)")
     g.add_argument("--edges", choices=("corrected", "direct", "total"), default="corrected",
                    help="corrected: total minus the paths through intermediate sites (default); direct: the same "
