@@ -47,7 +47,7 @@ def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ROC AUC over heads 1.000" in printed and "L0H1" in printed
     assert sorted(p.name for p in out.iterdir()) == [
-        "codes.safetensors", "config.json", "metrics.json", "sae.safetensors", "scores.json"]
+        "circuitscan.json", "codes.safetensors", "config.json", "metrics.json", "sae.safetensors", "scores.json"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["sae"]["epochs"] == 200 and cfg["model"]["spec"] == "toy-planted"
     scores = json.loads((out / "scores.json").read_text())

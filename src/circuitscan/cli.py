@@ -7,8 +7,10 @@ adding its parser (whose ``func`` runs it) so that commands can grow independent
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import signal
 import sys
 
 from ._version import __version__
@@ -44,20 +46,73 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = _terminate_like_interrupt()
     try:
-        return int(args.func(args) or 0)
+        return _run_showing_warnings(args)
     except CircuitscanError as exc:
         print(f"circuitscan: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("circuitscan: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
+    except MemoryError:
+        print("circuitscan: error: out of memory; use fewer --examples or --features (or a machine with more "
+              "memory)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"circuitscan: error: no space left on the device ({exc.filename or 'writing'}); free some "
+                  "space and run this again; nothing half-written was kept", file=sys.stderr)
+            return 2
+        return _unexpected(exc)
     except Exception as exc:  # an unexpected failure: keep the traceback when asked
-        if os.environ.get("CIRCUITSCAN_DEBUG"):
-            raise
-        print(f"circuitscan: unexpected error: {type(exc).__name__}: {exc} "
-              "(set CIRCUITSCAN_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        return _unexpected(exc)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _unexpected(exc: BaseException) -> int:
+    if os.environ.get("CIRCUITSCAN_DEBUG"):
+        raise exc
+    print(f"circuitscan: unexpected error: {type(exc).__name__}: {exc} "
+          "(set CIRCUITSCAN_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: partial directories are removed on the way out."""
+
+
+def _terminate_like_interrupt():
+    """Make SIGTERM raise :class:`Terminated` (main thread only); returns the old handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _run_showing_warnings(args: argparse.Namespace) -> int:
+    """Run the command; circuitscan's own warnings become one plain line on stderr each."""
+    import warnings
+
+    from .errors import CircuitscanWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CircuitscanWarning)
+        try:
+            return int(args.func(args) or 0)
+        finally:
+            for w in caught:
+                if issubclass(w.category, CircuitscanWarning):
+                    print(f"circuitscan: warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 if __name__ == "__main__":  # pragma: no cover

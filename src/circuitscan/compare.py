@@ -448,6 +448,7 @@ def _config(
     extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
     from ._version import __version__
+    from .integrity import prompts_sha256
 
     def plain(c: Any) -> Any:
         return asdict(c) if is_dataclass(c) else repr(c)
@@ -458,7 +459,8 @@ def _config(
         "model": model.describe(),
         "task": {"name": prompts.task, "n_positive": prompts.n_positive, "n_negative": prompts.n_negative,
                  "seq_len": prompts.seq_len,
-                 **{k: v for k, v in prompts.metadata.items() if isinstance(v, int | float | str | bool)}},
+                 **{k: v for k, v in prompts.metadata.items() if isinstance(v, int | float | str | bool)},
+                 "prompts_sha256": prompts_sha256(prompts)},
         "methods": methods,
         "method_configs": {m: plain(c) for m, c in cfgs.items()},
         "settings": asdict(settings),

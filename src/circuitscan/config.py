@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -12,6 +13,27 @@ from .errors import CircuitscanError
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise CircuitscanError(msg)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool) or (type(v).__module__ == "numpy" and type(v).__name__ in ("bool", "bool_"))
+
+
+def _check_types(cfg: Any, *, ints: tuple[str, ...] = (), nums: tuple[str, ...] = (),
+                 strs: tuple[str, ...] = (), bools: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> None:
+    """Whole numbers are ints (not bools or floats), numbers not bools, flags bools."""
+    name = type(cfg).__name__
+    for kind, keys, ok in (
+        ("a whole number (int)", ints, lambda v: isinstance(v, numbers.Integral) and not _is_bool(v)),
+        ("a number", nums, lambda v: isinstance(v, numbers.Real) and not _is_bool(v)),
+        ("a string", strs, lambda v: isinstance(v, str)),
+        ("True or False", bools, _is_bool),
+    ):
+        for key in keys:
+            v = getattr(cfg, key)
+            if not (ok(v) or (v is None and key in optional)):
+                raise CircuitscanError(f"{name}.{key} must be {kind}{' or None' if key in optional else ''}, "
+                                       f"got {v!r} ({type(v).__name__})")
 
 
 @dataclass(frozen=True)
@@ -49,9 +71,11 @@ class SAEConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self, ints=("n_features", "epochs", "train_examples", "seed"), nums=("l1", "lr"),
+                     strs=("loss", "decoder_norm", "precision"), bools=("balanced",))
         _check(self.n_features >= 1, f"n_features must be >= 1, got {self.n_features}")
         _check(self.l1 >= 0 and math.isfinite(self.l1), f"l1 must be a finite number >= 0, got {self.l1}")
-        _check(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
+        _check(0 < self.lr <= 1e10, f"lr must be > 0 and at most 1e10 (larger overflows Adam), got {self.lr}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.train_examples >= 1, f"train_examples must be >= 1, got {self.train_examples}")
         _check(self.loss in ("paper", "authors"), f"loss must be 'paper' or 'authors', got {self.loss!r}")
@@ -88,6 +112,8 @@ class ScoringConfig:
     edge_k: int | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self, ints=("edge_k",), nums=("threshold",), strs=("silent", "count_on", "softmax"),
+                     bools=("normalise",), optional=("threshold", "edge_k"))
         _check(self.silent in ("own-code", "zero"), f"silent must be 'own-code' or 'zero', got {self.silent!r}")
         _check(self.count_on in ("held-out", "all"), f"count_on must be 'held-out' or 'all', got {self.count_on!r}")
         _check(self.softmax in ("global", "layer"), f"softmax must be 'global' or 'layer', got {self.softmax!r}")

@@ -21,3 +21,7 @@ class TaskError(CircuitscanError):
 
 class TrainingError(CircuitscanError):
     """The SAE diverged or its input was not finite."""
+
+
+class CircuitscanWarning(UserWarning):
+    """A run that completes but whose result may mislead (the CLI prints it as a warning)."""

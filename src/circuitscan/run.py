@@ -11,9 +11,20 @@ from ._version import __version__
 from .config import SAEConfig, ScoringConfig
 from .errors import CircuitscanError
 from .evaluation.ground_truth import GroundTruthMetrics, evaluate_against
+from .integrity import prompts_sha256
 from .methods.sae_codes import Discovery, SAECodesConfig, run_sae_codes
 from .models.handle import ModelHandle
-from .rundir import ACTIVATIONS, CODES, CONFIG, METRICS, SAE, SCORES, RunWriter, open_run
+from .rundir import (
+    ACTIVATIONS,
+    CODES,
+    CONFIG,
+    METRICS,
+    SAE,
+    SCORES,
+    RunWriter,
+    canonical_safetensors,
+    open_run,
+)
 from .types import GroundTruth, PromptSet, Scores
 
 LEVELS = ("node", "edge", "both")
@@ -51,13 +62,15 @@ def predicted_circuit(scores: Scores, threshold: float | None, gt_metrics: Groun
     else:
         thr, rule = 1.0 / scores.layout.n_total, "score above uniform (1 / n_heads)"
     flat = scores.flat
-    chosen = [scores.layout.head(i).name for i in (flat >= thr).nonzero().flatten().tolist()]
+    # "above uniform" is strict: heads tied at the uniform level (no evidence) are not in it
+    above = flat > thr * (1 + 1e-6) if rule.startswith("score above uniform") else flat >= thr
+    chosen = [scores.layout.head(i).name for i in above.nonzero().flatten().tolist()]
     return {"threshold": float(thr), "rule": rule, "heads": chosen, "size": len(chosen)}
 
 
 def discover(
-    model: ModelHandle,
-    prompts: PromptSet,
+    model: ModelHandle | None = None,
+    prompts: PromptSet | None = None,
     *,
     sae: SAEConfig | None = None,
     scoring: ScoringConfig | None = None,
@@ -82,10 +95,20 @@ def discover(
         out: run directory to write (must not exist or be empty).
         save_activations: also write the per-head activations (``activations.safetensors``).
     """
+    from .guards import check_discover_memory, check_model_and_prompts, check_type
+
+    check_model_and_prompts(model, prompts)
     if level not in LEVELS:
         raise CircuitscanError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
     sae = sae or SAEConfig()
     scoring = scoring or ScoringConfig()
+    check_type(sae, SAEConfig, "sae", "an SAEConfig")
+    check_type(scoring, ScoringConfig, "scoring", "a ScoringConfig")
+    check_type(out, (str, Path, type(None)), "out", "a directory path or None")
+    if ground_truth is not None:
+        check_type(ground_truth, GroundTruth, "ground_truth", "a GroundTruth (circuitscan.circuits.get(name))")
+    check_discover_memory(model, prompts.n_positive + prompts.n_negative, sae, prompts.seq_len)
+    warn_if_indistinct(prompts)
     n_examples = prompts.n_positive + prompts.n_negative
     if scoring.count_on == "held-out" and sae.train_examples >= n_examples:
         raise CircuitscanError(
@@ -112,6 +135,26 @@ def discover(
                 _write_activations(writer, result)
             result.out = writer.commit()
     return result
+
+
+def warn_if_indistinct(prompts: PromptSet) -> None:
+    """Warn when every positive equals its negative: no head can tell them apart."""
+    import warnings
+
+    import torch
+
+    from .errors import CircuitscanWarning
+
+    same = prompts.paired and torch.equal(prompts.positive, prompts.negative) and (
+        (prompts.positive_mask is None) == (prompts.negative_mask is None)
+        and (prompts.positive_mask is None or torch.equal(prompts.positive_mask, prompts.negative_mask))
+    )
+    if same:
+        warnings.warn(
+            f"task {prompts.task!r}: every positive prompt equals its negative, so positives and negatives do "
+            "not differ; no head can separate them and any circuit found is noise",
+            CircuitscanWarning, stacklevel=3,
+        )
 
 
 def scores_to_json(s: Scores) -> dict[str, Any]:
@@ -157,7 +200,8 @@ def _write_run(writer: RunWriter, result: RunResult, cfg: SAECodesConfig, extra:
         "model": result.model.describe(),
         "task": {"name": result.prompts.task, "n_positive": result.prompts.n_positive,
                  "n_negative": result.prompts.n_negative, "seq_len": result.prompts.seq_len,
-                 **{k: v for k, v in result.prompts.metadata.items() if isinstance(v, int | float | str | bool)}},
+                 **{k: v for k, v in result.prompts.metadata.items() if isinstance(v, int | float | str | bool)},
+                 "prompts_sha256": prompts_sha256(result.prompts)},
         "sae": asdict(cfg.sae),
         "scoring": asdict(cfg.scoring),
         "level": cfg.level,
@@ -191,6 +235,8 @@ def _write_run(writer: RunWriter, result: RunResult, cfg: SAECodesConfig, extra:
         metadata={"n_codes": str(d.codes.n_codes), **{k: str(v) for k, v in result.model.layout.to_dict().items()}},
     )
     save_sae(d.train.sae, cfg.sae, writer.path(SAE))
+    for name in (CODES, SAE):
+        canonical_safetensors(writer.path(name))
 
 
 def _write_activations(writer: RunWriter, result: RunResult) -> None:
@@ -206,3 +252,4 @@ def _write_activations(writer: RunWriter, result: RunResult) -> None:
         str(writer.path(ACTIVATIONS)),
         metadata={"aggregation": acts.aggregation, **{k: str(v) for k, v in acts.layout.to_dict().items()}},
     )
+    canonical_safetensors(writer.path(ACTIVATIONS))

@@ -147,24 +147,58 @@ def resolve(spec: str, layout: HeadLayout, family: str, *, model=None) -> Ground
     elif spec.endswith(".json") or Path(spec).is_file():
         path = Path(spec)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise CircuitscanError(f"ground-truth file {spec!r} does not exist") from exc
+        except IsADirectoryError as exc:
+            raise CircuitscanError(f"ground-truth file {spec!r} is a directory, not a JSON file") from exc
+        except UnicodeDecodeError as exc:
+            raise CircuitscanError(f"ground-truth file {spec!r} is not UTF-8 text ({exc.reason} at byte "
+                                   f"{exc.start})") from None
         except json.JSONDecodeError as exc:
             raise CircuitscanError(f"ground-truth file {spec!r} is not valid JSON: {exc}") from exc
-        heads = data.get("heads") if isinstance(data, dict) else data
-        if not isinstance(heads, list):
-            raise CircuitscanError(
-                f"ground-truth file {spec!r} must hold a list of heads or {{\"heads\": [...]}}, "
-                'e.g. ["L9H6", "L9H9"] or [[9, 6], [9, 9]]'
-            )
-        gt = GroundTruth.from_heads([h if isinstance(h, str) else tuple(h) for h in heads], name=path.name, model=family)
+        except OSError as exc:
+            raise CircuitscanError(f"cannot read ground-truth file {spec!r}: {exc.strerror or exc}") from exc
+        gt = GroundTruth.from_heads(_json_heads(data, spec), name=path.name, model=family)
     else:
         parts = [p for p in spec.replace(";", ",").split(",") if p.strip()]
+        if len(parts) == 1 and not _looks_like_head(parts[0]):
+            raise CircuitscanError(
+                f"unknown ground truth {spec!r}: give a registry name ({', '.join(names())}), heads like "
+                "L9H6,L9H9, or a JSON file of heads"
+            )
         # "9,6" style pairs would be ambiguous in a comma list: accept only L#H# here
         gt = GroundTruth.from_heads(parts, name="user", model=family)
     gt.check_layout(layout)
     return gt
+
+
+def _looks_like_head(text: str) -> bool:
+    try:
+        HeadId.parse(text.strip())
+    except CircuitscanError:
+        return False
+    return True
+
+
+def _json_heads(data: object, spec: str) -> list[str | tuple[int, int]]:
+    """The heads of a ground-truth JSON file, every entry checked (``"L9H6"`` or ``[9, 6]``)."""
+    example = 'e.g. ["L9H6", "L9H9"] or [[9, 6], [9, 9]]'
+    heads = data.get("heads") if isinstance(data, dict) else data
+    if not isinstance(heads, list):
+        raise CircuitscanError(f"ground-truth file {spec!r} must hold a list of heads or {{\"heads\": [...]}}, "
+                               f"{example}")
+    out: list[str | tuple[int, int]] = []
+    for i, h in enumerate(heads):
+        if isinstance(h, str):
+            out.append(h)
+        elif (isinstance(h, list) and len(h) == 2
+              and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in h)):
+            out.append((h[0], h[1]))
+        else:
+            raise CircuitscanError(f"ground-truth file {spec!r}: entry {i} ({json.dumps(h)[:60]}) is not a head; "
+                                   f"write each as \"L<layer>H<head>\" or [layer, head], {example}")
+    return out
 
 
 def for_model(spec: str | None, model, task: str | None = None) -> GroundTruth | None:

@@ -20,6 +20,17 @@ def positive_int(text: str) -> int:
     return v
 
 
+def seed_int(text: str) -> int:
+    """A seed torch and numpy both take: a whole number in 0 .. 2**32 - 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in 0..{2**32 - 1}, got {v}")
+    return v
+
+
 def finite_float(text: str) -> float:
     try:
         v = float(text)
@@ -57,7 +68,7 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     add_unequal_lengths_arg(p)
     p.add_argument("--examples", "-n", type=positive_int, default=250,
                    help="positive prompts, and as many negatives (default 250)")
-    p.add_argument("--seed", type=int, default=0, help="seed for prompts and the SAE (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for prompts and the SAE (default 0)")
 
 
 def load_model_from_args(args: argparse.Namespace):
@@ -69,7 +80,13 @@ def load_model_from_args(args: argparse.Namespace):
 def build_prompts_from_args(args: argparse.Namespace, model) -> Any:
     from ..tasks import build_task
 
+    if args.task_file and args.task:
+        raise CircuitscanError(
+            f"give --task {args.task} or --task-file {args.task_file}, not both (a task file is a task of its own)"
+        )
     if args.task_file:
+        # stored absolute in config.json, so evaluate reads this file from any directory
+        args.task_file = str(Path(args.task_file).resolve())
         try:
             from ..tasks.custom import load_task_file
         except ModuleNotFoundError as exc:  # pragma: no cover - until custom tasks land

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_task_args(p)
     p.add_argument("--methods", default=DEFAULT_METHODS, help=METHOD_HELP)
     p.add_argument("--out", "-o", required=True, help="run directory to write (new or empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out that circuitscan wrote (never any other directory)")
     p.add_argument("--ground-truth", default=None,
                    help="registry name (ioi/acdc, planted, ...), a JSON file, or heads like L9H6,L9H9 (default: the "
                    "task's canonical circuit when it belongs to this model)")

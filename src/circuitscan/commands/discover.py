@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_task_args(p)
     p.add_argument("--out", "-o", required=True, help="run directory to write (new or empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out that circuitscan wrote (never any other directory)")
     p.add_argument("--report", action="store_true",
                    help="also write RUN_DIR/report.html and its figures (as `circuitscan report` does)")
     p.add_argument("--save-activations", action="store_true",
@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import circuits
     from ..config import SAEConfig, ScoringConfig, authors_compat
+    from ..guards import check_discover_memory
     from ..run import discover
     from ..rundir import check_out_dir
     from .common import build_prompts_from_args, load_model_from_args
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     model = load_model_from_args(args)
     t_model = time.perf_counter() - t
+    check_discover_memory(model, 2 * args.examples, sae)  # before the prompts are built
     t = time.perf_counter()
     prompts = build_prompts_from_args(args, model)
     t_task = time.perf_counter() - t

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .common import finite_float, positive_int
+from .common import finite_float, positive_int, seed_int
 
 ABLATION_HELP = ("what an ablated head's output becomes: corrupt = its value on the paired corrupted prompt "
                  "(the paper's default), mean = its mean over the task's prompts, zero = zero")
@@ -62,19 +62,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="score on the first N positive prompts only (default: all of the run's)")
     p.add_argument("--max-rows", type=positive_int, default=256,
                    help="prompt rows per forward pass, circuits x prompts (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random circuits (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random circuits (default 0)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.performance import evaluate_run
+    from ..rundir import lock_run
 
-    result = evaluate_run(
-        args.run_dir, ablation=args.ablation, faithfulness=args.faithfulness, random_samples=args.random_samples,
-        faithfulness_samples=args.faithfulness_samples, faithfulness_points=args.faithfulness_points,
-        ground_truth=args.ground_truth, threshold=args.threshold, size=args.size, metric=args.metric,
-        n_examples=args.examples, max_rows=args.max_rows, seed=args.seed,
-    )
+    with lock_run(args.run_dir):  # a second evaluate of this run stops at once; none is lost
+        result = evaluate_run(
+            args.run_dir, ablation=args.ablation, faithfulness=args.faithfulness,
+            random_samples=args.random_samples, faithfulness_samples=args.faithfulness_samples,
+            faithfulness_points=args.faithfulness_points, ground_truth=args.ground_truth,
+            threshold=args.threshold, size=args.size, metric=args.metric, n_examples=args.examples,
+            max_rows=args.max_rows, seed=args.seed,
+        )
     print_evaluation(result)
     print(f"wrote  {args.run_dir}/metrics.json")
     return 0

@@ -12,7 +12,7 @@ import math
 import time
 from pathlib import Path
 
-from .common import add_model_args, finite_float, positive_int
+from .common import add_model_args, finite_float, positive_int, seed_int
 
 
 def _ids(text: str) -> list[int]:
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sites: embed, attn.L, mlp.L, resid.L, ranges like attn.0-5, block.L (= resid.L-1, attn.L, "
                    "mlp.L, resid.L); comma-separated")
     t.add_argument("--out", "-o", required=True, help="SAE directory to write (new or empty)")
-    t.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    t.add_argument("--overwrite", action="store_true", help="replace an --out that circuitscan wrote (never any other directory)")
     t.add_argument("--corpus", default="generated,package,python-docs",
                    help="comma-separated sources: generated, package, python-docs, file:PATH "
                    "(default: generated,package,python-docs)")
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="passes over each pool of activations (default 4)")
     t.add_argument("--model-batch", type=positive_int, default=16, help="corpus chunks per forward pass (default 16)")
     t.add_argument("--no-ce-eval", action="store_true", help="skip the spliced cross-entropy evaluation")
-    t.add_argument("--seed", type=int, default=0, help="seed of the corpus, sampling and training (default 0)")
+    t.add_argument("--seed", type=seed_int, default=0, help="seed of the corpus, sampling and training (default 0)")
     t.set_defaults(func=run_train)
 
     g = fsub.add_parser(
@@ -84,12 +84,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--examples", "-n", type=positive_int, default=16,
                    help="with --task: positive prompts (and as many negatives) to build (default 16)")
     g.add_argument("--metric", default=None, help="with --task: task metric (default: the task's own)")
-    g.add_argument("--seed", type=int, default=0, help="task seed (default 0)")
+    g.add_argument("--seed", type=seed_int, default=0, help="task seed (default 0)")
     g.add_argument("--saes", required=True,
                    help="SAE directory from `circuitscan features train` (several: comma-separated)")
     g.add_argument("--sites", default=None, help="use only these of the SAEs' sites (default: all)")
     g.add_argument("--out", "-o", required=True, help="run directory to write (new or empty)")
-    g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    g.add_argument("--overwrite", action="store_true", help="replace an --out that circuitscan wrote (never any other directory)")
     g.add_argument("--top-k", type=positive_int, default=10, help="features kept per site (default 10)")
     g.add_argument("--edges", choices=("corrected", "direct", "total"), default="corrected",
                    help="corrected: total minus the paths through intermediate sites (default); direct: the same "

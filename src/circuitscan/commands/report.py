@@ -24,9 +24,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..report import write_report
-    from ..rundir import ACTIVATIONS
+    from ..rundir import ACTIVATIONS, lock_run
 
-    out = write_report(args.run_dir, tsne=args.tsne)
+    with lock_run(args.run_dir):
+        out = write_report(args.run_dir, tsne=args.tsne)
     if args.tsne and not (Path(args.run_dir) / ACTIVATIONS).is_file():
         print(f"note: no t-SNE: the run has no {ACTIVATIONS} (run discover with --save-activations)",
               file=sys.stderr)

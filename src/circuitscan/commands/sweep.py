@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import add_model_args, finite_float, positive_int
+from .common import add_model_args, finite_float, positive_int, seed_int
 
 EPILOG = """\
 examples:
@@ -65,10 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", "-t", required=True, help="task name, options allowed (greater-than:negative=year)")
     p.add_argument("--examples", "-n", type=positive_int, default=250,
                    help="positive prompts, and as many negatives (default 250)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prompts (and of random models) (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the prompts (and of random models) (default 0)")
     p.add_argument("--out", "-o", required=True, help="sweep directory (new, or an existing one with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the sweep in --out; finished points are kept")
-    p.add_argument("--overwrite", action="store_true", help="delete --out first")
+    p.add_argument("--overwrite", action="store_true", help="start over: delete --out first (only a sweep directory circuitscan wrote)")
     w = p.add_argument_group("what to sweep")
     w.add_argument("--grid", nargs="+", metavar="AXIS=V1,V2", default=None,
                    help="axes and their values; every combination runs (e.g. features=50,100 l1=0.01,0.02)")

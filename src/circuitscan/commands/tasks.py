@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_args, add_unequal_lengths_arg, positive_int
+from .common import add_model_args, add_unequal_lengths_arg, positive_int, seed_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +52,7 @@ def _add_build_args(p: argparse.ArgumentParser, *, default_n: int) -> None:
     add_model_args(p)
     p.add_argument("--examples", "-n", type=positive_int, default=default_n,
                    help=f"pairs to build (default {default_n})")
-    p.add_argument("--seed", type=int, default=0, help="seed for the prompts (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for the prompts (default 0)")
     p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE",
                    help="a task option (repeatable), e.g. -O negative=year")
 

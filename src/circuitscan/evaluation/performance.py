@@ -192,13 +192,16 @@ def _rebuild(config: Mapping[str, Any]) -> tuple[ModelHandle, PromptSet]:
 
     from ..commands.common import build_prompts_from_args, load_model_from_args
 
-    argv = dict(config.get("argv") or {})
     model_cfg, task_cfg = config.get("model") or {}, config.get("task") or {}
+    if not all(isinstance(v, Mapping) for v in (model_cfg, task_cfg, config.get("argv") or {})):
+        raise CircuitscanError("config.json: 'model', 'task' and 'argv' must be objects; is this a circuitscan run?")
+    argv = dict(config.get("argv") or {})
     argv.setdefault("model", model_cfg.get("spec"))
     argv.setdefault("tokenizer", None)
     argv.setdefault("device", "cpu")
-    argv.setdefault("task", task_cfg.get("name"))
-    argv.setdefault("task_file", None)
+    file = task_cfg.get("file") if task_cfg.get("name") == "custom" else None
+    argv.setdefault("task", None if file else task_cfg.get("name"))
+    argv.setdefault("task_file", file)
     argv.setdefault("examples", task_cfg.get("n_positive"))
     argv.setdefault("seed", task_cfg.get("seed", 0))
     if not argv["model"] or not (argv["task"] or argv["task_file"]) or not argv["examples"]:
@@ -210,7 +213,11 @@ def _rebuild(config: Mapping[str, Any]) -> tuple[ModelHandle, PromptSet]:
 
 
 def _check_prompts(prompts: PromptSet, config: Mapping[str, Any]) -> None:
+    from ..integrity import check_same_task
+
     task = config.get("task") or {}
+    if not isinstance(task, Mapping):
+        raise CircuitscanError(f"config.json: 'task' must be an object, got {type(task).__name__}")
     for key, have in (("n_positive", prompts.n_positive), ("n_negative", prompts.n_negative),
                       ("seq_len", prompts.seq_len), ("name", prompts.task)):
         want = task.get(key)
@@ -219,6 +226,7 @@ def _check_prompts(prompts: PromptSet, config: Mapping[str, Any]) -> None:
                 f"the rebuilt prompts differ from the run's (task {key}: run {want!r}, rebuilt {have!r}); "
                 "the task generator may have changed since the run was made"
             )
+    check_same_task(prompts, task)
 
 
 def _circuits_for(
@@ -310,6 +318,10 @@ def evaluate_run(
     config = read_json(run / CONFIG)
     scores_json = read_json(run / SCORES)
     metrics_json = read_json(run / METRICS)
+    for name, data in ((CONFIG, config), (SCORES, scores_json), (METRICS, metrics_json)):
+        if not isinstance(data, dict):
+            raise CircuitscanError(f"{str(run / name)!r} must hold a JSON object, not {type(data).__name__}; "
+                                   "is this a circuitscan run directory?")
     if model is None or prompts is None:
         model, prompts = _rebuild(config)
     _check_prompts(prompts, config)

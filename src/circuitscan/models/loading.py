@@ -69,6 +69,11 @@ def load_model(
     Returns:
         A :class:`ModelHandle`; its bridge is in eval mode.
     """
+    from ..guards import check_device, check_type
+
+    check_type(spec, str, "spec", "a model spec string such as 'toy-planted' or 'smollm2-135m'")
+    check_type(tokenizer, (str, os.PathLike, type(None)), "tokenizer", "a tokenizer directory or None")
+    check_device(device)
     spec = spec.strip()
     key = _ALIASES.get(spec.lower(), spec.lower())
     if key.startswith("gpt2-random:"):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -153,7 +155,7 @@ class RunData:
             return None
         from safetensors import safe_open
 
-        with safe_open(str(self.path / CODES), framework="numpy") as f:
+        with _readable(self.path / CODES), safe_open(str(self.path / CODES), framework="numpy") as f:
             meta = f.metadata() or {}
             codes = f.get_tensor("codes").astype(np.int64)
             labels = f.get_tensor("labels").astype(bool)
@@ -175,7 +177,8 @@ class RunData:
             return None
         from safetensors.numpy import load_file
 
-        data = load_file(str(self.path / ACTIVATIONS))
+        with _readable(self.path / ACTIVATIONS):
+            data = load_file(str(self.path / ACTIVATIONS))
         if "x" not in data or "labels" not in data:
             raise CircuitscanError(f"{str(self.path / ACTIVATIONS)!r} lacks the tensors 'x' and 'labels'")
         x = data["x"].astype(np.float32)
@@ -193,7 +196,8 @@ class RunData:
             return None
         from safetensors.numpy import load_file
 
-        w = load_file(str(self.path / SAE))
+        with _readable(self.path / SAE):
+            w = load_file(str(self.path / SAE))
         missing = {"W_E", "b_E", "b"} - set(w)
         if missing:
             raise CircuitscanError(f"{str(self.path / SAE)!r} lacks SAE tensors {sorted(missing)}")
@@ -311,3 +315,15 @@ def head_names(layout: HeadLayout, indices: Any) -> list[str]:
 
 def dumps_compact(value: Any) -> str:
     return json.dumps(value, separators=(", ", ": "), default=str)
+
+
+@contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """A truncated or corrupt safetensors file becomes a CircuitscanError naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise CircuitscanError(f"{str(path)!r} cannot be read (truncated or corrupt?): {exc}; run discover "
+                               "again to rewrite it") from exc

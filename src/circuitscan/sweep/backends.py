@@ -115,7 +115,7 @@ class LocalPoolBackend:
                 ctx = mp.get_context("spawn")
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=ctx,
-                initializer=init_worker, initargs=(self.paths, self.threads),
+                initializer=init_worker, initargs=(self.paths, self.threads, os.getpid()),
             )
         return self._pool
 

@@ -125,12 +125,16 @@ def check_dir(out: Path, *, resume: bool, overwrite: bool) -> str:
     """
     if resume and overwrite:
         raise CircuitscanError("give --resume (continue the sweep in --out) or --overwrite (start over), not both")
+    from ..rundir import check_not_protected, check_replaceable
+
+    check_not_protected(out)
     if out.exists() and not out.is_dir():
         raise CircuitscanError(f"--out {str(out)!r} exists and is not a directory")
     if not (out.is_dir() and any(out.iterdir())):
         return "new"
     is_sweep = (out / SWEEP_JSON).is_file()
     if overwrite:
+        check_replaceable(out)
         return "replace"
     if resume and is_sweep:
         return "resume"
@@ -146,11 +150,15 @@ def check_dir(out: Path, *, resume: bool, overwrite: bool) -> str:
 
 def prepare_dir(out: Path, *, resume: bool, overwrite: bool) -> bool:
     """:func:`check_dir`, then make ``out`` ready; returns True when resuming."""
+    from ..rundir import MARKER, write_marker
+
     what = check_dir(out, resume=resume, overwrite=overwrite)
     if what == "replace":
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        if not (out / MARKER).is_file():
+            write_marker(out, "sweep")
     except OSError as exc:
         raise CircuitscanError(f"cannot create the sweep directory {str(out)!r}: {exc.strerror or exc}") from exc
     return what == "resume"

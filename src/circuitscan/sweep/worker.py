@@ -11,6 +11,9 @@ process never fills it.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,11 +34,45 @@ def set_threads(n: int) -> None:
         pass
 
 
-def init_worker(paths: dict[str, str], threads: int) -> None:
-    """Local-pool initializer: thread count, activation cache paths, Ctrl-C left to the parent."""
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True  # no /proc: the kill test above is all there is
+
+
+def watch_parent(parent_pid: int, interval: float = 1.0) -> threading.Thread:
+    """Exit this worker as soon as ``parent_pid`` is gone (SIGKILL leaves no one to stop us)."""
+
+    def loop() -> None:
+        while process_alive(parent_pid):
+            time.sleep(interval)
+        os._exit(1)
+
+    t = threading.Thread(target=loop, name="circuitscan-parent-watch", daemon=True)
+    t.start()
+    return t
+
+
+def init_worker(paths: dict[str, str], threads: int, parent_pid: int | None = None) -> None:
+    """Local-pool initializer: thread count, activation cache paths, Ctrl-C left to the parent.
+
+    With ``parent_pid`` the worker also dies with the sweep's main process (see
+    :func:`watch_parent`), so a killed sweep leaves no pool behind.
+    """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops the pool on Ctrl-C
+    if parent_pid is not None:
+        watch_parent(parent_pid)
     set_threads(threads)
     _WORKER["paths"] = dict(paths)
     _WORKER["acts"] = {}

@@ -138,7 +138,10 @@ def parse_options(name: str, items: list[str]) -> dict[str, Any]:
     return out
 
 
-def build_task(name: str, model: ModelHandle, n: int, *, seed: int = 0, **options: Any) -> PromptSet:
+def build_task(
+    name: str | None = None, model: ModelHandle | None = None, n: int | None = None, *, seed: int = 0,
+    **options: Any,
+) -> PromptSet:
     """Build ``n`` positive and ``n`` negative prompts of task ``name`` for ``model``.
 
     Args:
@@ -148,12 +151,18 @@ def build_task(name: str, model: ModelHandle, n: int, *, seed: int = 0, **option
         seed: seed for every random choice; the same seed gives the same prompts.
         **options: the task's own options (``circuitscan tasks``), and ``easy_negatives``.
     """
+    from ..guards import check_count, check_task_memory, check_type
     from .easy import add_easy_negatives
 
-    key, spec_options = parse_task_spec(name)
-    options = {**spec_options, **options}
+    check_type(name, str, "name", f"a task name; known: {', '.join(sorted(TASKS))}")
+    check_type(model, ModelHandle, "model", "a ModelHandle (circuitscan.load_model('toy-planted'))")
+    n = check_count(n, "n", minimum=-(2**63))
     if n < 1:
         raise TaskError(f"the number of examples must be >= 1, got {n}")
+    check_type(seed, int, "seed", "a whole number")
+    check_task_memory(n, f"task {name!r}")
+    key, spec_options = parse_task_spec(name)
+    options = {**spec_options, **options}
     valid = {o.name for o in task_options(key)}
     unknown = [k for k in options if k not in valid]
     if unknown:
@@ -161,7 +170,9 @@ def build_task(name: str, model: ModelHandle, n: int, *, seed: int = 0, **option
     easy = int(options.pop("easy_negatives", 0) or 0)
     builder, _ = TASKS[key]
     prompts = builder(model, n, seed=seed, **options)
-    return add_easy_negatives(model, prompts, easy, seed=seed + 1) if easy else prompts
+    prompts = add_easy_negatives(model, prompts, easy, seed=seed + 1) if easy else prompts
+    prompts.metadata.setdefault("built_for", model.family)  # discover refuses them for another model
+    return prompts
 
 
 __all__ = [

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TaskError
+from ..integrity import file_sha256
 from ..models.handle import ModelHandle
 from ..types import PromptSet
 from .base import left_pad, pad_id, vocab_size
@@ -268,6 +269,18 @@ def _answer_ids(model: ModelHandle, answers: Answer, path: Path, line: int, fiel
     return out
 
 
+def _check_rest(model: ModelHandle, rows: list[Row], path: Path, vocab: int) -> None:
+    """Rows beyond ``n`` are not used, but are checked as the used ones are (docs/TASKS.md)."""
+    for r in rows:
+        for field in ("positive", "negative"):
+            prompt = getattr(r, field)
+            if not isinstance(prompt, str) or model.tokenizer is None:
+                _tokens(model, prompt, path, r.line, field, vocab)
+        for field in ("answer", "wrong_answer"):
+            if getattr(r, field) is not None:
+                _answer_ids(model, getattr(r, field), path, r.line, field, vocab)
+
+
 def load_task_file(path: Path, model: ModelHandle, n: int, *, unequal: str = "pad") -> PromptSet:
     """Read a task file and tokenise its first ``n`` rows for ``model``.
 
@@ -292,6 +305,7 @@ def load_task_file(path: Path, model: ModelHandle, n: int, *, unequal: str = "pa
     fmt, all_rows = read_task_file(path)
     vocab = vocab_size(model)
     rows = all_rows[:n]
+    _check_rest(model, all_rows[n:], path, vocab)
     pos = [_tokens(model, r.positive, path, r.line, "positive", vocab) for r in rows]
     neg = [_tokens(model, r.negative, path, r.line, "negative", vocab) for r in rows]
     answers = wrong = None
@@ -303,7 +317,9 @@ def load_task_file(path: Path, model: ModelHandle, n: int, *, unequal: str = "pa
     padded = len(set(lengths)) > 1
     meta: dict[str, Any] = {
         "metric": "logit_diff" if answers is not None else "kl",
-        "file": str(path),
+        "file": str(path.resolve()),
+        "file_sha256": file_sha256(path),
+        "built_for": model.family,
         "format": fmt,
         "rows_in_file": len(all_rows),
         "lines": [r.line for r in rows],
