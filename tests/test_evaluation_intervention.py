@@ -260,3 +260,23 @@ def test_bad_inputs_are_clear_errors(planted, planted_prompts):
         ev.evaluate(torch.ones(1, 11, dtype=torch.bool))
     with pytest.raises(CircuitscanError, match="L3H0 does not exist"):
         circuit_mask(planted.layout, ["L3H0"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["corrupt", "mean"])
+def test_hf_path_evaluator_equals_bridge_path(gpt2_random, kind):
+    from circuitscan.evaluation.intervention import CircuitEvaluator, random_masks
+    from circuitscan.models.hf import bridge_only, hf_view
+    from circuitscan.tasks import build_task
+
+    assert hf_view(gpt2_random) is not None
+    prompts = build_task("ioi", gpt2_random, 4, seed=0)
+    keep = random_masks(144, 72, 3, generator=torch.Generator().manual_seed(0))
+    fast = CircuitEvaluator.build(gpt2_random, prompts, ablation=kind)
+    with bridge_only(gpt2_random):
+        slow = CircuitEvaluator.build(gpt2_random, prompts, ablation=kind)
+        ref = slow.evaluate(keep)
+    got = fast.evaluate(keep)
+    for name in ref:
+        assert torch.allclose(got[name], ref[name], atol=1e-4, rtol=1e-4)
+        assert torch.allclose(fast.clean[name], slow.clean[name], atol=1e-4, rtol=1e-4)

@@ -97,12 +97,15 @@ def logits_at(
     """One forward pass with ``hooks``; logits only at ``positions`` (None: all).
 
     When the bridge exposes ``unembed.hook_in``, the pass stops there and only the
-    requested positions are unembedded.
+    requested positions are unembedded. Hugging Face models run on their unwrapped
+    module tree (:func:`circuitscan.models.hf.run_hooked`) when every hook has a site
+    there; the bridge runs the rest.
     """
+    from ..models.hf import hf_view, run_hooked, supports
+
     bridge = model.bridge
-    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
     if positions is None or _UNEMBED_IN not in bridge.hook_dict:
-        out = bridge.run_with_hooks(tokens, fwd_hooks=list(hooks), **kwargs)
+        out = run_hooked(model, tokens, hooks, attention_mask=attention_mask)
         return out if positions is None else out[:, positions.to(out.device)]
     captured: dict[str, Tensor] = {}
 
@@ -111,12 +114,15 @@ def logits_at(
         raise _StopForward
 
     try:
-        bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, (_UNEMBED_IN, grab)], **kwargs)
+        run_hooked(model, tokens, [*hooks, (_UNEMBED_IN, grab)], attention_mask=attention_mask, logits=False)
     except _StopForward:
         pass
     if "x" not in captured:  # pragma: no cover - an adapter that skips its unembedding hook
-        out = bridge.run_with_hooks(tokens, fwd_hooks=list(hooks), **kwargs)
+        out = run_hooked(model, tokens, hooks, attention_mask=attention_mask)
         return out[:, positions.to(out.device)]
+    view = hf_view(model)
+    if supports(view, [*hooks, (_UNEMBED_IN, grab)]):
+        return view.lm_head(captured["x"])
     return bridge.unembed(captured["x"])
 
 
@@ -234,9 +240,10 @@ def _run_z_only(model: ModelHandle, tokens: Tensor, hooks: list, mask: Tensor | 
     def stop(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
         raise _StopForward
 
-    kwargs = {} if mask is None else {"attention_mask": mask}
+    from ..models.hf import run_hooked
+
     try:
-        model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, (last, stop)], **kwargs)
+        run_hooked(model, tokens, [*hooks, (last, stop)], attention_mask=mask, logits=False)
     except _StopForward:
         pass
 
