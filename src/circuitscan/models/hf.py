@@ -156,6 +156,7 @@ def run_hooked(
     *,
     attention_mask: Tensor | None = None,
     logits: bool = True,
+    past: Prefix | None = None,
 ) -> Tensor | None:
     """``bridge.run_with_hooks(tokens, fwd_hooks)`` on the fastest path that gives the same values.
 
@@ -163,11 +164,23 @@ def run_hooked(
     ``fn`` gets z as ``[batch, pos, n_heads * d_head]`` (hook_z functions here accept
     both layouts) and ``hook`` is None. ``logits=False`` skips ``lm_head`` (the caller
     stops the pass from a hook or does not need logits).
+
+    ``past`` (Hugging Face path only): the keys and values of the first ``past.length``
+    positions of every row, computed once by :func:`prefix_keys_values` on the
+    unhooked model; the pass then runs only the positions after them, and hooks and
+    the returned logits see only those. Callers use it where the hooks cannot change
+    those positions (corrupt ablation with prompts that share their first tokens with
+    their corrupted partners). ``tokens`` may hold the prefix's rows repeated (circuit-major).
     """
     view = hf_view(handle)
-    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+    kwargs: dict[str, Any] = {} if attention_mask is None else {"attention_mask": attention_mask}
     if not supports(view, fwd_hooks):
+        if past is not None:
+            raise ValueError("a cached prefix needs the Hugging Face path")
         return handle.bridge.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks), **kwargs)
+    if past is not None:
+        kwargs[_cache_kwarg(view.model.base_model)] = past.cache_for(tokens.shape[0], view.model.config)
+        tokens = tokens[:, past.length :]
     handles = []
     try:
         for name, fn in fwd_hooks:
@@ -177,11 +190,49 @@ def run_hooked(
             else:
                 handles.append(view.final_norm.register_forward_hook(_post(fn)))
         body = view.model.base_model
-        out = body(input_ids=tokens.to(view.lm_head.weight.device), use_cache=False, **kwargs)
+        out = body(input_ids=tokens.to(view.lm_head.weight.device), use_cache=past is not None, **kwargs)
         return view.lm_head(out.last_hidden_state) if logits else None
     finally:
         for h in handles:
             h.remove()
+
+
+def _cache_kwarg(body: Any) -> str:
+    """The name the model's forward takes its key/value cache under (newer transformers: ``cache``)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Per-layer keys and values of the first ``length`` positions of r rows."""
+
+    length: int
+    keys_values: tuple[tuple[Any, Any], ...]
+
+    def cache_for(self, rows: int, config: Any) -> Any:
+        """A fresh cache for ``rows`` rows (a multiple of r: the r rows tiled circuit-major)."""
+        from transformers import DynamicCache
+
+        r = self.keys_values[0][0].shape[0]
+        if rows % r:
+            raise ValueError(f"{rows} rows are not a multiple of the prefix's {r}")
+        reps = rows // r
+        data = [(k.repeat(reps, 1, 1, 1), v.repeat(reps, 1, 1, 1)) for k, v in self.keys_values]
+        return DynamicCache(ddp_cache_data=data, config=config)
+
+
+def prefix_keys_values(handle: ModelHandle, tokens: Tensor, attention_mask: Tensor | None = None) -> Prefix | None:
+    """Run the unhooked model over ``tokens`` (the shared first positions) and keep its cache; None without a view."""
+    view = hf_view(handle)
+    if view is None or tokens.shape[1] < 1:
+        return None
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+    out = view.model.base_model(input_ids=tokens.to(view.lm_head.weight.device), use_cache=True, **kwargs)
+    cache = out.past_key_values
+    kv = tuple((layer.keys, layer.values) for layer in cache.layers)
+    return Prefix(int(tokens.shape[1]), kv)
 
 
 def _pre(fn: Any) -> Any:
