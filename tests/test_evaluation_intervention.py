@@ -287,3 +287,24 @@ def test_hf_path_evaluator_equals_bridge_path(gpt2_random, kind):
     for name in ref:
         assert torch.allclose(got[name], ref[name], atol=1e-4, rtol=1e-4)
         assert torch.allclose(fast.clean[name], slow.clean[name], atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefix_lengths_known_answer():
+    from circuitscan.evaluation.intervention import shared_prefix_lengths
+
+    a = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4], [5, 6, 7, 8]])
+    b = torch.tensor([[1, 2, 9, 4], [1, 2, 3, 4], [0, 6, 7, 8]])
+    assert shared_prefix_lengths(a, b, None, None).tolist() == [2, 4, 0]
+    mask_b = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]])
+    assert shared_prefix_lengths(a, b, None, mask_b).tolist() == [2, 0, 0]
+
+
+def test_toy_models_run_without_a_shared_prefix(planted, planted_prompts):
+    # planted pairs differ at the signal token; the toy has no Hugging Face view, so the
+    # evaluator computes the shared lengths but runs every position (bridge path)
+    from circuitscan.evaluation.intervention import CircuitEvaluator
+    from circuitscan.models.hf import hf_view
+
+    ev = CircuitEvaluator.build(planted, planted_prompts, ablation="corrupt")
+    assert hf_view(planted) is None and ev.shared is not None
+    assert ev._prefix(ev.tokens, ev.mask, torch.arange(ev.tokens.shape[0])) is None
