@@ -1,5 +1,5 @@
 # The README names these targets; .ci/run calls them.
-.PHONY: setup demo test test-fast lint bench
+.PHONY: setup demo test test-fast lint bench bench-quick
 PY := .venv/bin/python
 
 setup:
@@ -18,4 +18,7 @@ lint:
 	.venv/bin/ruff check src tests benchmarks studies
 
 bench:
-	$(PY) benchmarks/bench_discover.py
+	$(PY) benchmarks/bench_targets.py --before
+
+bench-quick:
+	$(PY) benchmarks/bench_targets.py --quick --before

@@ -4,7 +4,10 @@ Prints, from one run on this machine:
   * the floor: a plain `transformers` forward (full model, logits) over the same prompts;
   * discover --level both, split by stage (activations, SAE, codes, node/edge scores);
   * the same SAE stage with bf16 training matmuls, and how far its ranking moves;
-  * ratios to the floor, edge-scoring seconds, peak resident memory.
+  * ratios to the floor, edge-scoring seconds, peak resident memory;
+  * the activations stage on the Hugging Face path (a pre-hook on each attention output
+    projection, the default) against the TransformerBridge hook_z path (the one before
+    it), in this run, with the largest difference and whether the rankings agree.
 
 Usage: .venv/bin/python benchmarks/bench_discover.py [--examples 250] [--batch-size 64]
 """
@@ -68,6 +71,22 @@ def main() -> None:
     print(f"edge scoring                    {t['edge_scores']:5.2f} s (target < 1 s)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory            {peak:7.0f} MiB")
+
+    from circuitscan.models.hf import bridge_only
+
+    t0 = time.perf_counter()
+    fast = cs.head_outputs(model, prompts, batch_size=args.batch_size)
+    hf_s = time.perf_counter() - t0
+    with bridge_only(model):
+        t0 = time.perf_counter()
+        slow = cs.head_outputs(model, prompts, batch_size=args.batch_size)
+        bridge_s = time.perf_counter() - t0
+    same = discover_from_activations(fast, SAECodesConfig(sae=sae_cfg, level="node")).node.ranking()
+    ref = discover_from_activations(slow, SAECodesConfig(sae=sae_cfg, level="node")).node.ranking()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"activations: HF pre-hook path {hf_s:.2f} s, bridge hook_z path {bridge_s:.2f} s, ratio "
+          f"{bridge_s / hf_s:.2f}x; max |diff| {float((fast.x - slow.x).abs().max()):.2e}; "
+          f"node ranking equal: {[h.name for h in same] == [h.name for h in ref]}; peak RSS {peak:.0f} MiB")
 
 
 if __name__ == "__main__":

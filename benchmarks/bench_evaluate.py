@@ -7,7 +7,11 @@ Prints, from one run on this machine:
     circuits per size): forward passes, token rows, seconds, rows per second;
   * the same circuits run the naive way on a sample -- one forward pass per circuit and
     prompt -- and the speed ratio of the batched path to it;
-  * the performance table of the sae-codes circuit against random circuits.
+  * the performance table of the sae-codes circuit against random circuits;
+  * the same circuits with and without the shared prefix (corrupt ablation: the positions
+    a prompt shares with its corrupted partner run once, unhooked), and whether the values agree;
+  * the `discover --evaluate` flow: discover --level both alone, then evaluate_run with
+    faithfulness (defaults), and their ratio (target <= 3), with peak memory.
 
 Usage: .venv/bin/python benchmarks/bench_evaluate.py [--model smollm2-135m] [--task ioi]
        [--examples 40] [--random-samples 10] [--points 20] [--max-rows 256] [--threads N]
@@ -118,8 +122,40 @@ def main() -> None:
         extra = f" ± {sd:.3f}" if sd is not None else ""
         heads = "-" if row.n_heads is None else row.n_heads
         print(f"  {row.name:<28} {heads!s:>5} heads  {ev.metrics[0]} {m:8.3f}  normalised {nm:7.3f}{extra}")
+    if ev.shared is not None:
+        wide = random_masks(n_total, n_total // 2, 8, generator=torch.Generator().manual_seed(1))
+        t = time.perf_counter()
+        on = ev.evaluate(wide)[ev.metrics[0]]
+        on_s = time.perf_counter() - t
+        ev.prefix_sharing = False
+        t = time.perf_counter()
+        off = ev.evaluate(wide)[ev.metrics[0]]
+        off_s = time.perf_counter() - t
+        ev.prefix_sharing = True
+        print(f"shared prefix ({int(ev.shared.min())}..{int(ev.shared.max())} of {prompts.seq_len} positions): "
+              f"8 circuits {on_s:.2f} s vs {off_s:.2f} s without, ratio {off_s / on_s:.2f}x; "
+              f"max |diff| {float((on - off).abs().max()):.2e}; peak RSS {_peak():.0f} MiB")
+
+    import tempfile
+
+    from circuitscan.evaluation import evaluate_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        res = cs.discover(model, prompts, level="both", out=f"{tmp}/run")
+        disc_s = time.perf_counter() - t
+        t = time.perf_counter()
+        run_ev = evaluate_run(res.out, faithfulness=True, model=model, prompts=prompts)
+        eval_s = time.perf_counter() - t
+    print(f"discover --evaluate: discover {disc_s:.1f} s, evaluate {eval_s:.1f} s "
+          f"({run_ev.stats['forward_passes']} passes, {run_ev.stats['rows']} rows), ratio evaluate / discover "
+          f"{eval_s / disc_s:.2f} (target <= 3); peak RSS {_peak():.0f} MiB")
     print(f"total: {ev.stats.forward_passes} passes, {ev.stats.rows} rows, {ev.stats.seconds:.1f} s in the evaluator; "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+def _peak() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

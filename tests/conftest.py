@@ -57,3 +57,19 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def cli_shares_smollm2(monkeypatch, smollm2):
+    """CLI commands in this test get the session's smollm2 instead of loading it again."""
+    import circuitscan.models as models
+
+    real = models.load_model
+
+    def load(spec, **kwargs):
+        if spec.strip().lower() in ("smollm2-135m", "smollm2") and kwargs.get("device", "cpu") == "cpu":
+            return smollm2
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", load)
+    return smollm2

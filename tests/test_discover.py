@@ -111,7 +111,7 @@ def test_discover_rejects_bad_level(planted, planted_prompts):
 
 
 @pytest.mark.slow
-def test_smollm2_ioi_end_to_end_through_the_cli(tmp_path, capsys):
+def test_smollm2_ioi_end_to_end_through_the_cli(tmp_path, capsys, cli_shares_smollm2):
     out = tmp_path / "ioi"
     rc = main(["discover", "--model", "smollm2-135m", "--task", "ioi", "-n", "40", "--out", str(out),
                "--epochs", "100", "--level", "both"])

@@ -114,3 +114,13 @@ def test_edge_scores_in_scores_json_get_edge_level_cpr(run_dir, tmp_path, capsys
     edge = _metrics(run)["faithfulness"]["edge_level"]
     assert set(edge["curves"]) == {"sae-codes"}  # the pairs method has no edge scores
     assert edge["cpr"]["sae-codes"] > 0.9 and edge["cmd"]["sae-codes"] < 0.1
+
+
+def test_cli_and_library_share_the_random_samples_default():
+    import inspect
+
+    from circuitscan.commands import evaluate as cmd
+    from circuitscan.evaluation import performance
+
+    assert cmd.RANDOM_SAMPLES == performance.RANDOM_SAMPLES
+    assert inspect.signature(performance.evaluate_run).parameters["random_samples"].default == cmd.RANDOM_SAMPLES

@@ -260,3 +260,51 @@ def test_bad_inputs_are_clear_errors(planted, planted_prompts):
         ev.evaluate(torch.ones(1, 11, dtype=torch.bool))
     with pytest.raises(CircuitscanError, match="L3H0 does not exist"):
         circuit_mask(planted.layout, ["L3H0"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["corrupt", "mean"])
+def test_hf_path_evaluator_equals_bridge_path(gpt2_random, kind):
+    from circuitscan.evaluation.intervention import CircuitEvaluator, random_masks
+    from circuitscan.models.hf import bridge_only, hf_view
+    from circuitscan.tasks import build_task
+
+    assert hf_view(gpt2_random) is not None
+    prompts = build_task("ioi", gpt2_random, 4, seed=0)
+    keep = random_masks(144, 72, 3, generator=torch.Generator().manual_seed(0))
+    fast = CircuitEvaluator.build(gpt2_random, prompts, ablation=kind)
+    with bridge_only(gpt2_random):
+        slow = CircuitEvaluator.build(gpt2_random, prompts, ablation=kind)
+        ref = slow.evaluate(keep)
+    got = fast.evaluate(keep)
+    if kind == "corrupt":  # IOI pairs differ only late: the first positions run once, unhooked
+        assert int(fast.shared.min()) >= 2
+        fast.prefix_sharing = False
+        unshared = fast.evaluate(keep)
+        fast.prefix_sharing = True
+        for name in ref:
+            assert torch.allclose(unshared[name], ref[name], atol=1e-4, rtol=1e-4)
+    for name in ref:
+        assert torch.allclose(got[name], ref[name], atol=1e-4, rtol=1e-4)
+        assert torch.allclose(fast.clean[name], slow.clean[name], atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefix_lengths_known_answer():
+    from circuitscan.evaluation.intervention import shared_prefix_lengths
+
+    a = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4], [5, 6, 7, 8]])
+    b = torch.tensor([[1, 2, 9, 4], [1, 2, 3, 4], [0, 6, 7, 8]])
+    assert shared_prefix_lengths(a, b, None, None).tolist() == [2, 4, 0]
+    mask_b = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]])
+    assert shared_prefix_lengths(a, b, None, mask_b).tolist() == [2, 0, 0]
+
+
+def test_toy_models_run_without_a_shared_prefix(planted, planted_prompts):
+    # planted pairs differ at the signal token; the toy has no Hugging Face view, so the
+    # evaluator computes the shared lengths but runs every position (bridge path)
+    from circuitscan.evaluation.intervention import CircuitEvaluator
+    from circuitscan.models.hf import hf_view
+
+    ev = CircuitEvaluator.build(planted, planted_prompts, ablation="corrupt")
+    assert hf_view(planted) is None and ev.shared is not None
+    assert ev._prefix(ev.tokens, ev.mask, torch.arange(ev.tokens.shape[0])) is None

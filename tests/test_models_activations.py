@@ -172,3 +172,47 @@ def test_registry_ground_truth_refuses_other_families(planted):
     assert gt.heads == {HeadId(0, 1), HeadId(2, 3)}
     with pytest.raises(CircuitscanError, match="does not exist in a model with 3 layers"):
         circuits.resolve("L9H9", planted.layout, planted.family)
+
+
+def _hf_vs_bridge(model, prompts, aggregation):
+    from circuitscan.models.hf import bridge_only, hf_view
+
+    assert hf_view(model) is not None
+    fast = head_outputs(model, prompts, aggregation=aggregation, batch_size=5)
+    with bridge_only(model):
+        slow = head_outputs(model, prompts, aggregation=aggregation, batch_size=5)
+    assert torch.allclose(fast.x, slow.x, atol=1e-5, rtol=1e-4)
+    assert torch.equal(fast.labels, slow.labels)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aggregation", ["mean", "last", "all"])
+def test_gpt2_random_hf_path_equals_bridge_path(gpt2_random, aggregation):
+    prompts = build_task("ioi", gpt2_random, 6, seed=0)
+    _hf_vs_bridge(gpt2_random, prompts, aggregation)
+
+
+@pytest.mark.slow
+def test_hf_view_shares_weights_and_leaves_no_hooks(gpt2_random):
+    from circuitscan.models.hf import hf_view, run_hooked
+
+    view = hf_view(gpt2_random)
+    assert view.lm_head.weight.data_ptr() == gpt2_random.bridge.original_model.lm_head.weight.data_ptr()
+    tokens = build_task("ioi", gpt2_random, 2, seed=0).positive
+    with torch.inference_mode():
+        logits = run_hooked(gpt2_random, tokens, [])
+        assert torch.allclose(logits, gpt2_random.bridge(tokens), atol=1e-4)
+    assert not any(m._forward_pre_hooks for m in view.out_proj)
+
+
+def test_toy_models_have_no_hf_view(planted):
+    from circuitscan.models.hf import hf_view
+
+    assert hf_view(planted) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aggregation", ["mean", "last", "all"])
+def test_smollm2_hf_path_equals_bridge_path(smollm2, aggregation):
+    prompts = build_task("ioi", smollm2, 6, seed=0)
+    _hf_vs_bridge(smollm2, prompts, aggregation)

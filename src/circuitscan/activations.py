@@ -7,6 +7,12 @@ equals the mean of ``z_h`` mapped through ``W_O^h``; so the hook aggregates ``z`
 never materialising [batch, pos, heads, d_model]. The forward pass is aborted right
 after the last layer's ``z`` is seen: the last attention output projection, the last
 MLP, the final norm and the unembedding are never computed.
+
+Where the model is a Hugging Face model (``smollm2-135m``, ``gpt2-random``, local
+directories), z comes from a forward pre-hook on each attention output projection of
+the unwrapped Hugging Face module tree (:mod:`circuitscan.models.hf`), all heads of a
+layer at once, without the bridge's hook points; TransformerLens's ``hook_z`` serves
+every other model. Both give the same values (``tests/test_models_activations.py``).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ def head_outputs(
     """
     import torch
 
+    from .models.hf import run_hooked
     from .progress import bar
 
     if aggregation not in AGGREGATIONS:
@@ -87,8 +94,9 @@ def head_outputs(
     state: dict[str, object] = {}
 
     def make_hook(layer: int):
-        def hook(z: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
-            if z.ndim == 3:  # some adapters give concatenated heads
+        def hook(z_in: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
+            z = z_in
+            if z.ndim == 3:  # concatenated heads (the Hugging Face path, some adapters)
                 z = z.reshape(z.shape[0], z.shape[1], n_heads, -1)
             agg = _aggregate(z, state.get("mask"), aggregation)
             res = torch.einsum("...hd,hdm->...hm", agg.to(w_o.dtype), w_o[layer])
@@ -100,7 +108,7 @@ def head_outputs(
                 out[lo:hi, cols] = res.float()
             if layer == n_layers - 1:
                 raise _StopForward
-            return z
+            return z_in
 
         return hook
 
@@ -112,11 +120,8 @@ def head_outputs(
             hi = min(n, lo + batch_size)
             state["lo"], state["hi"] = lo, hi
             state["mask"] = None if masks is None else masks[lo:hi]
-            kwargs = {}
-            if masks is not None:
-                kwargs["attention_mask"] = masks[lo:hi]
             try:
-                model.bridge.run_with_hooks(tokens[lo:hi], fwd_hooks=hooks, **kwargs)
+                run_hooked(model, tokens[lo:hi], hooks, attention_mask=state["mask"], logits=False)
             except _StopForward:
                 pass
             advance()

@@ -26,12 +26,16 @@ def non_negative_int(text: str) -> int:
     return v
 
 
+RANDOM_SAMPLES = 30  # = evaluation.performance.RANDOM_SAMPLES (why 30: there); importing it here would load torch
+
+
 def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") -> None:
     """The flags shared by ``evaluate`` and ``discover --evaluate``."""
     p.add_argument("--ablation", choices=("corrupt", "mean", "zero"), default="corrupt",
                    help=f"{prefix_help}{ABLATION_HELP} (default: corrupt)")
-    p.add_argument("--random-samples", type=non_negative_int, default=100,
-                   help=f"{prefix_help}random circuits of each predicted circuit's size (default 100)")
+    p.add_argument("--random-samples", type=non_negative_int, default=RANDOM_SAMPLES,
+                   help=f"{prefix_help}random circuits of each predicted circuit's size, reported as mean ± std "
+                   f"(default {RANDOM_SAMPLES})")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

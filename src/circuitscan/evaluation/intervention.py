@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from ..models.handle import ModelHandle
+    from ..models.hf import Prefix
     from ..types import HeadId, HeadLayout, PromptSet
 
 ABLATIONS = ("corrupt", "mean", "zero")
@@ -93,30 +94,40 @@ def logits_at(
     *,
     hooks: Sequence[tuple[str, Any]] = (),
     attention_mask: Int[Tensor, "b seq"] | None = None,
+    past: Prefix | None = None,
 ) -> Float[Tensor, "b P vocab"]:
     """One forward pass with ``hooks``; logits only at ``positions`` (None: all).
 
     When the bridge exposes ``unembed.hook_in``, the pass stops there and only the
-    requested positions are unembedded.
+    requested positions are unembedded. Hugging Face models run on their unwrapped
+    module tree (:func:`circuitscan.models.hf.run_hooked`) when every hook has a site
+    there; the bridge runs the rest. ``past``: a cached prefix (see ``run_hooked``);
+    ``positions`` still index the whole sequence and must all lie after it.
     """
+    from ..models.hf import hf_view, run_hooked, supports
+
     bridge = model.bridge
-    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+    start = 0 if past is None else past.length
     if positions is None or _UNEMBED_IN not in bridge.hook_dict:
-        out = bridge.run_with_hooks(tokens, fwd_hooks=list(hooks), **kwargs)
-        return out if positions is None else out[:, positions.to(out.device)]
+        out = run_hooked(model, tokens, hooks, attention_mask=attention_mask, past=past)
+        return out if positions is None else out[:, positions.to(out.device) - start]
     captured: dict[str, Tensor] = {}
 
     def grab(x: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-        captured["x"] = x[:, positions.to(x.device)]
+        captured["x"] = x[:, positions.to(x.device) - start]
         raise _StopForward
 
     try:
-        bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, (_UNEMBED_IN, grab)], **kwargs)
+        run_hooked(model, tokens, [*hooks, (_UNEMBED_IN, grab)], attention_mask=attention_mask, logits=False,
+                   past=past)
     except _StopForward:
         pass
     if "x" not in captured:  # pragma: no cover - an adapter that skips its unembedding hook
-        out = bridge.run_with_hooks(tokens, fwd_hooks=list(hooks), **kwargs)
-        return out[:, positions.to(out.device)]
+        out = run_hooked(model, tokens, hooks, attention_mask=attention_mask, past=past)
+        return out[:, positions.to(out.device) - start]
+    view = hf_view(model)
+    if supports(view, [*hooks, (_UNEMBED_IN, grab)]):
+        return view.lm_head(captured["x"])
     return bridge.unembed(captured["x"])
 
 
@@ -234,9 +245,10 @@ def _run_z_only(model: ModelHandle, tokens: Tensor, hooks: list, mask: Tensor | 
     def stop(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
         raise _StopForward
 
-    kwargs = {} if mask is None else {"attention_mask": mask}
+    from ..models.hf import run_hooked
+
     try:
-        model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, (last, stop)], **kwargs)
+        run_hooked(model, tokens, [*hooks, (last, stop)], attention_mask=mask, logits=False)
     except _StopForward:
         pass
 
@@ -427,6 +439,8 @@ def head_mask_hooks(
             else:
                 if src.shape[0] not in (1, r):
                     raise ValueError(f"ablation source has {src.shape[0]} rows, batch has {r} per circuit")
+                if src.shape[1] > p:  # a pass over the positions after a cached prefix
+                    src = src[:, src.shape[1] - p :]
                 src = src.to(device=zz.device, dtype=zz.dtype)[None]
             k = keep_l[:, layer].to(zz.device)[:, None, None, :, None]
             out = torch.where(k, zc, src) if is_bool else src + k.to(zz.dtype) * (zc - src)
@@ -462,11 +476,13 @@ def run_with_heads(
     rows: Int[Tensor, " r"] | None = None,
     positions: str | Sequence[int] | Tensor | None = "last",
     attention_mask: Int[Tensor, "r seq"] | None = None,
+    past: Prefix | None = None,
 ) -> Float[Tensor, "C r P vocab"]:
     """Logits of every circuit in ``keep`` on the r prompts ``tokens``: one forward pass.
 
     ``rows`` maps the prompts to the source's rows (corrupt ablation); by default prompt
-    i is paired with source row i.
+    i is paired with source row i. ``past``: the r prompts' cached first positions,
+    which no circuit may change (:meth:`CircuitEvaluator.evaluate` decides).
     """
     import torch
 
@@ -480,7 +496,7 @@ def run_with_heads(
     batch = tokens.repeat(n_circuits, 1)
     mask = None if attention_mask is None else attention_mask.repeat(n_circuits, 1)
     hooks = head_mask_hooks(model, keep, source, None if rows is None else torch.as_tensor(rows))
-    out = logits_at(model, batch, pos, hooks=hooks, attention_mask=mask)
+    out = logits_at(model, batch, pos, hooks=hooks, attention_mask=mask, past=past)
     return out.reshape(n_circuits, r, *out.shape[1:])
 
 
@@ -555,6 +571,20 @@ def expand_with_suffixes(
     return out, torch.cat([mask.repeat_interleave(k, 0), torch.ones(out.shape[0], 1, dtype=mask.dtype)], 1)
 
 
+def shared_prefix_lengths(
+    a: Int[Tensor, "n seq"], b: Int[Tensor, "n seq"], mask_a: Tensor | None, mask_b: Tensor | None
+) -> Int[Tensor, " n"]:
+    """Per row, the number of first positions where ``a`` and ``b`` (tokens and masks) agree."""
+    import torch
+
+    diff = a != b
+    if mask_a is not None or mask_b is not None:
+        ones = torch.ones_like(a)
+        diff |= (ones if mask_a is None else mask_a) != (ones if mask_b is None else mask_b)
+    first = diff.int().argmax(1)
+    return torch.where(diff.any(1), first, torch.full_like(first, a.shape[1]))
+
+
 @dataclass
 class CircuitEvaluator:
     """Per-example task metrics of many circuits, batched, against clean and ablated baselines.
@@ -574,6 +604,12 @@ class CircuitEvaluator:
         corrupted_input: metric values of the model run on the corrupted prompts
             (``corrupt`` ablation only), scored against the clean prompts' answers.
         stats: forward passes and rows spent so far (the baseline passes included).
+        shared: corrupt ablation: per row, how many first positions the prompt shares
+            with its corrupted partner (tokens and mask). No circuit can change the
+            model there (every ablated head's replacement equals its clean value), so
+            :meth:`evaluate` runs those positions once per batch of prompts, unhooked,
+            and each circuit only on the rest (Hugging Face models; ``prefix_sharing``
+            False turns it off).
     """
 
     model: ModelHandle
@@ -594,6 +630,8 @@ class CircuitEvaluator:
     corrupted_input: dict[str, Tensor] | None = None
     stats: EvaluatorStats = field(default_factory=EvaluatorStats)
     progress: bool | None = None
+    shared: Int[Tensor, " rows"] | None = None
+    prefix_sharing: bool = True
 
     @classmethod
     def build(
@@ -701,9 +739,10 @@ class CircuitEvaluator:
         clean_logits = clean_cache.logits[: n * group]
         needs_ref = any(m.needs_reference for m in metric_objs)
         ref = clean_logits[::group, last].log_softmax(-1) if needs_ref else None
+        shared = shared_prefix_lengths(pos_tok, neg, pos_mask, neg_mask) if ablation == "corrupt" else None
         ev = cls(model=model, prompts=prompts, ablation=ablation, metrics=names, source=source, n=n,
                  max_rows=max_rows, positions=positions, last=last, group=group, tokens=pos_tok, mask=pos_mask,
-                 reference_logprobs=ref, stats=stats, progress=progress)
+                 reference_logprobs=ref, stats=stats, progress=progress, shared=shared)
         index = torch.arange(n)
         ev.clean = ev._score(clean_logits, index)
         if ablation == "corrupt":
@@ -753,10 +792,11 @@ class CircuitEvaluator:
                 rows = torch.arange(lo * g, hi * g)
                 tokens = self.tokens[lo * g : hi * g]
                 mask = None if self.mask is None else self.mask[lo * g : hi * g]
+                past = self._prefix(tokens, mask, rows)
                 for c0 in range(0, n_unique, per_pass):
                     c1 = min(n_unique, c0 + per_pass)
                     logits = run_with_heads(self.model, tokens, unique[c0:c1], self.source, rows=rows,
-                                            positions=self.positions, attention_mask=mask)
+                                            positions=self.positions, attention_mask=mask, past=past)
                     for c in range(c1 - c0):
                         for name, values in self._score(logits[c], index).items():
                             out[name][c0 + c, lo:hi] = values
@@ -766,6 +806,21 @@ class CircuitEvaluator:
         self.stats.circuits += n_unique
         self.stats.seconds += time.perf_counter() - t0
         return {name: values[inverse] for name, values in out.items()}
+
+    def _prefix(self, tokens: Tensor, mask: Tensor | None, rows: Tensor) -> Prefix | None:
+        """The cached first positions these rows share with their partners, or None."""
+        from ..models.hf import prefix_keys_values
+
+        if self.shared is None or not self.prefix_sharing:
+            return None
+        length = min(int(self.shared[rows].min()), int(self.positions.min()))
+        if length < 1:
+            return None
+        past = prefix_keys_values(self.model, tokens[:, :length], None if mask is None else mask[:, :length])
+        if past is not None:
+            self.stats.forward_passes += 1
+            self.stats.rows += tokens.shape[0]
+        return past
 
     # ------------------------------------------------------------------ summaries
 

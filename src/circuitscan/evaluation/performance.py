@@ -30,6 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 
+RANDOM_SAMPLES = 30
+"""Default random circuits per circuit size in the table. The row reports their mean and
+std; with 30 draws the mean's standard error is std / 5.5 and the std itself is known
+to about 13%, which on SmolLM2 IOI (std 0.27 in normalised logit difference at 48
+heads) separates any circuit more than ~0.15 from random; 100 (the earlier default)
+cost 3.3x the passes for a standard error of std / 10."""
+
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
     from ..types import GroundTruth, HeadId, PromptSet, Scores
@@ -81,7 +88,7 @@ def circuit_performance(
     circuits: Mapping[str, Sequence[HeadId | str]],
     *,
     ground_truth: GroundTruth | None = None,
-    random_samples: int = 100,
+    random_samples: int = RANDOM_SAMPLES,
     complements: bool = True,
     seed: int = 0,
 ) -> PerformanceTable:
@@ -282,7 +289,7 @@ def evaluate_run(
     *,
     ablation: str = "corrupt",
     faithfulness: bool = False,
-    random_samples: int = 100,
+    random_samples: int = RANDOM_SAMPLES,
     faithfulness_samples: int = 10,
     faithfulness_points: int = 20,
     ground_truth: str | None = None,
