@@ -13,7 +13,7 @@ import sys
 
 from . import __version__
 
-COMMANDS = ("discover", "models", "tasks", "evaluate", "compare", "report", "sweep", "features")
+COMMANDS = ("discover", "models", "tasks", "evaluate", "compare", "report", "sweep", "features", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
