@@ -13,6 +13,9 @@ Formats (docs/INTEROP.md):
                   ``hook_resid_post`` of shape ``[n_sources]``), with ``OUT/sources.json`` naming
                   the sources in their order (``Resid Start``, then per layer its heads and MLP).
 
+``neuronpedia``   ``OUT/<run>.json``: a ``circuitscan features`` run's feature graph as
+                  circuit-tracer / Neuronpedia graph JSON (:mod:`.neuronpedia`).
+
 The run directory is read with :func:`circuitscan.report.rundata.load_run`. Every file is
 written atomically; nothing is written when the run cannot be read.
 """
@@ -25,7 +28,7 @@ from typing import Any
 
 from ..errors import CircuitscanError
 
-FORMATS = ("eap-ig", "mib", "auto-circuit")
+FORMATS = ("eap-ig", "mib", "auto-circuit", "neuronpedia")
 
 
 def _kv_heads(run) -> int:
@@ -113,6 +116,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
 
     if fmt not in FORMATS:
         raise CircuitscanError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "neuronpedia":
+        return [_export_feature_graph(Path(run_dir), out)]
     run, graphs = method_graphs(run_dir)
     dest = Path(out) if out is not None else Path(run_dir) / f"export-{fmt}"
     if dest.exists() and not dest.is_dir():
@@ -145,3 +150,26 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
                 save_file({k: v.contiguous() for k, v in prune_scores(g).items()}, str(tmp))
             written.append(p)
     return written
+
+
+def _export_feature_graph(run_dir: Path, out: str | Path | None) -> Path:
+    from ..features.graph import AttributionGraph
+    from ..features.run import GRAPH
+    from ..report.rundata import load_run
+    from ..rundir import read_json, write_json
+    from .neuronpedia import neuronpedia_graph
+
+    run = load_run(run_dir)
+    if not run.has(GRAPH):
+        raise CircuitscanError(f"{str(run_dir)!r} has no {GRAPH}: --format neuronpedia exports the feature graph "
+                               "of a `circuitscan features` run")
+    graph = AttributionGraph.from_json(read_json(run_dir / GRAPH))
+    model = run.config.get("model") or {}
+    prompt = run.config.get("prompt") or {}
+    text = prompt.get("text") or (run.config.get("task") or {}).get("name", "")
+    tokens = [str(t) for t in prompt.get("token_ids") or []]  # the run keeps ids, not token strings
+    data = neuronpedia_graph(graph, slug=_slug(run_dir.name), scan=str(model.get("spec", "")),
+                             n_layers=run.layout.n_layers, prompt=str(text), prompt_tokens=tokens)
+    dest = (Path(out) if out is not None else run_dir / "export-neuronpedia") / f"{_slug(run_dir.name)}.json"
+    write_json(dest, data)
+    return dest
