@@ -215,18 +215,32 @@ def test_evaluate_circuit_file_and_mismatched_files(eap_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_smollm2_round_trip_through_ground_truth(smollm2, tmp_path):
+@pytest.mark.parametrize("fixture,grouped", [("smollm2", True), ("gpt2_random", False)])
+def test_real_model_round_trip_through_ground_truth(fixture, grouped, request, tmp_path):
     from circuitscan import circuits
 
-    graph = EdgeGraph.for_model(smollm2)
-    assert graph.grouped
-    heads = ["L3H1", "L10H4", "L20H8"]
-    data, nodes, edges, back = _round_trip(graph, smollm2.d_model, heads)
+    model = request.getfixturevalue(fixture)
+    graph = EdgeGraph.for_model(model)
+    assert graph.grouped == grouped
+    heads = ["L3H1", "L10H4", "L7H8"]
+    data, nodes, edges, back = _round_trip(graph, model.d_model, heads)
     assert back.edge_scores == edges and back.node_scores == nodes and back.heads == set(heads)
-    path = tmp_path / "smol.json"
+    path = tmp_path / "graph.json"
     path.write_text(json.dumps(data))
-    assert {h.name for h in circuits.for_model(str(path), smollm2).heads} == set(heads)
-    gpt2 = graph_json(EdgeGraph(HeadLayout(12, 12), 12), d_model=768, heads_in=["L9H9"])
-    path.write_text(json.dumps(gpt2))
-    with pytest.raises(CircuitscanError, match="12 layers x 12 heads, but this model has 30 layers x 9 heads"):
-        circuits.for_model(str(path), smollm2)
+    assert {h.name for h in circuits.for_model(str(path), model).heads} == set(heads)
+    other = (4, 4) if fixture == "gpt2_random" else (12, 12)
+    path.write_text(json.dumps(graph_json(EdgeGraph(HeadLayout(*other), other[1]), d_model=64, heads_in=["L1H1"])))
+    L, H = model.layout.n_layers, model.layout.n_heads
+    with pytest.raises(CircuitscanError, match=f"{other[0]} layers x {other[1]} heads, but this model has {L} layers"
+                       f" x {H} heads"):
+        circuits.for_model(str(path), model)  # e.g. a GPT-2 graph on SmolLM2
+
+
+def test_an_edge_circuit_exports_its_edges_and_the_heads_they_touch():
+    graph = EdgeGraph(HeadLayout(2, 4), 2)
+    data = graph_json(graph, d_model=8, edges_in=["L0H0->L1KV1.k", "L1H2->logits"])
+    kept = {e for e, v in data["edges"].items() if v["in_graph"] and "m" not in e.replace("logits", "")}
+    assert kept == {"a0.h0->a1.h2<k>", "a0.h0->a1.h3<k>", "a1.h2->logits"}
+    assert {n for n, v in data["nodes"].items() if v["in_graph"] and n.startswith("a")} == {"a0.h0", "a1.h2", "a1.h3"}
+    back = read_graph(data, graph)
+    assert back.edges == {"L0H0->L1KV1.k", "L1H2->logits"}
