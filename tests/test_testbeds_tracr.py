@@ -222,6 +222,21 @@ def test_eap_auc_on_the_tracr_task(compiled, name):
         assert auc == 1.0
 
 
+def test_edge_pruning_on_tracr_frac_prev(compiled):
+    """frac_prev's one head writes what the output reads directly: edge pruning keeps its edges only."""
+    from circuitscan import methods
+    from circuitscan.evaluation.ground_truth import evaluate_against
+    from circuitscan.methods.edge_pruning import EdgePruningConfig
+    from circuitscan.testbeds import tracr as T
+
+    _, model = compiled("frac_prev")
+    prompts = T.build_tracr_task(model, 50, seed=0, negative="constant")
+    scores = methods.get("edge-pruning").score(model, prompts, EdgePruningConfig(ablation="mean", steps=60))
+    assert evaluate_against(scores, T.ground_truth(model)).auc == 1.0
+    kept = {e for e, v in scores.edges.items() if v > 0.5}
+    assert kept and all("L1H0" in e for e in kept)  # every edge it keeps enters or leaves the true head
+
+
 def test_tracr_task_metric_and_negatives(compiled):
     import torch
 

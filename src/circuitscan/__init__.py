@@ -40,6 +40,8 @@ _EXPORTS = {
     "Scores": "circuitscan.types",
     "GroundTruth": "circuitscan.types",
     "CircuitscanError": "circuitscan.errors",
+    "export_run": "circuitscan.interop",
+    "read_graph_file": "circuitscan.interop",
 }
 
 __all__ = ["__version__", *_EXPORTS]

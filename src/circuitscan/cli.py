@@ -15,7 +15,7 @@ import sys
 
 from ._version import __version__
 
-COMMANDS = ("discover", "models", "tasks", "evaluate", "compare", "report", "sweep", "features")
+COMMANDS = ("discover", "models", "tasks", "evaluate", "compare", "report", "sweep", "features", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

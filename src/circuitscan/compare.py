@@ -35,10 +35,10 @@ if TYPE_CHECKING:
     from .models.handle import ModelHandle
     from .types import GroundTruth, PromptSet, Scores
 
-METHODS = ("sae-codes", "eap", "eap-ig", "patching", "acdc", "acdc-edge", "hisp", "sp", "norm-diff")
+METHODS = ("sae-codes", "eap", "eap-ig", "patching", "acdc", "acdc-edge", "hisp", "sp", "norm-diff", "edge-pruning")
 CHEAP = ("sae-codes", "eap", "hisp", "norm-diff")
 THRESHOLD_METHODS = ("acdc", "acdc-edge", "sp")
-EDGE_METHODS = ("eap", "eap-ig", "acdc-edge")
+EDGE_METHODS = ("eap", "eap-ig", "acdc-edge", "edge-pruning")
 
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
@@ -70,7 +70,7 @@ class CompareSettings:
         batch_size: prompts per forward pass.
         max_seconds: time limit of each slow method (acdc, acdc-edge, sp); None = none.
         acdc_thresholds: absolute thresholds for ACDC (None = its relative default grid).
-        sp_steps: SP optimiser steps.
+        sp_steps: SP's and edge pruning's optimiser steps.
         eap_ig_steps: EAP-IG path points.
     """
 
@@ -91,6 +91,7 @@ def method_configs(settings: CompareSettings, methods: Sequence[str]) -> dict[st
         ACDCConfig,
         EAPConfig,
         EAPIGConfig,
+        EdgePruningConfig,
         HISPConfig,
         NormDiffConfig,
         PatchingConfig,
@@ -111,6 +112,7 @@ def method_configs(settings: CompareSettings, methods: Sequence[str]) -> dict[st
         "hisp": lambda: HISPConfig(**common),
         "sp": lambda: SPConfig(**common, steps=settings.sp_steps, max_seconds=settings.max_seconds),
         "norm-diff": lambda: NormDiffConfig(batch_size=settings.batch_size, progress=settings.progress),
+        "edge-pruning": lambda: EdgePruningConfig(**common, steps=settings.sp_steps, max_seconds=settings.max_seconds),
     }
     return {m: build[m]() for m in methods}
 
@@ -147,6 +149,9 @@ def estimate_passes(method: str, cfg: Any, model: ModelHandle, prompts: PromptSe
         T = len(cfg.lambdas)
         rows = min(n, cfg.batch_size)
         return cfg.steps * T * rows, cfg.steps * T * rows, f"{cfg.steps} steps x {_plural(T, 'lambda')}"
+    if method == "edge-pruning":
+        rows = min(n, cfg.batch_size)
+        return 2 * n + cfg.steps * rows, cfg.steps * rows, f"{cfg.steps} mask steps over every edge"
     raise CircuitscanError(f"unknown method {method!r}")  # pragma: no cover
 
 

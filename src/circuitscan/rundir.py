@@ -34,7 +34,7 @@ MARKER = "circuitscan.json"
 
 def write_marker(directory: Path, kind: str) -> None:
     """Mark ``directory`` as written by circuitscan (a ``kind`` of run, sweep...)."""
-    from . import __version__
+    from ._version import __version__
 
     write_json(directory / MARKER, {"written_by": "circuitscan", "kind": kind, "circuitscan_version": __version__})
 

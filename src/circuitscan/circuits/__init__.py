@@ -123,7 +123,7 @@ def default_for(task: str, family: str, *, model=None) -> GroundTruth | None:
 
 
 def resolve(spec: str, layout: HeadLayout, family: str, *, model=None) -> GroundTruth:
-    """A registry name, a JSON file (list of heads or {"heads": [...]}), or ``L9H6,L9H9,...``.
+    """A registry name, a JSON file (list of heads, {"heads": [...]} or an EAP-IG / MIB graph), or ``L9H6,L9H9,...``.
 
     A registry circuit used with a model of another family is an error: its head indices
     mean nothing there. Testbed names (``tracr-reverse``, ``toy-induction``,
@@ -159,6 +159,10 @@ def resolve(spec: str, layout: HeadLayout, family: str, *, model=None) -> Ground
             raise CircuitscanError(f"ground-truth file {spec!r} is not valid JSON: {exc}") from exc
         except OSError as exc:
             raise CircuitscanError(f"cannot read ground-truth file {spec!r}: {exc.strerror or exc}") from exc
+        from ..interop.eap_graph import ground_truth_from_graph, is_graph_json
+
+        if is_graph_json(data):  # EAP-IG / MIB graph JSON: its in_graph heads
+            return ground_truth_from_graph(data, spec, layout, family, model)
         gt = GroundTruth.from_heads(_json_heads(data, spec), name=path.name, model=family)
     else:
         parts = [p for p in spec.replace(";", ",").split(",") if p.strip()]

@@ -10,7 +10,7 @@ from pathlib import Path
 from .common import add_model_args, add_task_args, finite_float, positive_int
 
 METHOD_HELP = ("comma-separated: sae-codes, eap, eap-ig, patching, acdc (node level), acdc-edge, hisp, sp, "
-               "norm-diff, or 'all' (default: sae-codes,eap,eap-ig,patching,acdc,hisp,sp,norm-diff)")
+               "norm-diff, edge-pruning, or 'all' (default: sae-codes,eap,eap-ig,patching,acdc,hisp,sp,norm-diff)")
 DEFAULT_METHODS = "sae-codes,eap,eap-ig,patching,acdc,hisp,sp,norm-diff"
 
 
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "extrapolates its full time")
     p.add_argument("--acdc-thresholds", type=_thresholds, default=None,
                    help="ACDC's tau values to sweep, e.g. 0.01,0.1,1 (default: 0.001..0.3 x the metric's span)")
-    p.add_argument("--sp-steps", type=positive_int, default=200, help="SP optimiser steps (default 200)")
+    p.add_argument("--sp-steps", type=positive_int, default=200, help="SP's and edge pruning's optimiser steps (default 200)")
     p.add_argument("--eap-ig-steps", type=positive_int, default=5, help="EAP-IG path points (default 5)")
     p.add_argument("--no-faithfulness", action="store_true", help="skip the faithfulness curves (CPR, CMD)")
     p.add_argument("--faithfulness-samples", type=int, default=10,

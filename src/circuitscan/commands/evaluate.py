@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="about how many circuit sizes the curve visits (default 20; every size for small models)")
     p.add_argument("--ground-truth", default=None,
                    help="registry name, JSON file or heads like L9H6,L9H9 (default: the run's ground truth)")
+    p.add_argument("--circuit", default=None, metavar="FILE.json",
+                   help="also evaluate a circuit from an EAP-IG / MIB graph file (its in_graph heads as a row, its "
+                   "in_graph edges as an edge circuit); see docs/INTEROP.md")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--threshold", type=finite_float, default=None,
                        help="circuit = heads with score >= theta (default: the run's circuits)")
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             random_samples=args.random_samples, faithfulness_samples=args.faithfulness_samples,
             faithfulness_points=args.faithfulness_points, ground_truth=args.ground_truth,
             threshold=args.threshold, size=args.size, metric=args.metric, n_examples=args.examples,
-            max_rows=args.max_rows, seed=args.seed,
+            max_rows=args.max_rows, seed=args.seed, circuit=args.circuit,
         )
     print_evaluation(result)
     print(f"wrote  {args.run_dir}/metrics.json")
@@ -128,6 +131,15 @@ def print_evaluation(result) -> None:
             for m, c in edge["curves"].items():
                 print(f"  {m:<20} CPR {_fmt(c['cpr'])} (random {_fmt(c['cpr_random'])})  CMD {_fmt(c['cmd'])} "
                       f"(random {_fmt(c['cmd_random'])})")
+    if result.faithfulness and result.faithfulness.get("mib"):
+        print("  MIB's rule (|score| top-n at 0.1 %..100 % of edges, pruned, no 0 point):")
+        for m, c in result.faithfulness["mib"]["curves"].items():
+            print(f"  {m:<20} CPR {_fmt(c['cpr'])}  CMD {_fmt(c['cmd'])}  faithfulness at 100 % {_fmt(c['values'][-1])}")
+    imp = result.metrics_json.get("imported_circuit")
+    if imp:
+        print(f"imported {imp['name']}: {len(imp['heads'])} heads, {imp['n_edges']} edges; edge-circuit faithfulness "
+              f"{_fmt(imp.get('edge_faithfulness'))}; {imp['mlp_edges_removed_in_file']} MLP edges the file removes "
+              "are kept (MLPs are wiring here)")
     s = result.stats
     print(f"cost   {int(s['forward_passes'])} forward passes, {int(s['rows'])} prompt rows, "
           f"{int(s['circuits'])} distinct circuits, {s['total_seconds']:.1f}s")

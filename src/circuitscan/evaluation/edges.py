@@ -384,7 +384,8 @@ class EdgeForward:
             D = buf["D"]
             if used.numel() < n_up // 2:
                 return torch.bmm(M[:, used].transpose(1, 2), D[:, used])
-            return torch.bmm(M.transpose(1, 2), D[:, :n_up])
+            # D fills in place as the pass goes on: a gradient in M needs this layer's copy of it
+            return torch.bmm(M.transpose(1, 2), D[:, :n_up].clone() if M.requires_grad else D[:, :n_up])
 
         def delta_for(r_idx: list[int], n_up: int, like: Tensor) -> Tensor | None:
             """Sum over removed edges into receivers r_idx of (ablated - current): [C*r, p, n, d]."""

@@ -301,16 +301,24 @@ def evaluate_run(
     seed: int = 0,
     model: ModelHandle | None = None,
     prompts: PromptSet | None = None,
+    circuit: str | None = None,
 ) -> RunEvaluation:
     """Evaluate every method of a run directory by intervention; rewrite its metrics.json.
 
     The model and prompts are rebuilt from config.json unless given (``discover
     --evaluate`` passes its own). metrics.json gains ``circuit_performance`` and, with
-    ``faithfulness``, ``faithfulness``; it is replaced atomically, so an interrupted
-    evaluation leaves the previous file intact.
+    ``faithfulness``, ``faithfulness`` (with MIB's own CPR/CMD under ``mib``); it is
+    replaced atomically, so an interrupted evaluation leaves the previous file intact.
+    ``circuit`` is an EAP-IG / MIB graph file: its heads become a row of the table and its
+    edges are measured as an edge circuit (``imported_circuit``).
     """
     from ..rundir import CONFIG, METRICS, SCORES, read_json, write_json
-    from .faithfulness import curve_sizes, edge_faithfulness_curves, faithfulness_curves
+    from .faithfulness import (
+        curve_sizes,
+        curves_summary,
+        edge_faithfulness_curves,
+        faithfulness_curves,
+    )
     from .intervention import CircuitEvaluator
     from .metrics import table_metrics
 
@@ -335,6 +343,11 @@ def evaluate_run(
     scores = scores_from_json(scores_json, model.layout)
     gt = _ground_truth(ground_truth, config, model)
     chosen = _circuits_for(scores, metrics_json, threshold=threshold, size=size)
+    from .mib import imported_circuit, mib_blocks
+
+    imported = imported_circuit(model, circuit) if circuit else None
+    if imported is not None:
+        chosen[imported[0]] = imported[1]
 
     names = table_metrics(prompts, metric)
     ev = CircuitEvaluator.build(model, prompts, ablation=ablation, metrics=names, n_examples=n_examples,
@@ -345,21 +358,7 @@ def evaluate_run(
     if faithfulness:
         sizes = curve_sizes(model.layout.n_total, faithfulness_points)
         curves = faithfulness_curves(ev, scores, sizes=sizes, random_samples=faithfulness_samples, seed=seed)
-        faith_json = {
-            "ablation": ablation,
-            "metric": ev.metrics[0],
-            "n_examples": ev.n,
-            "integration": "trapezoidal rule over the fraction of heads, linear axis, [0, 1]",
-            "mib_fractions": next(iter(curves.values())).mib_fractions,
-            "curves": {
-                m: {k: v for k, v in c.to_dict().items() if k not in ("method", "metric", "ablation", "cpr", "cmd")}
-                for m, c in curves.items()
-            },
-            "cpr": {m: c.cpr for m, c in curves.items()},
-            "cmd": {m: c.cmd for m, c in curves.items()},
-            "cpr_random": {m: c.cpr_random for m, c in curves.items()},
-            "cmd_random": {m: c.cmd_random for m, c in curves.items()},
-        }
+        faith_json = curves_summary(ev, curves)
         edge_curves = edge_faithfulness_curves(model, prompts, scores, ablation=ablation, metric=ev.metrics[0],
                                                random_samples=faithfulness_samples, seed=seed,
                                                n_examples=n_examples)
@@ -372,6 +371,10 @@ def evaluate_run(
                 "cpr": {m: c.cpr for m, c in edge_curves.items()},
                 "cmd": {m: c.cmd for m, c in edge_curves.items()},
             }
+    mib_json, imported_json = mib_blocks(model, prompts, scores if faithfulness else [], imported,
+                                         ablation=ablation, metric=ev.metrics[0], n_examples=n_examples)
+    if mib_json:
+        faith_json["mib"] = mib_json
     stats = {**ev.stats.to_dict(), "total_seconds": time.perf_counter() - t0}
     perf_json = {
         **table.to_dict(),
@@ -385,6 +388,8 @@ def evaluate_run(
     updated["circuit_performance"] = perf_json
     if faith_json is not None:
         updated["faithfulness"] = faith_json
+    if imported_json is not None:
+        updated["imported_circuit"] = imported_json
     timings = dict(updated.get("timings_s") or {})
     timings["evaluate_interventions"] = stats["total_seconds"]
     updated["timings_s"] = timings

@@ -17,13 +17,14 @@ register("sae-codes", SAECodesScorer)
 from .acdc import ACDCConfig, ACDCEdgeScorer, ACDCScorer  # noqa: E402
 from .eap import EAPConfig, EAPScorer  # noqa: E402
 from .eap_ig import EAPIGConfig, EAPIGScorer  # noqa: E402
+from .edge_pruning import EdgePruningConfig, EdgePruningScorer  # noqa: E402
 from .hisp import HISPConfig, HISPScorer  # noqa: E402
 from .norm_diff import NormDiffConfig, NormDiffScorer  # noqa: E402
 from .patching import PatchingConfig, PatchingScorer  # noqa: E402
 from .sp import SPConfig, SPScorer  # noqa: E402
 
 for _scorer in (EAPScorer, EAPIGScorer, PatchingScorer, ACDCScorer, ACDCEdgeScorer, HISPScorer, SPScorer,
-                NormDiffScorer):
+                NormDiffScorer, EdgePruningScorer):
     register(_scorer.name, _scorer)
 
 # feature-level circuits (docs/FEATURES.md): the attribution graph's head-level view; needs sublayer SAEs
@@ -35,6 +36,7 @@ __all__ = [
     "ACDCConfig",
     "EAPConfig",
     "EAPIGConfig",
+    "EdgePruningConfig",
     "HISPConfig",
     "NormDiffConfig",
     "PatchingConfig",
