@@ -40,6 +40,9 @@ class SAEConfig:
             into the saved SAE so its encoder takes raw activations.
         target_l0: calibrate l1 so the mean number of active features per training row
             is about this (None: use ``l1`` as given).
+        calibrate: how ``target_l0`` is met: ``"online"`` steers l1 multiplicatively
+            during the one training run (no extra cost), ``"bisect"`` trains batches of
+            SAEs over a grid of l1 first (:func:`circuitscan.sae.calibrate_l1`).
         n_seeds: SAEs in the ensemble (seeds ``seed``, ``seed + 1``, ...), trained as one
             batched model; each draws its own training examples.
         stop: ``"epochs"`` = exactly ``epochs`` steps (the paper); ``"codes"`` = stop once
@@ -62,6 +65,7 @@ class SAEConfig:
     seed: int = 0
     input_scale: str = "none"
     target_l0: float | None = None
+    calibrate: str = "online"
     n_seeds: int = 1
     stop: str = "epochs"
     check_every: int = 25
@@ -84,6 +88,8 @@ class SAEConfig:
                f"input_scale must be 'none' or 'd_model', got {self.input_scale!r}")
         _check(self.target_l0 is None or (math.isfinite(self.target_l0) and 0 < self.target_l0 < self.n_features),
                f"target_l0 must be a number in (0, n_features={self.n_features}), got {self.target_l0}")
+        _check(self.calibrate in ("online", "bisect"),
+               f"calibrate must be 'online' or 'bisect', got {self.calibrate!r}")
         _check(self.n_seeds >= 1, f"n_seeds (SAEs in the ensemble) must be >= 1, got {self.n_seeds}")
         _check(self.stop in ("epochs", "codes"), f"stop must be 'epochs' or 'codes', got {self.stop!r}")
         _check(self.check_every >= 1, f"check_every must be >= 1, got {self.check_every}")

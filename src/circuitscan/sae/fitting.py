@@ -56,19 +56,35 @@ def fit(
     data = torch.stack([x[i].reshape(-1, x.shape[-1]) for i in idx])
     if data.shape[1] == 0:
         raise CircuitscanError(f"SAE training data must be non-empty, got {tuple(data.shape[1:])}")
-    l1, tried = cfg.l1, ()
-    if cfg.target_l0 is not None:
+    l1, tried, steer = cfg.l1, (), None
+    if cfg.target_l0 is not None and cfg.calibrate == "bisect":
         l1, points = calibrate_l1(data[0], cfg)
         tried = tuple(points)
-    ens = train_ensemble(data, replace(cfg, l1=l1), gens, log_every=log_every)
+    elif cfg.target_l0 is not None:  # from cfg.l1 upward: too large a start kills features for good
+        steer = cfg.target_l0
+    ens = train_ensemble(data, replace(cfg, l1=l1), gens, log_every=log_every, target_l0=steer)
+    if steer is not None:
+        _check_reached(ens.l0, steer, ens.l1)
     seconds = time.perf_counter() - t0
     members = tuple(
         TrainResult(sae=ens.saes[s], train_indices=idx[s], losses=ens.losses[s], final_mse=ens.mse[s],
-                    final_l0=ens.l0[s], seconds=seconds, l1=l1, dead_features=ens.dead[s],
+                    final_l0=ens.l0[s], seconds=seconds, l1=ens.l1[s], dead_features=ens.dead[s],
                     input_scale=ens.scales[s], epochs_run=ens.epochs_run, seed=cfg.seed + s, calibration=tried)
         for s in range(cfg.n_seeds)
     )
     return replace(members[0], members=members)
+
+
+REACH_TOLERANCE = 0.35  # target_l0 counts as reached within 35 %
+
+
+def _check_reached(l0: list[float], target: float, l1: list[float]) -> None:
+    worst = max(range(len(l0)), key=lambda s: abs(l0[s] - target))
+    if abs(l0[worst] - target) > REACH_TOLERANCE * target:
+        raise CircuitscanError(
+            f"target_l0={target:g} cannot be reached: steering l1 (to {l1[worst]:.3g}) ended at L0 "
+            f"{l0[worst]:.1f}; ask for a target nearer what the data allows, or more epochs"
+        )
 
 
 def _fit_single_with_extra(x, labels, cfg: SAEConfig, *, paired, log_every, extra_for) -> TrainResult:
