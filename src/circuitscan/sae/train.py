@@ -11,7 +11,6 @@ atoms. :func:`loss_and_grads` is checked against autograd in the tests.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +39,13 @@ class TrainResult:
     final_mse: float = 0.0
     final_l0: float = 0.0
     seconds: float = 0.0
+    l1: float = 0.0  # the l1 used (calibrated when cfg.target_l0 is set)
+    dead_features: int = 0  # features that never fire on the training rows
+    input_scale: float = 1.0  # the constant the rows were multiplied by (folded into the SAE)
+    epochs_run: int = 0
+    seed: int = 0
+    members: tuple[TrainResult, ...] = ()  # an ensemble: every member (this result is members[0])
+    calibration: tuple[tuple[float, float], ...] = ()  # (l1, L0) pairs tried by the calibration
 
 
 def select_train_examples(
@@ -207,45 +213,3 @@ def train_sae(
     for p in params.values():
         p.grad = None
     return sae, losses
-
-
-def fit(
-    x: Float[Tensor, "n_examples n_heads d"],
-    labels: Bool[Tensor, " n_examples"],
-    cfg: SAEConfig,
-    *,
-    paired: bool = True,
-    log_every: int = 25,
-    extra_for: Callable[[Int[Tensor, " n_train"]], ExtraTerm] | None = None,
-) -> TrainResult:
-    """Select training examples, train on all their head rows, report final stats.
-
-    Args:
-        x: head activations [examples, heads, d].
-        labels: True for positive examples.
-        cfg: the SAE's configuration.
-        paired: positives then their paired negatives (see :func:`select_train_examples`).
-        log_every: record the loss every this many epochs (and at the last).
-        extra_for: given the chosen training example indices, an extra loss term for
-            :func:`train_sae` (rows are example-major: example ``i``'s heads are rows
-            ``i * heads`` to ``(i + 1) * heads - 1``).
-
-    Returns:
-        A :class:`TrainResult`.
-    """
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    idx = select_train_examples(labels, cfg, gen, paired=paired)
-    rows = x[idx].reshape(-1, x.shape[-1])
-    extra = extra_for(idx) if extra_for is not None else None
-    sae, losses = train_sae(rows, cfg, generator=gen, log_every=log_every, extra=extra)
-    with torch.no_grad():
-        _, mse, z, _ = loss_and_grads(sae, rows.float(), cfg, with_grads=False)
-    return TrainResult(
-        sae=sae,
-        train_indices=idx,
-        losses=losses,
-        final_mse=float(mse),
-        final_l0=float((z > 0).float().sum(1).mean()),
-        seconds=time.perf_counter() - t0,
-    )
