@@ -35,6 +35,19 @@ class SAEConfig:
             (parameters, elementwise maths and Adam stay fp32); about 2x faster on CPUs
             with bf16 units, slightly different codes.
         seed: all randomness (initialisation, example selection).
+        input_scale: ``"none"`` (the paper) or ``"d_model"``: multiply the training rows by
+            one constant so their mean squared norm is d_model (as SAELens does), folded
+            into the saved SAE so its encoder takes raw activations.
+        target_l0: calibrate l1 so the mean number of active features per training row
+            is about this (None: use ``l1`` as given).
+        n_seeds: SAEs in the ensemble (seeds ``seed``, ``seed + 1``, ...), trained as one
+            batched model; each draws its own training examples.
+        stop: ``"epochs"`` = exactly ``epochs`` steps (the paper); ``"codes"`` = stop once
+            the argmax codes of the training rows stop changing (``epochs`` is the most).
+        check_every: with ``stop="codes"``, epochs between two looks at the codes.
+        stop_patience: with ``stop="codes"``, consecutive settled looks needed to stop.
+        stop_tol: with ``stop="codes"``, a look is settled when at most this fraction of
+            the training rows changed code since the previous look.
     """
 
     n_features: int = 200
@@ -47,6 +60,13 @@ class SAEConfig:
     decoder_norm: str = "atoms"
     precision: str = "fp32"
     seed: int = 0
+    input_scale: str = "none"
+    target_l0: float | None = None
+    n_seeds: int = 1
+    stop: str = "epochs"
+    check_every: int = 25
+    stop_patience: int = 2
+    stop_tol: float = 0.01
 
     def __post_init__(self) -> None:
         _check(self.n_features >= 1, f"n_features must be >= 1, got {self.n_features}")
@@ -60,6 +80,15 @@ class SAEConfig:
             f"decoder_norm must be 'atoms' or 'authors', got {self.decoder_norm!r}",
         )
         _check(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        _check(self.input_scale in ("none", "d_model"),
+               f"input_scale must be 'none' or 'd_model', got {self.input_scale!r}")
+        _check(self.target_l0 is None or (math.isfinite(self.target_l0) and 0 < self.target_l0 < self.n_features),
+               f"target_l0 must be a number in (0, n_features={self.n_features}), got {self.target_l0}")
+        _check(self.n_seeds >= 1, f"n_seeds (SAEs in the ensemble) must be >= 1, got {self.n_seeds}")
+        _check(self.stop in ("epochs", "codes"), f"stop must be 'epochs' or 'codes', got {self.stop!r}")
+        _check(self.check_every >= 1, f"check_every must be >= 1, got {self.check_every}")
+        _check(self.stop_patience >= 1, f"stop_patience must be >= 1, got {self.stop_patience}")
+        _check(0 <= self.stop_tol < 1, f"stop_tol must be in [0, 1), got {self.stop_tol}")
 
 
 @dataclass(frozen=True)
