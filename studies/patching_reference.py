@@ -26,27 +26,42 @@ import time
 from pathlib import Path
 
 
-def reference_for(model, task: str, n: int, seeds: tuple[int, int], top: float, batch: int) -> dict:
-    import torch
-    from scipy.stats import spearmanr
-
+def one_set(model, task: str, n: int, seed: int, batch: int, cache: Path) -> dict:
+    """Patching effects of every head on one prompt set (cached as JSON under ``cache``)."""
     import circuitscan as cs
     from circuitscan.methods import PatchingConfig, get
 
-    effects, per_set = [], []
+    path = cache / f"{model.family}-{task}-n{n}-seed{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    prompts = cs.build_task(task, model, n, seed=seed)
+    t = time.perf_counter()
+    s = get("patching").score(model, prompts, PatchingConfig(batch_size=batch, max_rows=256))
+    out = {"seed": seed, "n_positive": prompts.n_positive, "seq_len": prompts.seq_len,
+           "metric": s.stats["metric"], "clean_metric": s.stats["clean_metric"],
+           "seconds": time.perf_counter() - t, "effects": s.flat.tolist(),
+           "positives": prompts.positive.tolist()}
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out) + "\n")
+    print(f"  {task} seed {seed}: {prompts.n_positive} prompts x {prompts.seq_len} tokens, metric "
+          f"{out['metric']} clean {out['clean_metric']:.3f}, {out['seconds']:.0f}s", flush=True)
+    return out
+
+
+def reference_for(model, task: str, n: int, seeds: tuple[int, int], top: float, batch: int, cache: Path) -> dict:
+    import torch
+    from scipy.stats import spearmanr
+
     k = max(1, round(top * model.layout.n_total))
+    effects, per_set, rows = [], [], []
     for seed in seeds:
-        prompts = cs.build_task(task, model, n, seed=seed)
-        t = time.perf_counter()
-        s = get("patching").score(model, prompts, PatchingConfig(batch_size=batch, max_rows=256))
-        eff = s.flat.detach().double()
+        got = one_set(model, task, n, seed, batch, cache)
+        eff = torch.tensor(got["effects"], dtype=torch.float64)
         effects.append(eff)
+        rows.append({tuple(r) for r in got["positives"]})
         top_heads = [model.layout.head(i).name for i in torch.argsort(eff, descending=True)[:k].tolist()]
-        per_set.append({"seed": seed, "n_positive": prompts.n_positive, "seq_len": prompts.seq_len,
-                        "metric": s.stats["metric"], "clean_metric": s.stats["clean_metric"],
-                        "seconds": time.perf_counter() - t, "top_heads": top_heads})
-        print(f"  {task} seed {seed}: {prompts.n_positive} prompts x {prompts.seq_len} tokens, metric "
-              f"{s.stats['metric']} clean {s.stats['clean_metric']:.3f}, {time.perf_counter() - t:.0f}s", flush=True)
+        per_set.append({key: v for key, v in got.items() if key not in ("effects", "positives")}
+                       | {"top_heads": top_heads})
     mean = (effects[0] + effects[1]) / 2
     order = torch.argsort(mean, descending=True).tolist()
     heads = [model.layout.head(i).name for i in order[:k]]
@@ -73,6 +88,7 @@ def reference_for(model, task: str, n: int, seeds: tuple[int, int], top: float, 
         "k": k,
         "effects": [round(float(x), 6) for x in mean.tolist()],
         "sets": per_set,
+        "shared_positive_prompts": len(rows[0] & rows[1]),
         "stability": {"top_k_overlap": len(a & b), "top_k_jaccard": len(a & b) / len(a | b),
                       "spearman": rho, "auc_set_a_vs_top_of_b": auc_ab, "auc_set_b_vs_top_of_a": auc_ba},
     }
@@ -88,6 +104,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="docs/references")
+    ap.add_argument("--cache", default="runs/study/patching", help="per-set effects (reused)")
+    ap.add_argument("--only-seed", type=int, default=None, help="compute one prompt set's effects and stop "
+                    "(to run the two sets as two processes)")
     args = ap.parse_args()
 
     import torch
@@ -102,7 +121,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = cs.load_model(args.model)
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-        ref = reference_for(model, task, args.examples, seeds, args.top, args.batch)
+        if args.only_seed is not None:
+            one_set(model, task, args.examples, args.only_seed, args.batch, Path(args.cache))
+            continue
+        ref = reference_for(model, task, args.examples, seeds, args.top, args.batch, Path(args.cache))
         path = out / f"{args.model}-{task}-patching.json"
         path.write_text(json.dumps(ref, indent=1) + "\n")
         st = ref["stability"]
