@@ -71,13 +71,14 @@ def test_codes_stop_rule_ends_early_and_epochs_keeps_the_fixed_count(single_thre
     assert fixed.epochs_run == 400
 
 
-def test_calibration_reaches_the_target_l0(single_thread):
+@pytest.mark.parametrize("how", ["online", "bisect"])
+def test_calibration_reaches_the_target_l0(how, single_thread):
     x, labels = _acts(heads=4)
     for target in (2.0, 5.0):
         r = fit(x, labels, build_sae_cfg(n_features=12, epochs=150, lr=1e-2, train_examples=10,
-                                         input_scale="d_model", target_l0=target))
+                                         input_scale="d_model", target_l0=target, calibrate=how))
         assert abs(r.final_l0 - target) <= 0.3 * target, (target, r.final_l0, r.calibration)
-        assert r.l1 > 0 and r.calibration
+        assert r.l1 > 0 and bool(r.calibration) == (how == "bisect")
 
 
 def test_bad_ensemble_and_target_settings_are_clear_errors():
@@ -88,5 +89,6 @@ def test_bad_ensemble_and_target_settings_are_clear_errors():
     with pytest.raises(CircuitscanError, match="target_l0"):
         build_sae_cfg(target_l0=0)
     x, labels = _acts(heads=2, d=4)
-    with pytest.raises(CircuitscanError, match="cannot be reached"):  # 4-d rows never need 11 of 12 atoms
-        fit(x, labels, build_sae_cfg(n_features=12, epochs=60, train_examples=4, target_l0=11.5))
+    for how in ("online", "bisect"):
+        with pytest.raises(CircuitscanError, match="cannot be reached"):  # 4-d rows never need 11 of 12 atoms
+            fit(x, labels, build_sae_cfg(n_features=12, epochs=60, train_examples=4, target_l0=11.5, calibrate=how))

@@ -40,6 +40,9 @@ class SAEConfig:
             into the saved SAE so its encoder takes raw activations.
         target_l0: calibrate l1 so the mean number of active features per training row
             is about this (None: use ``l1`` as given).
+        calibrate: how ``target_l0`` is met: ``"online"`` steers l1 multiplicatively
+            during the one training run (no extra cost), ``"bisect"`` trains batches of
+            SAEs over a grid of l1 first (:func:`circuitscan.sae.calibrate_l1`).
         n_seeds: SAEs in the ensemble (seeds ``seed``, ``seed + 1``, ...), trained as one
             batched model; each draws its own training examples.
         stop: ``"epochs"`` = exactly ``epochs`` steps (the paper); ``"codes"`` = stop once
@@ -62,6 +65,7 @@ class SAEConfig:
     seed: int = 0
     input_scale: str = "none"
     target_l0: float | None = None
+    calibrate: str = "online"
     n_seeds: int = 1
     stop: str = "epochs"
     check_every: int = 25
@@ -84,6 +88,8 @@ class SAEConfig:
                f"input_scale must be 'none' or 'd_model', got {self.input_scale!r}")
         _check(self.target_l0 is None or (math.isfinite(self.target_l0) and 0 < self.target_l0 < self.n_features),
                f"target_l0 must be a number in (0, n_features={self.n_features}), got {self.target_l0}")
+        _check(self.calibrate in ("online", "bisect"),
+               f"calibrate must be 'online' or 'bisect', got {self.calibrate!r}")
         _check(self.n_seeds >= 1, f"n_seeds (SAEs in the ensemble) must be >= 1, got {self.n_seeds}")
         _check(self.stop in ("epochs", "codes"), f"stop must be 'epochs' or 'codes', got {self.stop!r}")
         _check(self.check_every >= 1, f"check_every must be >= 1, got {self.check_every}")
@@ -107,6 +113,23 @@ class ScoringConfig:
             best-F1 threshold when a ground truth is known, else the paper's 1e-7 style
             rule is not assumed and the top heads by score are shown).
         edge_k: top-k head pairs for edge scores; None = half of all head pairs.
+        permutations: label-swap permutations for a null distribution of every head's
+            count (swap positive and negative inside pairs; :mod:`circuitscan.codes.null`);
+            0 = none (the paper).
+        null_seed: the permutations' randomness.
+        circuit: the circuit when no ``threshold`` is given: ``"above-uniform"`` (best F1
+            against a known ground truth, else softmaxed score above uniform; the paper's
+            style) or ``"fdr"``: heads significant under the permutation null at
+            false-discovery rate ``fdr`` (Benjamini-Hochberg; needs ``permutations``).
+        fdr: the false-discovery rate of ``circuit="fdr"`` and ``edge_rule="fdr"``, in (0, 1).
+        node_score: the per-head score: ``"softmax"`` of the count (the paper), the
+            ``"count"`` itself, or its ``"z"``-score under the null (needs ``permutations``).
+        combine: ``"mean"`` or ``"median"`` over the SAEs of an ensemble.
+        edge_rule: ``"top-k"`` (``edge_k`` pairs, the paper) or ``"fdr"``: pairs whose
+            count U is significant under ``edge_permutations`` label swaps (per-pair z,
+            normal tail, Benjamini-Hochberg at ``fdr``); a head's score is then the sum of
+            its positive pair z-scores, which does not saturate.
+        edge_permutations: label swaps for ``edge_rule="fdr"``.
     """
 
     silent: str = "own-code"
@@ -115,6 +138,14 @@ class ScoringConfig:
     softmax: str = "global"
     threshold: float | None = None
     edge_k: int | None = None
+    permutations: int = 0
+    null_seed: int = 0
+    circuit: str = "above-uniform"
+    fdr: float = 0.05
+    node_score: str = "softmax"
+    combine: str = "mean"
+    edge_rule: str = "top-k"
+    edge_permutations: int = 20
 
     def __post_init__(self) -> None:
         _check(self.silent in ("own-code", "zero"), f"silent must be 'own-code' or 'zero', got {self.silent!r}")
@@ -125,12 +156,35 @@ class ScoringConfig:
             f"threshold must be in [0, 1] (it applies to softmaxed scores), got {self.threshold}",
         )
         _check(self.edge_k is None or self.edge_k >= 1, f"edge_k must be >= 1, got {self.edge_k}")
+        _check(self.permutations >= 0, f"permutations must be >= 0, got {self.permutations}")
+        _check(self.circuit in ("above-uniform", "fdr"),
+               f"circuit must be 'above-uniform' or 'fdr', got {self.circuit!r}")
+        _check(0 < self.fdr < 1 and math.isfinite(self.fdr),
+               f"fdr (the false-discovery rate) must be in (0, 1), got {self.fdr}")
+        _check(self.node_score in ("softmax", "count", "z"),
+               f"node_score must be 'softmax', 'count' or 'z', got {self.node_score!r}")
+        _check(self.combine in ("mean", "median"), f"combine must be 'mean' or 'median', got {self.combine!r}")
+        _check(self.edge_rule in ("top-k", "fdr"), f"edge_rule must be 'top-k' or 'fdr', got {self.edge_rule!r}")
+        _check(self.edge_permutations >= 2, f"edge_permutations must be >= 2, got {self.edge_permutations}")
+        needs = [k for k, v in (("circuit='fdr'", self.circuit == "fdr"), ("node_score='z'", self.node_score == "z"))
+                 if v]
+        _check(not needs or self.permutations > 0,
+               f"{' and '.join(needs)} need(s) a permutation null: set permutations > 0 (e.g. 1000)")
 
 
 AUTHORS_COMPAT = {
     "sae": {"loss": "authors", "decoder_norm": "authors", "balanced": False},
     "scoring": {"silent": "zero", "count_on": "all"},
 }
+
+
+CIRCUITSCAN_COMPAT = {
+    "sae": {"input_scale": "d_model", "n_seeds": 5, "stop": "codes"},
+    "scoring": {"permutations": 1000, "circuit": "fdr", "node_score": "z", "edge_rule": "fdr"},
+}
+"""``--compat circuitscan``: the variant beyond the paper (docs/METHODS.md says why)."""
+
+COMPATS = ("paper", "authors", "circuitscan")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -147,3 +201,18 @@ def from_dict(cls: type, data: dict[str, Any]):
 def authors_compat(sae: SAEConfig, scoring: ScoringConfig) -> tuple[SAEConfig, ScoringConfig]:
     """Switch every deviation of the authors' code on (METHOD.md section 3)."""
     return replace(sae, **AUTHORS_COMPAT["sae"]), replace(scoring, **AUTHORS_COMPAT["scoring"])
+
+
+def circuitscan_compat(sae: SAEConfig, scoring: ScoringConfig) -> tuple[SAEConfig, ScoringConfig]:
+    """Switch on the variant beyond the paper (:data:`CIRCUITSCAN_COMPAT`)."""
+    return replace(sae, **CIRCUITSCAN_COMPAT["sae"]), replace(scoring, **CIRCUITSCAN_COMPAT["scoring"])
+
+
+def apply_compat(name: str, sae: SAEConfig, scoring: ScoringConfig) -> tuple[SAEConfig, ScoringConfig]:
+    """``"paper"`` (the configs as given), ``"authors"`` or ``"circuitscan"``."""
+    _check(name in COMPATS, f"compat must be one of {', '.join(COMPATS)}, got {name!r}")
+    if name == "authors":
+        return authors_compat(sae, scoring)
+    if name == "circuitscan":
+        return circuitscan_compat(sae, scoring)
+    return sae, scoring

@@ -38,12 +38,26 @@ class RunResult:
         return [s for s in (d.node, d.edge) if s is not None]
 
 
-def predicted_circuit(scores: Scores, threshold: float | None, gt_metrics: GroundTruthMetrics | None) -> dict[str, Any]:
-    """The circuit at a threshold: the given one, else best-F1, else above uniform.
+def predicted_circuit(
+    scores: Scores, threshold: float | None, gt_metrics: GroundTruthMetrics | None, scoring: ScoringConfig | None = None
+) -> dict[str, Any]:
+    """The circuit at a threshold: the given one, else the significant heads (``circuit="fdr"``),
+    else best-F1, else above uniform.
 
     Without a ground truth or a threshold, the rule is "softmaxed score above the uniform
-    level 1 / n_heads": heads with more positive-only evidence than average.
+    level 1 / n_heads": heads with more positive-only evidence than average. With
+    ``scoring.circuit == "fdr"`` it is the heads the permutation null finds significant
+    (node level: Benjamini-Hochberg on the heads' p-values; edge level: heads in a
+    significant pair, or all heads of the node-level rule when ``edge_rule`` is top-k).
     """
+    if threshold is None and scoring is not None and scoring.circuit == "fdr" and "significant" in scores.stats:
+        sig = scores.stats["significant"].reshape(-1)
+        chosen = [scores.layout.head(i).name for i in sig.nonzero().flatten().tolist()]
+        what = "heads" if scores.method == "sae-codes" else "heads in significant pairs"
+        rule = f"{what} significant at FDR {scoring.fdr:g} (label-swap permutation null, Benjamini-Hochberg)"
+        if scores.method != "sae-codes" and scoring.edge_rule == "top-k":
+            rule = f"heads in the top-k pairs (edge_rule top-k; FDR {scoring.fdr:g} applies to the node level)"
+        return {"threshold": float(scoring.fdr), "rule": rule, "heads": chosen, "size": len(chosen)}
     if threshold is not None:
         thr, rule = threshold, "given threshold"
     elif gt_metrics is not None:
@@ -104,7 +118,7 @@ def discover(
             m = evaluate_against(s, ground_truth, threshold=scoring.threshold) if ground_truth else None
             if m is not None:
                 result.metrics[s.method] = m
-            result.circuits[s.method] = predicted_circuit(s, scoring.threshold, m)
+            result.circuits[s.method] = predicted_circuit(s, scoring.threshold, m, scoring)
         result.timings["evaluate"] = time.perf_counter() - t
         if writer is not None:
             _write_run(writer, result, cfg, extra_config or {})
@@ -174,8 +188,7 @@ def _write_run(writer: RunWriter, result: RunResult, cfg: SAECodesConfig, extra:
     writer.json(SCORES, {"layout": result.model.layout.to_dict(), "methods": {s.method: scores_to_json(s) for s in result.scores}})
     metrics = {
         "timings_s": result.timings,
-        "sae": {"final_mse": d.train.final_mse, "final_l0": d.train.final_l0, "losses": d.train.losses,
-                "train_indices": d.train.train_indices.tolist(), "seconds": d.train.seconds},
+        "sae": sae_summary(d),
         "circuits": result.circuits,
         "ground_truth": {k: v.to_dict() for k, v in result.metrics.items()},
         "notes": {
@@ -184,6 +197,9 @@ def _write_run(writer: RunWriter, result: RunResult, cfg: SAECodesConfig, extra:
         },
     }
     writer.json(METRICS, metrics)
+    if cfg.aggregation == "all":  # codes per (position, head): not the [examples, heads] file the report reads
+        save_sae(d.train.sae, cfg.sae, writer.path(SAE))
+        return
     save_file(
         {"codes": d.codes.codes.contiguous(), "labels": d.codes.labels.to("cpu").to(dtype=d.codes.codes.dtype),
          "count_mask": d.count_mask.long()},
@@ -191,6 +207,29 @@ def _write_run(writer: RunWriter, result: RunResult, cfg: SAECodesConfig, extra:
         metadata={"n_codes": str(d.codes.n_codes), **{k: str(v) for k, v in result.model.layout.to_dict().items()}},
     )
     save_sae(d.train.sae, cfg.sae, writer.path(SAE))
+
+
+def sae_summary(d: Discovery) -> dict[str, Any]:
+    """metrics.json's ``sae`` block: the first SAE's numbers, and every member's."""
+    t = d.train
+    members = list(t.members or (t,))
+    codes = d.node.stats.get("distinct_codes")
+    out: dict[str, Any] = {
+        "final_mse": t.final_mse, "final_l0": t.final_l0, "losses": t.losses,
+        "train_indices": t.train_indices.tolist(), "seconds": t.seconds,
+        "l1": t.l1, "dead_features": t.dead_features, "input_scale": t.input_scale, "epochs_run": t.epochs_run,
+        "n_seeds": len(members),
+        "mean_l0": sum(m.final_l0 for m in members) / len(members),
+        "mean_dead_features": sum(m.dead_features for m in members) / len(members),
+        "mean_distinct_codes_per_head": None if codes is None else float(codes.float().mean()),
+        "members": [{"seed": m.seed, "final_l0": m.final_l0, "dead_features": m.dead_features,
+                     "final_mse": m.final_mse, "input_scale": m.input_scale} for m in members],
+    }
+    if t.calibration:
+        out["calibration"] = [{"l1": a, "l0": b} for a, b in t.calibration]
+    if "rank_agreement" in d.node.stats:
+        out["rank_agreement"] = d.node.stats["rank_agreement"]
+    return out
 
 
 def _write_activations(writer: RunWriter, result: RunResult) -> None:

@@ -23,9 +23,23 @@ from ..types import Codes
 
 
 def cooccurrence_unique(
-    codes: Codes, *, mask: Bool[torch.Tensor, " n"] | None = None, chunk: int = 32
+    codes: Codes, *, mask: Bool[torch.Tensor, " n"] | None = None, chunk: int = 32, joint_only: bool = False
 ) -> Float[torch.Tensor, "heads heads"]:
-    """The head-pair matrix U (symmetric; the diagonal is the node-level count)."""
+    """The head-pair matrix U (symmetric; the diagonal is the node-level count).
+
+    With ``joint_only`` a code pair counts only when each of its two codes also occurs
+    on some negative at its own head: the pair, not one of its heads alone, separates
+    positives from negatives (a head with a positive-only code would otherwise make all
+    its pairs look informative).
+    """
+    full, joint = cooccurrence_both(codes, mask=mask, chunk=chunk)
+    return joint if joint_only else full
+
+
+def cooccurrence_both(
+    codes: Codes, *, mask: Bool[torch.Tensor, " n"] | None = None, chunk: int = 32
+) -> tuple[Float[torch.Tensor, "heads heads"], Float[torch.Tensor, "heads heads"]]:
+    """U and its joint-only part (see :func:`cooccurrence_unique`) in one pass."""
     keep = torch.ones_like(codes.labels) if mask is None else mask
     pos = codes.codes[keep & codes.labels]
     neg = codes.codes[keep & ~codes.labels]
@@ -34,6 +48,7 @@ def cooccurrence_unique(
         raise CircuitscanError("edge scores need both positive and negative examples to count on")
     dtype = torch.float32  # counts up to n <= 2^24 are exact
     U = torch.zeros(heads, heads, dtype=dtype)
+    J = torch.zeros(heads, heads, dtype=dtype)
     for lo in range(0, n_pos, chunk):
         hi = min(n_pos, lo + chunk)
         block = pos[lo:hi]  # [b, heads]
@@ -45,8 +60,11 @@ def cooccurrence_unique(
         earlier = torch.arange(hi)[None, :] < torch.arange(lo, hi)[:, None]  # [b, hi]
         eq_pos = eq_pos * earlier[:, :, None].to(dtype)
         seen_before = torch.bmm(eq_pos.transpose(1, 2), eq_pos)
-        U += ((seen_neg == 0) & (seen_before == 0)).to(dtype).sum(0)
-    return U
+        hit = (seen_neg == 0) & (seen_before == 0)
+        U += hit.to(dtype).sum(0)
+        marginal = eq_neg.sum(1) > 0  # [b, heads]: the code at this head also occurs on a negative
+        J += (hit & marginal[:, :, None] & marginal[:, None, :]).to(dtype).sum(0)
+    return U, J
 
 
 def cooccurrence_unique_reference(

@@ -50,11 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="code of a head where no feature fires (default: its own code)")
     s.add_argument("--count-on", choices=("held-out", "all"), default="held-out",
                    help="examples codes are counted on (default: those the SAE did not train on)")
-    s.add_argument("--compat", choices=("paper", "authors"), default="paper",
-                   help="'authors' switches on every deviation of the authors' code (METHOD.md section 3)")
+    s.add_argument("--compat", choices=("paper", "authors", "circuitscan"), default="paper",
+                   help="'paper' (default): the paper's SAE and scoring; 'authors' switches on every deviation of "
+                   "the authors' code (METHOD.md section 3); 'circuitscan': scaled inputs, a 5-SAE ensemble, "
+                   "the permutation null and FDR circuit (docs/METHODS.md); flags given override the preset")
+    add_beyond_paper_args(p)
     x = p.add_argument_group("activations")
-    x.add_argument("--aggregation", choices=("mean", "last"), default="mean",
-                   help="over positions (default: mean over real tokens)")
+    x.add_argument("--aggregation", choices=("mean", "last", "all"), default="mean",
+                   help="over positions (default: mean over real tokens); 'all' = a code per head per position, "
+                   "counting (position, code) pairs (node level only)")
     x.add_argument("--batch-size", type=positive_int, default=64)
     from .evaluate import add_intervention_args
 
@@ -66,22 +70,66 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+BEYOND_PAPER_SAE = {"input_scale": "input_scale", "target_l0": "target_l0", "sae_seeds": "n_seeds", "stop": "stop",
+                    "check_every": "check_every"}
+BEYOND_PAPER_SCORING = {"permutations": "permutations", "fdr": "fdr", "circuit": "circuit",
+                        "node_score": "node_score", "combine": "combine", "edge_rule": "edge_rule",
+                        "edge_permutations": "edge_permutations"}
+
+
+def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the variants beyond the paper (default None: the --compat preset decides)."""
+    b = p.add_argument_group("beyond the paper (docs/METHODS.md)")
+    b.add_argument("--input-scale", choices=("none", "d_model"), default=None,
+                   help="scale SAE inputs so the mean squared norm is d_model (paper: none)")
+    b.add_argument("--target-l0", type=finite_float, default=None,
+                   help="calibrate l1 to this mean number of active SAE features (overrides --l1)")
+    b.add_argument("--sae-seeds", type=int, default=None,
+                   help="SAEs in the ensemble, trained as one batched model (paper: 1)")
+    b.add_argument("--stop", choices=("epochs", "codes"), default=None,
+                   help="'codes': stop SAE training once the argmax codes settle (--epochs is then the most); "
+                   "'epochs' (paper): exactly --epochs steps")
+    b.add_argument("--check-every", type=positive_int, default=None, help="with --stop codes: epochs between checks")
+    b.add_argument("--permutations", type=int, default=None,
+                   help="label-swap permutations for each head's null distribution (paper: 0, none)")
+    b.add_argument("--fdr", type=finite_float, default=None, help="false-discovery rate in (0, 1) (default 0.05)")
+    b.add_argument("--circuit", choices=("above-uniform", "fdr"), default=None,
+                   help="circuit rule without --threshold: 'fdr' = heads significant under the null")
+    b.add_argument("--node-score", choices=("softmax", "count", "z"), default=None,
+                   help="per-head score: softmax of the count (paper), the count, or its z under the null")
+    b.add_argument("--combine", choices=("mean", "median"), default=None, help="over the ensemble's SAEs")
+    b.add_argument("--edge-rule", choices=("top-k", "fdr"), default=None,
+                   help="head pairs kept: top-k (paper) or those significant under label swaps")
+    b.add_argument("--edge-permutations", type=int, default=None, help="label swaps for --edge-rule fdr")
+
+
+def configs_from_args(args: argparse.Namespace):
+    """(SAEConfig, ScoringConfig) from the paper's flags, the --compat preset, then explicit flags."""
+    from ..config import SAEConfig, ScoringConfig, apply_compat
+
+    sae = SAEConfig(n_features=args.features, l1=args.l1, lr=args.lr, epochs=args.epochs,
+                    train_examples=args.train_examples, precision=args.precision, seed=args.seed)
+    scoring = ScoringConfig(silent=args.silent, count_on=args.count_on, normalise=args.normalise,
+                            softmax=args.softmax, threshold=args.threshold, edge_k=args.edge_k)
+    sae, scoring = apply_compat(args.compat, sae, scoring)
+    if args.compat == "authors":
+        scoring = replace(scoring, count_on=args.count_on if args.count_on != "held-out" else "all")
+    sae = replace(sae, **{f: getattr(args, a) for a, f in BEYOND_PAPER_SAE.items() if getattr(args, a) is not None})
+    given = {f: getattr(args, a) for a, f in BEYOND_PAPER_SCORING.items() if getattr(args, a) is not None}
+    if given.get("circuit") == "fdr" or given.get("node_score") == "z":
+        given.setdefault("permutations", scoring.permutations or 1000)
+    return sae, replace(scoring, **given)
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import circuits
-    from ..config import SAEConfig, ScoringConfig, authors_compat
     from ..run import discover
     from ..rundir import check_out_dir
     from .common import build_prompts_from_args, load_model_from_args
 
     out = Path(args.out)
     check_out_dir(out, overwrite=args.overwrite)  # fail before any work
-    sae = SAEConfig(n_features=args.features, l1=args.l1, lr=args.lr, epochs=args.epochs,
-                    train_examples=args.train_examples, precision=args.precision, seed=args.seed)
-    scoring = ScoringConfig(silent=args.silent, count_on=args.count_on, normalise=args.normalise,
-                            softmax=args.softmax, threshold=args.threshold, edge_k=args.edge_k)
-    if args.compat == "authors":
-        sae, scoring = authors_compat(sae, scoring)
-        scoring = replace(scoring, count_on=args.count_on if args.count_on != "held-out" else "all")
+    sae, scoring = configs_from_args(args)
     t = time.perf_counter()
     model = load_model_from_args(args)
     t_model = time.perf_counter() - t
@@ -113,14 +161,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_sae_line(d) -> None:
+    t = d.train
+    members = list(t.members or (t,))
+    n = len(members)
+    l0 = sum(m.final_l0 for m in members) / n
+    dead = sum(m.dead_features for m in members) / n
+    codes = d.node.stats.get("distinct_codes")
+    ens = f"{n} SAEs (seeds {members[0].seed}..{members[-1].seed}), mean " if n > 1 else ""
+    print(f"SAE    {ens}{t.sae.n_features} features, final MSE {t.final_mse:.4g}, L0 {l0:.2f}, dead {dead:g}, "
+          f"l1 {t.l1:.3g}, input scale {t.input_scale:.3g}, {t.epochs_run} epochs, "
+          f"trained on {len(t.train_indices)} examples")
+    if codes is not None:
+        c = codes.reshape(-1).float()
+        extra = ""
+        if d.node.stats.get("rank_agreement") is not None:
+            extra = f"; rank agreement over seeds (mean pairwise Spearman) {d.node.stats['rank_agreement']:.3f}"
+        print(f"codes  distinct codes per head: mean {float(c.mean()):.1f}, min {float(c.min()):g}, "
+              f"max {float(c.max()):g}{extra}")
+
+
 def print_summary(result) -> None:
     d = result.discovery
     m = result.model
     p = result.prompts
     print(f"model  {m.spec}  ({m.layout.n_layers} layers x {m.layout.n_heads} heads = {m.layout.n_total})")
     print(f"task   {p.task}  ({p.n_positive} positive + {p.n_negative} negative prompts, {p.seq_len} tokens)")
-    print(f"SAE    {d.train.sae.n_features} features, final MSE {d.train.final_mse:.4g}, L0 {d.train.final_l0:.2f}, "
-          f"trained on {len(d.train.train_indices)} examples")
+    print_sae_line(d)
     for s in result.scores:
         raw_key = "unique_positive_codes" if "unique_positive_codes" in s.stats else "pair_counts"
         raw = s.stats[raw_key].reshape(-1)

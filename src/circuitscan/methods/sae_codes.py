@@ -1,4 +1,12 @@
-"""The paper's method: SAE on head outputs -> discrete codes -> node and head-pair scores."""
+"""The paper's method: SAE on head outputs -> discrete codes -> node and head-pair scores.
+
+Beyond the paper (all off by default, see docs/METHODS.md): an ensemble of SAEs whose
+per-seed counts are combined, a label-swap permutation null giving every head a z-score,
+a p-value and a Benjamini-Hochberg decision, an edge rule that keeps the head pairs
+significant under the same null, and per-position codes (``aggregation="all"``: a code
+per head per position; a head's count is the number of (position, code) pairs seen only
+on positives).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +17,11 @@ from typing import Any
 import torch
 
 from ..activations import head_outputs
-from ..codes import discretise, edge_scores, node_scores, softmax_scores
+from ..codes import discretise, softmax_scores, unique_positive_codes
+from ..codes.edge import cooccurrence_both, top_pairs
+from ..codes.null import NullResult, benjamini_hochberg, combine, label_matrix, label_swap_null
 from ..config import SAEConfig, ScoringConfig
+from ..errors import CircuitscanError
 from ..models.handle import ModelHandle
 from ..sae import TrainResult, fit
 from ..types import Codes, HeadActivations, PromptSet, Scores
@@ -21,13 +32,13 @@ class SAECodesConfig:
     sae: SAEConfig = field(default_factory=SAEConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     level: str = "node"  # node | edge | both
-    aggregation: str = "mean"
+    aggregation: str = "mean"  # mean | last | all (per-position codes)
     batch_size: int = 64
 
 
 @dataclass(frozen=True)
 class Discovery:
-    """Everything one sae-codes run produced."""
+    """Everything one sae-codes run produced (``codes``/``train``: the first SAE of the ensemble)."""
 
     node: Scores
     edge: Scores | None
@@ -36,54 +47,179 @@ class Discovery:
     count_mask: torch.Tensor
     timings: dict[str, float]
     activations: HeadActivations | None = None
+    member_codes: tuple[Codes, ...] = ()
+    count_masks: tuple[torch.Tensor, ...] = ()
+    null: NullResult | None = None
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks (ties share the mean rank), as Spearman's rho needs."""
+    from scipy.stats import rankdata
+
+    return torch.from_numpy(rankdata(x.double().numpy())).double()
+
+
+def rank_agreement(per_seed: torch.Tensor) -> float | None:
+    """Mean pairwise Spearman correlation of per-seed head statistics [S, heads] (None if S < 2)."""
+    S = per_seed.shape[0]
+    if S < 2:
+        return None
+    r = torch.stack([_ranks(row) for row in per_seed])
+    r = r - r.mean(1, keepdim=True)
+    norm = r.norm(dim=1)
+    vals = [float((r[a] @ r[b]) / (norm[a] * norm[b])) if norm[a] > 0 and norm[b] > 0 else float(torch.equal(r[a], r[b]))
+            for a in range(S) for b in range(a + 1, S)]
+    return sum(vals) / len(vals)
+
+
+def _codes_of(sae, acts: HeadActivations, silent: str) -> Codes:
+    x = acts.x
+    if acts.aggregation == "all":  # [n, pos, heads, d] -> virtual heads (pos, head), column pos * H + h
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+    return discretise(sae, x, acts.labels, acts.layout, silent=silent)
+
+
+def _groups(acts: HeadActivations) -> torch.Tensor:
+    V = acts.layout.n_total * (acts.x.shape[1] if acts.aggregation == "all" else 1)
+    return torch.arange(V) % acts.layout.n_total
+
+
+def _per_seed_counts(members: list[Codes], masks: list[torch.Tensor], acts: HeadActivations, normalise: bool):
+    groups, H = _groups(acts), acts.layout.n_total
+    out = []
+    for c, m in zip(members, masks, strict=True):
+        u = unique_positive_codes(c, normalise=normalise, mask=m)
+        out.append(torch.zeros(H).index_add_(0, groups, u))
+    return torch.stack(out)
+
+
+def _distinct_codes(members: list[Codes], acts: HeadActivations) -> torch.Tensor:
+    groups, H = _groups(acts), acts.layout.n_total
+    per = []
+    for c in members:
+        V = c.codes.shape[1]
+        ids = torch.unique(torch.arange(V)[None, :] * c.n_codes + c.codes)
+        per.append(torch.zeros(H).index_add_(0, groups[ids // c.n_codes], torch.ones(ids.numel())))
+    return torch.stack(per).mean(0)
+
+
+def _node_level(acts, members, masks, sc: ScoringConfig, timings) -> tuple[Scores, NullResult | None]:
+    layout = acts.layout
+    shape = (layout.n_layers, layout.n_heads)
+    per = _per_seed_counts(members, masks, acts, sc.normalise)
+    u = combine(per, sc.combine)
+    stats: dict[str, Any] = {"unique_positive_codes": u.reshape(shape), "level": "node",
+                             "distinct_codes": _distinct_codes(members, acts).reshape(shape)}
+    if per.shape[0] > 1:
+        stats["seed_std"] = per.std(0, unbiased=False).reshape(shape)
+        stats["rank_agreement"] = rank_agreement(per)
+        stats["n_seeds"] = per.shape[0]
+    null = None
+    if sc.permutations > 0:
+        t = time.perf_counter()
+        null = label_swap_null(members, masks, permutations=sc.permutations, seed=sc.null_seed, how=sc.combine,
+                               groups=_groups(acts), n_groups=layout.n_total)
+        significant, q = benjamini_hochberg(null.p, sc.fdr)
+        stats.update({"z": null.z.reshape(shape), "p_value": null.p.reshape(shape),
+                      "p_value_randomised": null.p_randomised.reshape(shape), "q_value": q.reshape(shape),
+                      "significant": significant.reshape(shape), "null_mean": null.mean.reshape(shape),
+                      "null": f"{null.scheme}, {null.permutations} permutations, BH at {sc.fdr:g}"})
+        timings["null"] = time.perf_counter() - t
+    if sc.node_score == "z":
+        assert null is not None  # the config insists on permutations
+        score = null.z
+    elif sc.node_score == "count":
+        score = u
+    else:
+        score = softmax_scores(u, layout.n_heads, sc.softmax)
+    return Scores(method="sae-codes", node=score.reshape(shape), layout=layout, stats=stats), null
+
+
+def _z(obs: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+    mean, std = null.mean(0), null.std(0)
+    diff = obs - mean
+    z = torch.where(std > 0, diff / std.clamp_min(1e-12), torch.zeros_like(diff))
+    return torch.where((std == 0) & (diff > 0), torch.full_like(z, 50.0), z).clamp(-50, 50)
+
+
+def _pair_counts(members, masks, labels, how: str) -> tuple[torch.Tensor, torch.Tensor]:
+    per = [cooccurrence_both(Codes(c.codes, labels, c.layout, c.n_codes), mask=m)
+           for c, m in zip(members, masks, strict=True)]
+    return combine(torch.stack([u for u, _ in per]), how), combine(torch.stack([j for _, j in per]), how)
+
+
+def _edge_level(acts, members, masks, sc: ScoringConfig) -> Scores:
+    """Head-pair counts; head scores from the top-k pairs (paper) or from per-pair z-scores.
+
+    With ``edge_rule="fdr"``: every pair's U and joint-only U get z-scores under
+    ``edge_permutations`` label swaps; a head's score is the sum of its positive U
+    z-scores (no saturation, no ties), and the listed pairs are those whose joint-only
+    count is significant (normal tail, Benjamini-Hochberg at ``fdr``).
+    """
+    layout = acts.layout
+    if acts.aggregation == "all":
+        raise CircuitscanError("the edge level needs one code per head per example: use aggregation 'mean' or 'last'")
+    H, shape = layout.n_total, (layout.n_layers, layout.n_heads)
+    labels = members[0].labels
+    U, J = _pair_counts(members, masks, labels, sc.combine)
+    stats: dict[str, Any] = {"level": "edge (head-level score from head pairs)"}
+    if sc.edge_rule == "top-k":
+        pairs = top_pairs(U, sc.edge_k)
+    else:
+        from scipy.stats import norm
+
+        union = torch.stack(masks).any(0)
+        L, _ = label_matrix(labels, union, sc.edge_permutations, torch.Generator().manual_seed(sc.null_seed + 1))
+        null = [_pair_counts(members, masks, L[:, b].clone(), sc.combine) for b in range(L.shape[1])]
+        zu = _z(U, torch.stack([u for u, _ in null])).fill_diagonal_(0)
+        zj = _z(J, torch.stack([j for _, j in null]))
+        iu = torch.triu_indices(H, H, offset=1)
+        p = torch.from_numpy(norm.sf(zj[iu[0], iu[1]].double().numpy())).float()
+        keep, _ = benjamini_hochberg(p, sc.fdr)
+        pairs = iu[:, keep].T.contiguous()
+        stats.update({"pair_z_sum": zu.clamp_min(0).sum(1).reshape(shape),
+                      "edge_rule": f"head score: sum of positive pair z-scores of U; pairs: joint-only count "
+                      f"significant at FDR {sc.fdr:g} ({sc.edge_permutations} label swaps)"})
+    ue = torch.zeros(H)
+    if pairs.numel():
+        ue.index_add_(0, pairs[:, 0], torch.ones(pairs.shape[0]))
+        ue.index_add_(0, pairs[:, 1], torch.ones(pairs.shape[0]))
+    stats.update({"pair_counts": ue.reshape(shape), "top_pairs": pairs, "significant": (ue > 0).reshape(shape)})
+    score = stats["pair_z_sum"].reshape(-1) if sc.edge_rule == "fdr" else softmax_scores(ue, layout.n_heads, sc.softmax)
+    return Scores(method="sae-codes-pairs", node=score.reshape(shape), layout=layout, pairs=U, stats=stats)
 
 
 def discover_from_activations(
     acts: HeadActivations, cfg: SAECodesConfig, *, timings: dict[str, float] | None = None, paired: bool = True
 ) -> Discovery:
-    """Train the SAE, discretise, and score heads from cached activations."""
+    """Train the SAE(s), discretise, and score heads from cached activations."""
     timings = dict(timings or {})
     t = time.perf_counter()
     train = fit(acts.x, acts.labels, cfg.sae, paired=paired)
     timings["sae_train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    codes = discretise(train.sae, acts.x, acts.labels, acts.layout, silent=cfg.scoring.silent)
+    fits = list(train.members or (train,))
+    members = [_codes_of(m.sae, acts, cfg.scoring.silent) for m in fits]
     timings["discretise"] = time.perf_counter() - t
-
-    count_mask = torch.ones(acts.n_examples, dtype=torch.bool)
-    if cfg.scoring.count_on == "held-out":
-        count_mask[train.train_indices] = False
+    masks = []
+    for m in fits:
+        mask = torch.ones(acts.n_examples, dtype=torch.bool)
+        if cfg.scoring.count_on == "held-out":
+            mask[m.train_indices] = False
+        masks.append(mask)
 
     t = time.perf_counter()
-    u, soft = node_scores(codes, normalise=cfg.scoring.normalise, softmax=cfg.scoring.softmax, mask=count_mask)
-    layout = acts.layout
-    node = Scores(
-        method="sae-codes",
-        node=soft.reshape(layout.n_layers, layout.n_heads),
-        layout=layout,
-        stats={"unique_positive_codes": u.reshape(layout.n_layers, layout.n_heads), "level": "node"},
-    )
-    timings["node_scores"] = time.perf_counter() - t
+    node, null = _node_level(acts, members, masks, cfg.scoring, timings)
+    timings["node_scores"] = time.perf_counter() - t - timings.get("null", 0.0)
 
     edge = None
     if cfg.level in ("edge", "both"):
         t = time.perf_counter()
-        ue, U, pairs = edge_scores(codes, k=cfg.scoring.edge_k, mask=count_mask)
-        soft_e = softmax_scores(ue, layout.n_heads, cfg.scoring.softmax)
-        edge = Scores(
-            method="sae-codes-pairs",
-            node=soft_e.reshape(layout.n_layers, layout.n_heads),
-            layout=layout,
-            pairs=U,
-            stats={
-                "pair_counts": ue.reshape(layout.n_layers, layout.n_heads),
-                "top_pairs": pairs,
-                "level": "edge (head-level score from head pairs)",
-            },
-        )
+        edge = _edge_level(acts, members, masks, cfg.scoring)
         timings["edge_scores"] = time.perf_counter() - t
-    return Discovery(node=node, edge=edge, codes=codes, train=train, count_mask=count_mask, timings=timings)
+    return Discovery(node=node, edge=edge, codes=members[0], train=train, count_mask=masks[0], timings=timings,
+                     member_codes=tuple(members), count_masks=tuple(masks), null=null)
 
 
 def run_sae_codes(model: ModelHandle, prompts: PromptSet, cfg: SAECodesConfig) -> Discovery:
@@ -97,7 +233,8 @@ def run_sae_codes(model: ModelHandle, prompts: PromptSet, cfg: SAECodesConfig) -
     node = Scores(**{**d.node.__dict__, "wall_time_s": total, "forward_passes": passes})
     edge = None if d.edge is None else Scores(**{**d.edge.__dict__, "wall_time_s": total, "forward_passes": passes})
     return Discovery(
-        node=node, edge=edge, codes=d.codes, train=d.train, count_mask=d.count_mask, timings=d.timings, activations=acts
+        node=node, edge=edge, codes=d.codes, train=d.train, count_mask=d.count_mask, timings=d.timings, activations=acts,
+        member_codes=d.member_codes, count_masks=d.count_masks, null=d.null,
     )
 
 

@@ -1,6 +1,7 @@
 """Choose the sparsity weight l1 for a target L0 (mean active features per row).
 
-L0 falls as l1 grows. Each round trains a handful of SAEs that differ only in l1 as
+L0 falls as l1 grows. Each round trains a handful of SAEs (at most
+``CALIBRATION_EPOCHS`` epochs each) that differ only in l1 as
 one batched model (:func:`.ensemble.train_ensemble`) on a sample of the training rows,
 keeps the two neighbouring l1 values whose L0 brackets the target, and the next round
 searches between them (log scale). The answer interpolates log(l1) linearly in L0
@@ -21,8 +22,8 @@ from ..errors import CircuitscanError
 from .ensemble import _scale_of, train_ensemble
 
 CALIBRATION_ROWS = 1024
-GRID = 6
-ROUNDS = 2
+CALIBRATION_EPOCHS = 150  # L0 settles long before the codes do
+GRID = (6, 4)  # l1 values tried in each round
 
 
 def _l1_scale(rows: Tensor, cfg: SAEConfig) -> float:
@@ -54,12 +55,12 @@ def calibrate_l1(rows: Float[Tensor, "n d"], cfg: SAEConfig) -> tuple[float, lis
     if rows.shape[0] > CALIBRATION_ROWS:
         rows = rows[torch.randperm(rows.shape[0], generator=gen)[:CALIBRATION_ROWS].sort().values]
     rows = rows.float().contiguous()
-    cfg = replace(cfg, n_seeds=1, target_l0=None)
+    cfg = replace(cfg, n_seeds=1, target_l0=None, epochs=min(cfg.epochs, CALIBRATION_EPOCHS))
     top = _l1_scale(rows, cfg) * 3.0
-    l1s = [0.0] + [top * 10.0 ** (-4.5 * i / (GRID - 2)) for i in range(GRID - 2, -1, -1)]
+    l1s = [0.0] + [top * 10.0 ** (-4.5 * i / (GRID[0] - 2)) for i in range(GRID[0] - 2, -1, -1)]
     tried: list[tuple[float, float]] = []
     lo = hi = None
-    for _ in range(ROUNDS):
+    for r in range(len(GRID)):
         new = list(zip(l1s, _l0s(rows, cfg, l1s), strict=True))
         tried.extend(new)
         pts = sorted(new + ([lo, hi] if lo is not None and hi is not None else []))
@@ -79,8 +80,10 @@ def calibrate_l1(rows: Float[Tensor, "n d"], cfg: SAEConfig) -> tuple[float, lis
             return best[0], tried
         lo, hi = bracket
         a_l1 = max(lo[0], hi[0] * 1e-3)
-        l1s = [math.exp(math.log(a_l1) + (math.log(hi[0]) - math.log(a_l1)) * (i + 1) / (GRID + 1))
-               for i in range(GRID)]
+        if r + 1 == len(GRID):
+            break
+        k = GRID[r + 1]
+        l1s = [math.exp(math.log(a_l1) + (math.log(hi[0]) - math.log(a_l1)) * (i + 1) / (k + 1)) for i in range(k)]
     assert lo is not None and hi is not None
     if lo[1] == hi[1] or lo[0] <= 0:
         return (hi[0] if lo[0] <= 0 else lo[0]), tried

@@ -30,6 +30,8 @@ from ..errors import TrainingError
 from .model import SparseAutoencoder
 from .train import init_sae
 
+L1_RATE = 0.05  # per-step log-change of l1 under target_l0 at a 100 % L0 error
+
 
 @dataclass(frozen=True)
 class EnsembleFit:
@@ -42,6 +44,7 @@ class EnsembleFit:
     l0: list[float]  # mean active features per training row, per member
     dead: list[int]  # features that never fire on the member's training rows
     mse: list[float]  # per element, in the scaled units
+    l1: list[float]  # the final l1 of each member (steered when target_l0 is set)
 
 
 def _mm(low: torch.dtype | None, a: Tensor, m: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -107,6 +110,7 @@ def train_ensemble(
     *,
     l1: Float[Tensor, " S"] | None = None,
     log_every: int = 25,
+    target_l0: float | None = None,
 ) -> EnsembleFit:
     """Train ``S`` SAEs at once on ``data[s]``, member ``s`` initialised from ``generators[s]``.
 
@@ -116,6 +120,8 @@ def train_ensemble(
         generators: one per member, for its initialisation.
         l1: per-member sparsity weights (default: ``cfg.l1`` for all).
         log_every: record the losses every this many epochs (and at the last).
+        target_l0: steer each member's l1 every step by ``exp(L1_RATE * (L0 - target) / target)``
+            (clipped), so training ends near the target sparsity; the final l1 is reported.
     """
     if not torch.isfinite(data).all():
         raise TrainingError("SAE training data contains NaN or inf; the head activations are not finite")
@@ -136,6 +142,9 @@ def train_ensemble(
         detached = {k: v.detach() for k, v in params.items()}
         loss, _, z, grads = batched_loss_and_grads(detached, x, l1, cfg)
         assert grads is not None
+        if target_l0 is not None:  # steer l1 toward the target sparsity (multiplicative, per member)
+            l0_now = (z > 0).float().sum(2).mean(1)
+            l1 = l1 * torch.exp(L1_RATE * ((l0_now - target_l0) / target_l0).clamp(-1, 1))
         w_d = detached["W_D"]
         grads["W_D"].sub_((grads["W_D"] * w_d).sum(dim=dim, keepdim=True) * w_d)
         for k, v in params.items():
@@ -166,7 +175,7 @@ def train_ensemble(
         dead = (~active.any(1)).sum(1).tolist()
     saes = [_member(final, s, scales[s], cfg.n_features, d) for s in range(S)]
     return EnsembleFit(saes=saes, losses=losses, epochs_run=epoch + 1, scales=scales, l0=l0,
-                       dead=[int(v) for v in dead], mse=mse.tolist())
+                       dead=[int(v) for v in dead], mse=mse.tolist(), l1=l1.tolist())
 
 
 def _member(p: dict[str, Tensor], s: int, scale: float, n_features: int, d: int) -> SparseAutoencoder:

@@ -116,7 +116,7 @@ def fit_contrastive(x, labels, cfg, contrastive: ContrastiveConfig, *, paired: b
     Raises:
         TrainingError: the data is not finite or the loss diverges.
     """
-    from ..sae.train import fit
+    from ..sae import fit
 
     n_heads_total = x.shape[1]
 
