@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "circuitscan"
 #: lower layers never import higher ones; packages of one layer may import each other
 #: (without circles). "(root)" is ``circuitscan/__init__.py``.
 LAYERS: list[set[str]] = [
-    {"errors", "types", "progress", "config", "data", "_version"},
-    {"rundir", "models", "tasks"},
+    {"errors", "types", "progress", "config", "data", "_version", "integrity"},
+    {"rundir", "models", "tasks", "guards"},
     {"circuits", "activations", "sae", "codes"},
     {"evaluation"},
     {"methods"},
@@ -34,6 +34,8 @@ KNOWN_UPWARD = {
     ("methods", "features"),
     ("models", "testbeds"),
     ("circuits", "testbeds"),
+    ("evaluation", "interop"),  # evaluate --circuit FILE reads EAP-IG graphs (evaluation.mib)
+    ("circuits", "interop"),  # --ground-truth FILE reads EAP-IG graphs through interop.eap_graph
 }
 
 #: modules inside an import circle today (issue 15 removes them); do not add to this
