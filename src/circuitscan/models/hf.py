@@ -178,6 +178,7 @@ def run_hooked(
         if past is not None:
             raise ValueError("a cached prefix needs the Hugging Face path")
         return handle.bridge.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks), **kwargs)
+    kwargs.update(_positions(attention_mask, 0 if past is None else past.length))
     if past is not None:
         kwargs[_cache_kwarg(view.model.base_model)] = past.cache_for(tokens.shape[0], view.model.config)
         tokens = tokens[:, past.length :]
@@ -195,6 +196,15 @@ def run_hooked(
     finally:
         for h in handles:
             h.remove()
+
+
+def _positions(attention_mask: Tensor | None, start: int) -> dict[str, Tensor]:
+    """Position ids that skip left padding (a padded row's first real token is position 0),
+    as the bridge path counts them; from ``start`` on when a cached prefix covers the rest."""
+    if attention_mask is None:
+        return {}
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    return {"position_ids": pos[:, start:]}
 
 
 def _cache_kwarg(body: Any) -> str:
@@ -228,7 +238,7 @@ def prefix_keys_values(handle: ModelHandle, tokens: Tensor, attention_mask: Tens
     view = hf_view(handle)
     if view is None or tokens.shape[1] < 1:
         return None
-    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask, **_positions(attention_mask, 0)}
     out = view.model.base_model(input_ids=tokens.to(view.lm_head.weight.device), use_cache=True, **kwargs)
     cache = out.past_key_values
     kv = tuple((layer.keys, layer.values) for layer in cache.layers)
