@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     model = load_model_from_args(args)
     t_model = time.perf_counter() - t
-    check_discover_memory(model, 2 * args.examples, sae)  # before the prompts are built
+    if not args.task_file:  # before the prompts are built (a task file's rows bound it; discover checks again)
+        check_discover_memory(model, 2 * args.examples, sae)
     t = time.perf_counter()
     prompts = build_prompts_from_args(args, model)
     t_task = time.perf_counter() - t
