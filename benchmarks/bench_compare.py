@@ -110,7 +110,7 @@ def main() -> None:
     stages = scores["sae-codes"].stats.get("stage_seconds", {})
     print("sae-codes stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()))
     print(f"sae-codes vs eap: {base:.1f}s vs {scores['eap'].wall_time_s:.1f}s "
-          f"(ratio eap / sae-codes = {scores['eap'].wall_time_s / base:.2f})")
+          f"(ratio eap / sae-codes = {scores['eap'].wall_time_s / base:.2f}; target >= 1); {_peak()}")
     print(f"proxy ground truth ({k} heads): {', '.join(sorted(h.name for h in proxy.heads))}")
     if result.out:
         print(f"wrote {result.out}/")
@@ -121,7 +121,14 @@ def main() -> None:
         sae = get("sae-codes").score(model, big, SAECodesConfig(batch_size=64))
         eap = get("eap").score(model, big, EAPConfig(batch_size=32))
         print(f"at {big.n_positive} + {big.n_negative} prompts: sae-codes {sae.wall_time_s:.1f}s, eap "
-              f"{eap.wall_time_s:.1f}s (ratio eap / sae-codes = {eap.wall_time_s / sae.wall_time_s:.2f})")
+              f"{eap.wall_time_s:.1f}s (ratio eap / sae-codes = {eap.wall_time_s / sae.wall_time_s:.2f}; "
+              f"target >= 1); {_peak()}")
+
+
+def _peak() -> str:
+    import resource
+
+    return f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
 
 
 if __name__ == "__main__":
