@@ -175,3 +175,17 @@ def test_p_values_are_uniform_on_the_tracr_null_task(single_thread):
     assert p.numel() >= 50
     assert kstest(p.numpy(), "uniform").pvalue > 0.01
     assert float((torch.cat(conservative) <= 0.05).float().mean()) <= 0.1
+
+
+def test_head_norm_centres_and_scales_each_head(planted_acts):
+    from circuitscan.methods.sae_codes import head_normalised
+
+    c = head_normalised(planted_acts, "center")
+    assert torch.allclose(c.x.mean(0), torch.zeros_like(c.x[0]), atol=1e-5)
+    s = head_normalised(planted_acts, "standardise")
+    rms = s.x.square().sum(-1).mean(0)
+    live = planted_acts.x.square().sum(-1).mean(0) > 0
+    assert torch.allclose(rms[live], torch.ones_like(rms[live]), atol=1e-4)
+    assert head_normalised(planted_acts, "none") is planted_acts
+    with pytest.raises(CircuitscanError, match="head_norm"):
+        SAEConfig(head_norm="whiten")

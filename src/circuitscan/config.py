@@ -60,6 +60,11 @@ class SAEConfig:
         input_scale: ``"none"`` (the paper) or ``"d_model"``: multiply the training rows by
             one constant so their mean squared norm is d_model (as SAELens does), folded
             into the saved SAE so its encoder takes raw activations.
+        head_norm: ``"none"`` (the paper), ``"center"``: subtract each head's mean output
+            (over all examples, labels unused) before the SAE, so codes describe how an
+            example differs rather than which head it is; ``"standardise"``: also divide
+            each head's rows by their rms norm (every head weighs the same). Applied to
+            the activations before training and encoding (the saved SAE expects them).
         target_l0: calibrate l1 so the mean number of active features per training row
             is about this (None: use ``l1`` as given).
         calibrate: how ``target_l0`` is met: ``"online"`` steers l1 multiplicatively
@@ -86,6 +91,7 @@ class SAEConfig:
     precision: str = "fp32"
     seed: int = 0
     input_scale: str = "none"
+    head_norm: str = "none"
     target_l0: float | None = None
     calibrate: str = "online"
     n_seeds: int = 1
@@ -112,6 +118,8 @@ class SAEConfig:
                f"input_scale must be 'none' or 'd_model', got {self.input_scale!r}")
         _check(self.target_l0 is None or (math.isfinite(self.target_l0) and 0 < self.target_l0 < self.n_features),
                f"target_l0 must be a number in (0, n_features={self.n_features}), got {self.target_l0}")
+        _check(self.head_norm in ("none", "center", "standardise"),
+               f"head_norm must be 'none', 'center' or 'standardise', got {self.head_norm!r}")
         _check(self.calibrate in ("online", "bisect"),
                f"calibrate must be 'online' or 'bisect', got {self.calibrate!r}")
         _check(self.n_seeds >= 1, f"n_seeds (SAEs in the ensemble) must be >= 1, got {self.n_seeds}")

@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-BEYOND_PAPER_SAE = {"input_scale": "input_scale", "target_l0": "target_l0", "sae_seeds": "n_seeds", "stop": "stop",
+BEYOND_PAPER_SAE = {"input_scale": "input_scale", "head_norm": "head_norm", "target_l0": "target_l0", "sae_seeds": "n_seeds", "stop": "stop",
                     "check_every": "check_every"}
 BEYOND_PAPER_SCORING = {"permutations": "permutations", "fdr": "fdr", "circuit": "circuit",
                         "node_score": "node_score", "combine": "combine", "edge_rule": "edge_rule",
@@ -82,6 +82,8 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
     b = p.add_argument_group("beyond the paper (docs/METHODS.md)")
     b.add_argument("--input-scale", choices=("none", "d_model"), default=None,
                    help="scale SAE inputs so the mean squared norm is d_model (paper: none)")
+    b.add_argument("--head-norm", choices=("none", "center", "standardise"), default=None,
+                   help="centre (and scale) each head's outputs before the SAE (paper: none)")
     b.add_argument("--target-l0", type=finite_float, default=None,
                    help="calibrate l1 to this mean number of active SAE features (overrides --l1)")
     b.add_argument("--sae-seeds", type=int, default=None,

@@ -189,12 +189,26 @@ def _edge_level(acts, members, masks, sc: ScoringConfig) -> Scores:
     return Scores(method="sae-codes-pairs", node=score.reshape(shape), layout=layout, pairs=U, stats=stats)
 
 
+def head_normalised(acts: HeadActivations, how: str) -> HeadActivations:
+    """Per-head centring (and scaling) of the activations (``SAEConfig.head_norm``)."""
+    if how == "none":
+        return acts
+    x = acts.x.float()
+    dims = tuple(range(x.ndim - 2))  # examples (and positions): keep heads and d_model
+    x = x - x.mean(dims, keepdim=True)
+    if how == "standardise":
+        rms = x.square().sum(-1, keepdim=True).mean(dims, keepdim=True).sqrt()
+        x = x / rms.clamp_min(1e-12)
+    return HeadActivations(x=x, labels=acts.labels, layout=acts.layout, aggregation=acts.aggregation)
+
+
 def discover_from_activations(
     acts: HeadActivations, cfg: SAECodesConfig, *, timings: dict[str, float] | None = None, paired: bool = True
 ) -> Discovery:
     """Train the SAE(s), discretise, and score heads from cached activations."""
     timings = dict(timings or {})
     t = time.perf_counter()
+    acts = head_normalised(acts, cfg.sae.head_norm)
     train = fit(acts.x, acts.labels, cfg.sae, paired=paired)
     timings["sae_train"] = time.perf_counter() - t
 
