@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="docs/references")
     ap.add_argument("--cache", default="runs/study/patching", help="per-set effects (reused)")
+    ap.add_argument("--combine", default=None, metavar="LxH",
+                    help="only combine cached sets (e.g. 30x9 for smollm2-135m) without loading the model")
     ap.add_argument("--only-seed", type=int, default=None, help="compute one prompt set's effects and stop "
                     "(to run the two sets as two processes)")
     args = ap.parse_args()
@@ -119,7 +121,15 @@ def main() -> None:
         raise SystemExit("--seeds: two different seeds")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = cs.load_model(args.model)
+    if args.combine:  # both sets cached: no model needed, only its layout
+        from types import SimpleNamespace
+
+        from circuitscan.types import HeadLayout
+
+        n_layers, n_heads = (int(v) for v in args.combine.split("x"))
+        model = SimpleNamespace(layout=HeadLayout(n_layers, n_heads), family=args.model)
+    else:
+        model = cs.load_model(args.model)
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         if args.only_seed is not None:
             one_set(model, task, args.examples, args.only_seed, args.batch, Path(args.cache))

@@ -68,21 +68,21 @@ GROUPS = {"toy": [k for k in TESTBEDS if not k.startswith("smollm2")],
 
 # sae-codes variants: overrides of SAECodesConfig's parts. A variant whose fields this
 # tree's config does not have yet is skipped (the issue-13 mechanisms land in pieces).
-_CAL = {"input_scale": "d_model", "target_l0": 8.0}
-_ENS = {**_CAL, "n_seeds": 5}
+_S = {"input_scale": "d_model"}
+_ENS = {**_S, "n_seeds": 5}
 _Z = {"permutations": 200, "node_score": "z", "circuit": "fdr"}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "sc-paper": {},  # today's default (the paper's SAE and scoring, mean aggregation)
     "sc-pairs": {"_edge": {}},  # today's head score from head pairs (sae-codes-pairs)
-    "sc-scaled": {"sae": {"input_scale": "d_model"}},  # l1 0.02 on rows scaled to mean ||x||^2 = d_model
-    "sc-l0-4": {"sae": {**_CAL, "target_l0": 4.0}},
-    "sc-l0-8": {"sae": _CAL},
-    "sc-l0-16": {"sae": {**_CAL, "target_l0": 16.0}},
-    # ensembles need the per-seed combination (ScoringConfig.combine), else only member 0 is scored
-    "sc-ens5": {"sae": _ENS, "scoring": {"combine": "mean"}},
-    "sc-ens5-z": {"sae": _ENS, "scoring": {"combine": "mean", **_Z}},
-    "sc-last": {"sae": _CAL, "top": {"aggregation": "last"}},
+    "sc-scaled": {"sae": _S},  # l1 0.02 on rows scaled to mean ||x||^2 = d_model
+    "sc-l0-4": {"sae": {**_S, "target_l0": 4.0}},
+    "sc-l0-8": {"sae": {**_S, "target_l0": 8.0}},
+    "sc-l0-16": {"sae": {**_S, "target_l0": 16.0}},
+    "sc-ens5": {"sae": _ENS, "scoring": {"combine": "mean"}},  # 5 SAEs, counts combined
+    "sc-ens5-z": {"sae": _ENS, "scoring": {"combine": "mean", **_Z}},  # + label-swap null, z score, FDR circuit
+    "sc-last": {"sae": _S, "top": {"aggregation": "last"}},
     "sc-ens5-last-z": {"sae": _ENS, "scoring": {"combine": "mean", **_Z}, "top": {"aggregation": "last"}},
+    "sc-preset": {"_compat": {}},  # --compat circuitscan (config.CIRCUITSCAN_COMPAT as the tree has it)
 }
 
 
@@ -99,7 +99,13 @@ def variant_config(name: str, seed: int):
     from circuitscan.config import SAEConfig, ScoringConfig
     from circuitscan.methods import SAECodesConfig
 
-    spec = VARIANTS[name]
+    spec = dict(VARIANTS[name])
+    if "_compat" in spec:
+        from circuitscan import config
+
+        if not hasattr(config, "CIRCUITSCAN_COMPAT"):
+            return None
+        spec.update({k: dict(v) for k, v in config.CIRCUITSCAN_COMPAT.items()})
     parts = {"sae": SAEConfig, "scoring": ScoringConfig, "top": SAECodesConfig}
     for part, cls in parts.items():
         have = {f.name for f in fields(cls)}
@@ -182,13 +188,7 @@ def default_circuit(s, cfg) -> tuple[list[str], str]:
     if cfg is None:  # a baseline: no rule of its own
         k = max(1, round(0.1 * s.layout.n_total))
         return [h.name for h in s.ranking()[:k]], "top 10%"
-    scoring = cfg.scoring
-    q = s.stats.get("q_value")
-    if getattr(scoring, "circuit", "above-uniform") == "fdr" and q is not None:
-        flat = q.flatten() if hasattr(q, "flatten") else q
-        heads = [s.layout.head(i).name for i in range(s.layout.n_total) if float(flat[i]) <= scoring.fdr]
-        return heads, f"fdr {scoring.fdr}"
-    c = predicted_circuit(s, scoring.threshold, None)
+    c = predicted_circuit(s, cfg.scoring.threshold, None, cfg.scoring)
     return c["heads"], c["rule"]
 
 
@@ -316,14 +316,14 @@ def table(cache: Path, testbeds: list[str], methods: list[str] | None) -> str:
                 r["auc"] = late_auc(r["testbed"], r)
             rows.setdefault((r["testbed"], r["method"]), []).append(r)
     order = list(VARIANTS) + ["eap", "eap-ig", "norm-diff", "patching"]
-    lines = ["| testbed | method | seeds | node AUC | size | recovered | rec. vs input | CPR | CMD | L0 | time (s) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| testbed | method | seeds | node AUC | size | recovered | rec. vs input | CPR | CMD | L0 | rank agr. | time (s) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (tbn, m), rs in sorted(rows.items(), key=lambda kv: (list(TESTBEDS).index(kv[0][0]), order.index(kv[0][1]))):
         def col(k: str, rs: list[dict[str, Any]] = rs) -> list[Any]:
             return [r.get(k) for r in rs]
 
         lines.append(f"| {tbn} | {m} | {len(rs)} | {ms(col('auc'))} | {ms([float(x) for x in col('size')], 1)} | "
-                     f"{ms(col('recovered'))} | {ms(col('recovered_vs_input'))} | {ms(col('cpr'))} | {ms(col('cmd'))} | {ms(col('l0'), 1)} | "
+                     f"{ms(col('recovered'))} | {ms(col('recovered_vs_input'))} | {ms(col('cpr'))} | {ms(col('cmd'))} | {ms(col('l0'), 1)} | {ms(col('rank_agreement'), 2)} | "
                      f"{ms(col('seconds'), 1)} |")
     return "\n".join(lines)
 
