@@ -7,7 +7,8 @@ import json
 import pytest
 
 from circuitscan.cli import main
-from circuitscan.compare import METHODS, CompareSettings, compare, format_table, parse_methods
+from circuitscan.compare import CompareSettings, compare, format_table, parse_methods
+from circuitscan.methods import all_names
 from circuitscan.errors import CircuitscanError
 
 
@@ -17,7 +18,7 @@ def planted_run(planted, planted_prompts, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("cmp") / "run"
     settings = CompareSettings(sp_steps=40, acdc_thresholds=(0.01, 1.0), batch_size=40)
-    result = compare(planted, planted_prompts, list(METHODS), get("planted"), out, settings=settings,
+    result = compare(planted, planted_prompts, all_names(), get("planted"), out, settings=settings,
                      faithfulness_samples=2)
     return result, out
 
@@ -28,9 +29,9 @@ def test_compare_writes_a_complete_run_directory(planted_run):
     config = json.loads((out / "config.json").read_text())
     scores = json.loads((out / "scores.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
-    assert config["command"] == "compare" and config["methods"] == list(METHODS)
+    assert config["command"] == "compare" and config["methods"] == all_names()
     assert config["edge_ground_truth"] == "planted"
-    expected = [*METHODS[:1], "sae-codes-pairs", *METHODS[1:]]
+    expected = [*all_names()[:1], "sae-codes-pairs", *all_names()[1:]]
     assert list(scores["methods"]) == expected
     for name, entry in scores["methods"].items():
         assert len(entry["scores"]) == 12 and entry["forward_passes"] >= 1, name
@@ -105,7 +106,7 @@ def test_cli_rejects_bad_input_before_any_work(tmp_path, capsys):
 
 
 def test_parse_methods():
-    assert parse_methods("all") == list(METHODS)
+    assert parse_methods("all") == all_names()
     assert parse_methods(" eap , sp ") == ["eap", "sp"]
     with pytest.raises(CircuitscanError, match="twice"):
         parse_methods("eap,eap")

@@ -15,7 +15,7 @@ import sys
 
 from ._version import __version__
 
-COMMANDS = ("discover", "models", "tasks", "evaluate", "compare", "report", "sweep", "features", "export")
+COMMANDS = ("discover", "models", "methods", "tasks", "evaluate", "compare", "report", "sweep", "features", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"circuitscan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"circuitscan.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"circuitscan.commands.{name}":
-                continue  # a command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"circuitscan.commands.{name}").register(sub)
     return parser
 
 

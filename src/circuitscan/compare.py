@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,22 +35,22 @@ if TYPE_CHECKING:
     from .models.handle import ModelHandle
     from .types import GroundTruth, PromptSet, Scores
 
-METHODS = ("sae-codes", "eap", "eap-ig", "patching", "acdc", "acdc-edge", "hisp", "sp", "norm-diff", "edge-pruning")
-CHEAP = ("sae-codes", "eap", "hisp", "norm-diff")
-THRESHOLD_METHODS = ("acdc", "acdc-edge", "sp")
-EDGE_METHODS = ("eap", "eap-ig", "acdc-edge", "edge-pruning")
-
-
 def parse_methods(text: str | Sequence[str]) -> list[str]:
-    """``"sae-codes,eap"`` or a list -> checked method names (``all`` = every method)."""
+    """``"sae-codes,eap"`` or a list -> checked method names (``all`` = every method in ``--methods all``).
+
+    Valid names are the registry's (:func:`circuitscan.methods.names`).
+    """
+    from . import methods as registry
+
     items = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     if items == ["all"]:
-        return list(METHODS)
-    unknown = [m for m in items if m not in METHODS]
+        return registry.all_names()
+    known = registry.names()
+    unknown = [m for m in items if m not in known]
     if unknown or not items:
         raise CircuitscanError(
             f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"valid: {', '.join(METHODS)} (or 'all')"
+            f"valid: {', '.join(known)} (or 'all')"
         )
     if len(set(items)) != len(items):
         raise CircuitscanError(f"methods are listed twice: {items}")
@@ -86,77 +86,21 @@ class CompareSettings:
 
 
 def method_configs(settings: CompareSettings, methods: Sequence[str]) -> dict[str, Any]:
-    """Each method's config built from the shared settings."""
-    from .methods import (
-        ACDCConfig,
-        EAPConfig,
-        EAPIGConfig,
-        EdgePruningConfig,
-        HISPConfig,
-        NormDiffConfig,
-        PatchingConfig,
-        SAECodesConfig,
-        SPConfig,
-    )
+    """Each method's config built from the shared settings (:meth:`MethodSpec.config_from`)."""
+    from .methods import spec
 
-    common = {"metric": settings.metric, "ablation": settings.ablation, "n_examples": settings.n_examples,
-              "batch_size": settings.batch_size, "progress": settings.progress}
-    acdc = {"thresholds": settings.acdc_thresholds, "max_seconds": settings.max_seconds}
-    build: dict[str, Callable[[], Any]] = {
-        "sae-codes": lambda: SAECodesConfig(level="both", batch_size=max(settings.batch_size, 1)),
-        "eap": lambda: EAPConfig(**common),
-        "eap-ig": lambda: EAPIGConfig(**common, steps=settings.eap_ig_steps),
-        "patching": lambda: PatchingConfig(**common),
-        "acdc": lambda: ACDCConfig(**common, level="node", **acdc),
-        "acdc-edge": lambda: ACDCConfig(**common, level="edge", **acdc),
-        "hisp": lambda: HISPConfig(**common),
-        "sp": lambda: SPConfig(**common, steps=settings.sp_steps, max_seconds=settings.max_seconds),
-        "norm-diff": lambda: NormDiffConfig(batch_size=settings.batch_size, progress=settings.progress),
-        "edge-pruning": lambda: EdgePruningConfig(**common, steps=settings.sp_steps, max_seconds=settings.max_seconds),
-    }
-    return {m: build[m]() for m in methods}
+    return {m: spec(m).config_from(settings) for m in methods}
 
 
 # --------------------------------------------------------------------------- cost estimates
 
 
 def estimate_passes(method: str, cfg: Any, model: ModelHandle, prompts: PromptSet) -> tuple[float, float, str]:
-    """(forward prompt-rows, backward prompt-rows, what dominates) a method will spend, roughly.
+    """(forward prompt-rows, backward prompt-rows, what dominates) a method will spend, roughly
+    (the method's :attr:`MethodSpec.cost`; upper bounds where it can stop early)."""
+    from .methods import spec
 
-    Upper bounds where the method can stop early (ACDC skips disconnected receivers).
-    """
-    n_total = model.layout.n_total
-    n_all = prompts.n_positive + prompts.n_negative
-    n = prompts.n_positive if getattr(cfg, "n_examples", None) is None else min(cfg.n_examples, prompts.n_positive)
-    if method in ("sae-codes", "norm-diff"):
-        return n_all, 0, f"one pass over {n_all} prompts"
-    if method in ("eap", "hisp"):
-        return 2 * n, n, "two forward passes and one backward pass"
-    if method == "eap-ig":
-        return (2 + cfg.steps) * n, cfg.steps * n, f"{cfg.steps} forward and backward passes along the path"
-    if method == "patching":
-        return (3 + n_total) * n, 0, f"{n_total} one-head ablations"
-    if method == "acdc":
-        T = len(cfg.thresholds or cfg.relative_thresholds)
-        return 3 * n + n_total * T * n, 0, f"{n_total} heads x {_plural(T, 'threshold')}, one try each"
-    if method == "acdc-edge":
-        from .methods.edges import EdgeGraph
-
-        T = len(cfg.thresholds or cfg.relative_thresholds)
-        e = EdgeGraph.for_model(model).n_edges
-        return 2 * n + e * T * n, 0, f"up to {e} edges x {_plural(T, 'threshold')}, one try each"
-    if method == "sp":
-        T = len(cfg.lambdas)
-        rows = min(n, cfg.batch_size)
-        return cfg.steps * T * rows, cfg.steps * T * rows, f"{cfg.steps} steps x {_plural(T, 'lambda')}"
-    if method == "edge-pruning":
-        rows = min(n, cfg.batch_size)
-        return 2 * n + cfg.steps * rows, cfg.steps * rows, f"{cfg.steps} mask steps over every edge"
-    raise CircuitscanError(f"unknown method {method!r}")  # pragma: no cover
-
-
-def _plural(k: int, word: str) -> str:
-    return f"{k} {word}{'' if k == 1 else 's'}"
+    return spec(method).cost(cfg, model, prompts)
 
 
 def seconds_per_row(model: ModelHandle, prompts: PromptSet, rows: int = 8) -> float:
@@ -241,7 +185,7 @@ def compare(
 
     Args:
         model, prompts: the model and the task's prompts, the same for every method.
-        methods: names from :data:`METHODS`.
+        methods: registered method names (:func:`circuitscan.methods.names`).
         ground_truth: heads to compute ROC AUCs against (None: no AUCs).
         out: run directory to write (new or empty); None = nothing written.
         settings: metric, ablation, prompts and limits shared by the baselines.
@@ -254,7 +198,7 @@ def compare(
     Returns:
         :class:`CompareResult` with every method's scores and the comparison rows.
     """
-    from .methods import get as get_method
+    from .methods import run_method
     from .rundir import open_run
 
     methods = parse_methods(list(methods))
@@ -288,14 +232,7 @@ def compare(
         for m in methods:
             say(f"running {m} ...")
             t = time.perf_counter()
-            if m == "sae-codes":
-                from .methods.sae_codes import run_sae_codes
-
-                d = run_sae_codes(model, prompts, cfgs[m])
-                stage = {"stage_seconds": dict(d.timings)}
-                got = [replace(x, stats={**x.stats, **stage}) for x in (d.node, d.edge) if x is not None]
-            else:
-                got = [get_method(m).score(model, prompts, cfgs[m])]
+            got = run_method(m, model, prompts, cfgs[m])
             method_time[m] = time.perf_counter() - t
             all_scores.extend(got)
             for s in got:
@@ -520,4 +457,4 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CHEAP", "METHODS", "CompareResult", "CompareSettings", "compare", "format_table", "parse_methods"]
+__all__ = ["CompareResult", "CompareSettings", "compare", "format_table", "parse_methods"]

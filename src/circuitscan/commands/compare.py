@@ -9,9 +9,9 @@ from pathlib import Path
 
 from .common import add_model_args, add_task_args, finite_float, positive_int
 
-METHOD_HELP = ("comma-separated: sae-codes, eap, eap-ig, patching, acdc (node level), acdc-edge, hisp, sp, "
-               "norm-diff, edge-pruning, or 'all' (default: sae-codes,eap,eap-ig,patching,acdc,hisp,sp,norm-diff)")
-DEFAULT_METHODS = "sae-codes,eap,eap-ig,patching,acdc,hisp,sp,norm-diff"
+METHOD_HELP = ("comma-separated registered methods (`circuitscan methods` lists them: sae-codes, eap, eap-ig, "
+               "patching, acdc, acdc-edge, hisp, sp, norm-diff, edge-pruning, ...) or 'all' (default: those "
+               "`circuitscan methods` marks default)")
 
 
 def _thresholds(text: str) -> tuple[float, ...]:
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_task_args(p)
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=METHOD_HELP)
+    p.add_argument("--methods", default=None, help=METHOD_HELP)
     p.add_argument("--out", "-o", required=True, help="run directory to write (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out that circuitscan wrote (never any other directory)")
     p.add_argument("--ground-truth", default=None,
@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     from ..rundir import check_out_dir
     from .common import build_prompts_from_args, load_model_from_args
 
-    methods = parse_methods(args.methods)  # fail before any work
+    from .. import methods as registry
+
+    methods = parse_methods(args.methods) if args.methods is not None else registry.default_names()  # fail early
     out = Path(args.out)
     check_out_dir(out, overwrite=args.overwrite)
     if args.max_seconds is not None and args.max_seconds <= 0:
@@ -124,3 +126,4 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"wrote  {write_report(result.out)}")
     return 0
+

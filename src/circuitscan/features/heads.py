@@ -30,6 +30,7 @@ import torch
 
 from ..errors import CircuitscanError
 from ..models.handle import ModelHandle
+from ..methods.base import MethodSpec
 from ..types import HeadLayout, PromptSet, Scores
 from .graph import AttributionGraph, GraphConfig, graph_for_prompts
 from .saes import SublayerSAEs, load_sublayer_saes
@@ -131,3 +132,16 @@ class FeatureAttributionScorer:
             metric=cfg.metric, n_prompts=cfg.n_prompts, sites=attn,
         )
         return scores_from_graph(graph, model.layout, cfg.features, cfg.head_map, wall_time_s=time.perf_counter() - t0)
+
+
+def _cost(cfg: Any, model: ModelHandle, prompts: PromptSet) -> tuple[float, float, str]:
+    n = prompts.n_positive if cfg.n_prompts is None else min(cfg.n_prompts, prompts.n_positive)
+    return 2 * n, 2 * n, "an attribution graph over the sublayer SAEs' features"
+
+
+SPEC = MethodSpec(
+    name=METHOD, scorer=FeatureAttributionScorer, config=FeatureAttributionConfig, cost=_cost,
+    settings={"metric": "metric"}, in_all=False,
+    summary="head shares of a sparse-feature attribution graph (needs sublayer SAEs: circuitscan features train)",
+    source="Marks et al. 2024, arXiv:2403.19647",
+)

@@ -1,53 +1,85 @@
-"""Circuit-finding methods behind one protocol (:class:`Scorer`) and a registry."""
+"""Circuit-finding methods behind one contract (:class:`Scorer` + :class:`MethodSpec`) and a registry.
+
+Adding a method: write ``methods/NAME.py`` with a config dataclass, a Scorer and a
+``SPEC = MethodSpec(...)``, and add one ``register(...)`` line below. ``compare``, its
+table, the report and the CLI's method lists read the registry and nothing else.
+"""
 
 from __future__ import annotations
 
-from .base import Scorer, get, names, register
-from .sae_codes import (
-    Discovery,
-    SAECodesConfig,
-    SAECodesScorer,
-    discover_from_activations,
-    run_sae_codes,
+from . import acdc, eap, eap_ig, edge_pruning, hisp, norm_diff, patching, sae_codes, sp
+from .acdc import ACDCConfig, ACDCEdgeScorer, ACDCScorer
+from .base import (
+    MethodSpec,
+    Scorer,
+    all_names,
+    default_names,
+    get,
+    names,
+    register,
+    run_method,
+    spec,
+    specs,
+    unregister,
 )
+from .eap import EAPConfig, EAPScorer
+from .eap_ig import EAPIGConfig, EAPIGScorer
+from .edge_pruning import EdgePruningConfig, EdgePruningScorer
+from .hisp import HISPConfig, HISPScorer
+from .norm_diff import NormDiffConfig, NormDiffScorer
+from .patching import PatchingConfig, PatchingScorer
+from .sae_codes import Discovery, SAECodesConfig, SAECodesScorer, discover_from_activations, run_sae_codes
+from .sp import SPConfig, SPScorer
 
-register("sae-codes", SAECodesScorer)
-
-# baselines (docs/METHODS.md): each module's Scorer; configs are the modules' *Config classes
-from .acdc import ACDCConfig, ACDCEdgeScorer, ACDCScorer  # noqa: E402
-from .eap import EAPConfig, EAPScorer  # noqa: E402
-from .eap_ig import EAPIGConfig, EAPIGScorer  # noqa: E402
-from .edge_pruning import EdgePruningConfig, EdgePruningScorer  # noqa: E402
-from .hisp import HISPConfig, HISPScorer  # noqa: E402
-from .norm_diff import NormDiffConfig, NormDiffScorer  # noqa: E402
-from .patching import PatchingConfig, PatchingScorer  # noqa: E402
-from .sp import SPConfig, SPScorer  # noqa: E402
-
-for _scorer in (EAPScorer, EAPIGScorer, PatchingScorer, ACDCScorer, ACDCEdgeScorer, HISPScorer, SPScorer,
-                NormDiffScorer, EdgePruningScorer):
-    register(_scorer.name, _scorer)
+# the registry, in the order tables list methods
+register(sae_codes.SPEC)
+register(eap.SPEC)
+register(eap_ig.SPEC)
+register(patching.SPEC)
+register(acdc.SPEC)
+register(acdc.EDGE_SPEC)
+register(hisp.SPEC)
+register(sp.SPEC)
+register(norm_diff.SPEC)
+register(edge_pruning.SPEC)
 
 # feature-level circuits (docs/FEATURES.md): the attribution graph's head-level view; needs sublayer SAEs
-from ..features.heads import FeatureAttributionScorer  # noqa: E402
+from ..features import heads as _feature_heads  # noqa: E402
 
-register(FeatureAttributionScorer.name, FeatureAttributionScorer)
+register(_feature_heads.SPEC)
 
 __all__ = [
     "ACDCConfig",
+    "ACDCEdgeScorer",
+    "ACDCScorer",
+    "Discovery",
     "EAPConfig",
     "EAPIGConfig",
+    "EAPIGScorer",
+    "EAPScorer",
     "EdgePruningConfig",
+    "EdgePruningScorer",
     "HISPConfig",
+    "HISPScorer",
+    "MethodSpec",
     "NormDiffConfig",
+    "NormDiffScorer",
     "PatchingConfig",
-    "SPConfig",
-    "Discovery",
+    "PatchingScorer",
     "SAECodesConfig",
     "SAECodesScorer",
+    "SPConfig",
+    "SPScorer",
     "Scorer",
+    "all_names",
+    "default_names",
     "discover_from_activations",
     "get",
     "names",
     "register",
+    "run_method",
     "run_sae_codes",
+    "spec",
+    "specs",
+    "unregister",
 ]

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores
+from .base import COMMON_SETTINGS, MethodSpec, examples_used, plural
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -310,3 +311,35 @@ class ACDCEdgeScorer(ACDCScorer):
 
     name = "acdc-edge"
     level = "edge"
+
+
+ACDC_SETTINGS = {**COMMON_SETTINGS, "acdc_thresholds": "thresholds", "max_seconds": "max_seconds"}
+
+
+def _cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
+    n, n_total = examples_used(cfg, prompts), model.layout.n_total
+    T = len(cfg.thresholds or cfg.relative_thresholds)
+    return 3 * n + n_total * T * n, 0, f"{n_total} heads x {plural(T, 'threshold')}, one try each"
+
+
+def _edge_cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
+    from .edges import EdgeGraph
+
+    n = examples_used(cfg, prompts)
+    T = len(cfg.thresholds or cfg.relative_thresholds)
+    e = EdgeGraph.for_model(model).n_edges
+    return 2 * n + e * T * n, 0, f"up to {e} edges x {plural(T, 'threshold')}, one try each"
+
+
+SPEC = MethodSpec(
+    name="acdc", scorer=ACDCScorer, config=ACDCConfig, cost=_cost, threshold_sweep=True, default=True,
+    settings=ACDC_SETTINGS, fixed={"level": "node"},
+    summary="ACDC at node level: prune heads whose removal changes the output by less than a threshold",
+    source="Conmy et al. 2023, arXiv:2304.14997",
+)
+EDGE_SPEC = MethodSpec(
+    name="acdc-edge", scorer=ACDCEdgeScorer, config=ACDCConfig, cost=_edge_cost, threshold_sweep=True,
+    edges=True, settings=ACDC_SETTINGS, fixed={"level": "edge"},
+    summary="ACDC over head-level edges (receivers' q/k/v inputs)",
+    source="Conmy et al. 2023, arXiv:2304.14997",
+)

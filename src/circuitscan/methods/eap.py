@@ -34,6 +34,7 @@ from ._setup import (
     frozen_params,
     split_heads,
 )
+from .base import MethodSpec, examples_used
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -318,4 +319,16 @@ class EAPScorer:
         return eap_scores(model, prompts, cfg or EAPConfig())
 
 
-__all__ = ["Attribution", "EAPConfig", "EAPScorer", "attribute", "eap_scores"]
+def _cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
+    n = examples_used(cfg, prompts)
+    return 2 * n, n, "two forward passes and one backward pass"
+
+
+SPEC = MethodSpec(
+    name="eap", scorer=EAPScorer, config=EAPConfig, cost=_cost, edges=True, default=True,
+    summary="edge attribution patching: gradient x (clean - corrupt) activation, nodes and edges",
+    source="Syed, Rager & Conmy 2023, arXiv:2310.10348",
+)
+
+
+__all__ = ["SPEC", "Attribution", "EAPConfig", "EAPScorer", "attribute", "eap_scores"]

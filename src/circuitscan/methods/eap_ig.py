@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from .eap import EAPConfig, eap_scores
+from .base import COMMON_SETTINGS, MethodSpec, examples_used
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
@@ -56,3 +57,16 @@ class EAPIGScorer:
 
     def score(self, model: ModelHandle, prompts: PromptSet, cfg: Any = None) -> Scores:
         return eap_ig_scores(model, prompts, cfg or EAPIGConfig())
+
+
+def _cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
+    n = examples_used(cfg, prompts)
+    return (2 + cfg.steps) * n, cfg.steps * n, f"{cfg.steps} forward and backward passes along the path"
+
+
+SPEC = MethodSpec(
+    name="eap-ig", scorer=EAPIGScorer, config=EAPIGConfig, cost=_cost, edges=True, default=True,
+    settings={**COMMON_SETTINGS, "eap_ig_steps": "steps"},
+    summary="EAP with integrated gradients along the corrupt -> clean input path",
+    source="Hanna, Pezzelle & Belinkov 2024, arXiv:2403.17806",
+)

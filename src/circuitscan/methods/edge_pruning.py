@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CircuitscanError
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores, frozen_params
 from .sp import deterministic_gates, expected_open, sample_gates
+from .base import COMMON_SETTINGS, MethodSpec, examples_used
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
@@ -139,3 +140,17 @@ class EdgePruningScorer:
 
     def score(self, model: ModelHandle, prompts: PromptSet, cfg: Any = None) -> Scores:
         return edge_pruning_scores(model, prompts, cfg or EdgePruningConfig())
+
+
+def _cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
+    n = examples_used(cfg, prompts)
+    rows = min(n, cfg.batch_size)
+    return 2 * n + cfg.steps * rows, cfg.steps * rows, f"{cfg.steps} mask steps over every edge"
+
+
+SPEC = MethodSpec(
+    name="edge-pruning", scorer=EdgePruningScorer, config=EdgePruningConfig, cost=_cost, edges=True,
+    settings={**COMMON_SETTINGS, "sp_steps": "steps", "max_seconds": "max_seconds"},
+    summary="edge pruning: learned hard-concrete masks over every head-level edge",
+    source="Bhaskar et al. 2024, arXiv:2406.16778",
+)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores
 from .eap import GRADIENT_POINTS, attribute, resolve_gradient_point
+from .base import MethodSpec, examples_used
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
@@ -66,3 +67,15 @@ class HISPScorer:
 
     def score(self, model: ModelHandle, prompts: PromptSet, cfg: Any = None) -> Scores:
         return hisp_scores(model, prompts, cfg or HISPConfig())
+
+
+def _cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
+    n = examples_used(cfg, prompts)
+    return 2 * n, n, "two forward passes and one backward pass"
+
+
+SPEC = MethodSpec(
+    name="hisp", scorer=HISPScorer, config=HISPConfig, cost=_cost, default=True,
+    summary="head importance score for pruning: |gradient x activation| per head, layer-normalised",
+    source="Michel, Levy & Neubig 2019, arXiv:1905.10650",
+)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from ._setup import PassCounter, finish_scores
+from .base import MethodSpec
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
@@ -81,3 +82,15 @@ class NormDiffScorer:
 
     def score(self, model: ModelHandle, prompts: PromptSet, cfg: Any = None) -> Scores:
         return norm_diff_scores(model, prompts, cfg or NormDiffConfig())
+
+
+def _cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
+    n_all = prompts.n_positive + prompts.n_negative
+    return n_all, 0, f"one pass over {n_all} prompts"
+
+
+SPEC = MethodSpec(
+    name="norm-diff", scorer=NormDiffScorer, config=NormDiffConfig, cost=_cost, default=True,
+    settings={"batch_size": "batch_size", "progress": "progress"},
+    summary="activation-free reference: mean |head output| on positives minus negatives",
+)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from ._setup import BaselineConfig, PassCounter, finish_scores
+from .base import MethodSpec, examples_used
 
 if TYPE_CHECKING:
     from ..evaluation.intervention import CircuitEvaluator
@@ -81,3 +82,15 @@ class PatchingScorer:
 
     def score(self, model: ModelHandle, prompts: PromptSet, cfg: Any = None) -> Scores:
         return patching_scores(model, prompts, cfg or PatchingConfig())
+
+
+def _cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
+    n, n_total = examples_used(cfg, prompts), model.layout.n_total
+    return (3 + n_total) * n, 0, f"{n_total} one-head ablations"
+
+
+SPEC = MethodSpec(
+    name="patching", scorer=PatchingScorer, config=PatchingConfig, cost=_cost, default=True,
+    summary="activation patching: the metric's change when one head at a time is ablated",
+    source="Meng et al. 2022; Wang et al. 2023",
+)

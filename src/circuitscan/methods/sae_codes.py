@@ -11,7 +11,7 @@ on positives).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from ..errors import CircuitscanError
 from ..models.handle import ModelHandle
 from ..sae import TrainResult, fit
 from ..types import Codes, HeadActivations, PromptSet, Scores
+from .base import MethodSpec
 
 
 @dataclass(frozen=True)
@@ -259,3 +260,23 @@ class SAECodesScorer:
 
     def score(self, model: ModelHandle, prompts: PromptSet, cfg: Any = None) -> Scores:
         return run_sae_codes(model, prompts, cfg or SAECodesConfig()).node
+
+    def score_all(self, model: ModelHandle, prompts: PromptSet, cfg: Any = None) -> list[Scores]:
+        """Node scores and, at ``level`` edge or both, the head scores from head pairs
+        (``sae-codes-pairs``), each with the run's stage timings in ``stats``."""
+        d = run_sae_codes(model, prompts, cfg or SAECodesConfig())
+        stage = {"stage_seconds": dict(d.timings)}
+        return [replace(x, stats={**x.stats, **stage}) for x in (d.node, d.edge) if x is not None]
+
+
+def _cost(cfg: Any, model: ModelHandle, prompts: PromptSet) -> tuple[float, float, str]:
+    n_all = prompts.n_positive + prompts.n_negative
+    return n_all, 0, f"one pass over {n_all} prompts"
+
+
+SPEC = MethodSpec(
+    name="sae-codes", scorer=SAECodesScorer, config=SAECodesConfig, cost=_cost, default=True,
+    settings={"batch_size": "batch_size"}, fixed={"level": "both"},
+    summary="the paper's method: SAE codes of head outputs that occur only on positive prompts",
+    source="O'Neill & Bui 2024, arXiv:2405.12522",
+)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores, frozen_params
+from .base import COMMON_SETTINGS, MethodSpec, examples_used, plural
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -175,3 +176,20 @@ class SPScorer:
 
     def score(self, model: ModelHandle, prompts: PromptSet, cfg: Any = None) -> Scores:
         return sp_scores(model, prompts, cfg or SPConfig())
+
+
+SP_SETTINGS = {**COMMON_SETTINGS, "sp_steps": "steps", "max_seconds": "max_seconds"}
+
+
+def _cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
+    T = len(cfg.lambdas)
+    rows = min(examples_used(cfg, prompts), cfg.batch_size)
+    return cfg.steps * T * rows, cfg.steps * T * rows, f"{cfg.steps} steps x {plural(T, 'lambda')}"
+
+
+SPEC = MethodSpec(
+    name="sp", scorer=SPScorer, config=SPConfig, cost=_cost, threshold_sweep=True, default=True,
+    settings=SP_SETTINGS,
+    summary="subnetwork probing: learned hard-concrete head masks, one circuit per sparsity penalty",
+    source="Cao, Sanh & Rush 2021, arXiv:2104.03514 (as adapted by Conmy et al. 2023)",
+)
