@@ -193,6 +193,34 @@ def test_export_formats_mib_and_auto_circuit(eap_run, tmp_path):
     assert float(ps["blocks.2.hook_resid_post"][s]) == pytest.approx(g["edges"]["a0.h1->logits"]["score"])
 
 
+def test_export_mib_binary_circuits(eap_run, tmp_path, capsys):
+    assert main(["export", str(eap_run), "-f", "mib-circuits", "--out", str(tmp_path / "c")]) == 0
+    folder = tmp_path / "c" / "eap" / "planted_toy-planted"
+    files = sorted(folder.iterdir(), key=lambda p: float(p.stem.split("_")[1]))
+    assert [p.name for p in files] == [f"circuit_{x:g}.json" for x in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)]
+    previous: set[str] = set()
+    for p in files:
+        g = json.loads(p.read_text())
+        share = float(p.stem.split("_")[1]) / 100
+        edges_in = {n for n, e in g["edges"].items() if e["in_graph"]}
+        assert len(edges_in) <= int(share * len(g["edges"]))
+        assert previous <= edges_in  # nested: each circuit grows the last
+        others = [abs(e["score"]) for n, e in g["edges"].items() if n not in edges_in]
+        assert all(abs(g["edges"][n]["score"]) >= max(others) for n in edges_in)
+        touched = {x for n in edges_in for x in n.replace("<", "->").split("->")[:2]} | {"input", "logits"}
+        assert {n for n, e in g["nodes"].items() if e["in_graph"]} == touched
+        previous = edges_in
+    assert previous  # the 50 % circuit holds edges
+    assert main(["evaluate", str(eap_run), "--circuit", str(files[-1]), "--random-samples", "0"]) == 0
+    capsys.readouterr()
+    node_run = tmp_path / "nd"
+    assert main(["compare", "--model", "toy-planted", "--task", "planted", "-n", "8", "--methods", "norm-diff",
+                 "--no-faithfulness", "--out", str(node_run)]) == 0
+    assert main(["export", str(node_run), "-f", "mib-circuits", "--out", str(tmp_path / "d")]) == 2
+    assert "scores edges" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_evaluate_circuit_file_and_mismatched_files(eap_run, tmp_path, capsys):
     metrics = eap_run / "metrics.json"
     assert main(["evaluate", str(eap_run), "--circuit", str(FIXTURE), "--random-samples", "0"]) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 # circuitscan.interop.export.FORMATS, spelt out so that building the parser imports no torch
-FORMATS = ("eap-ig", "mib", "auto-circuit", "neuronpedia")
+FORMATS = ("eap-ig", "mib", "mib-circuits", "auto-circuit", "neuronpedia")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a run's scores and circuits as EAP-IG / MIB graphs or auto-circuit prune scores",
         description="Write every method of a run directory in another tool's format: eap-ig (one EAP-IG graph "
         "JSON per method: node and edge scores, the run's circuit as in_graph), mib (the same graphs in MIB's "
-        "submission layout, METHOD/TASK_MODEL/importances.json), auto-circuit (prune scores per destination "
+        "submission layout, METHOD/TASK_MODEL/importances.json), mib-circuits (MIB's other form: nine binary edge "
+        "circuits of at most 0.1 ... 50 % of the edges per method that scores edges), auto-circuit (prune scores per destination "
         "module, safetensors) or neuronpedia (a `circuitscan features` run's feature graph as circuit-tracer / "
         "Neuronpedia graph JSON). Names map as docs/INTEROP.md describes (L3H2->L5H1.q is a3.h2->a5.h1<q>); MLPs, "
         "which circuitscan's graph keeps as wiring, are written in the graph with score 0.",

@@ -265,3 +265,33 @@ def read_graph_file(path: str | Path, graph: EdgeGraph, *, d_model: int | None =
     except json.JSONDecodeError as exc:
         raise CircuitscanError(f"graph file {str(p)!r} is not valid JSON: {exc}") from exc
     return read_graph(data, graph, d_model=d_model, source=str(p))
+
+
+#: MIB's binary-circuit submission sizes: one circuit with at most each share of the graph's edges
+MIB_CIRCUIT_PERCENTAGES: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def binary_circuits(g: Mapping[str, Any],
+                    percentages: Iterable[float] = MIB_CIRCUIT_PERCENTAGES) -> dict[float, dict[str, Any]]:
+    """MIB's multiple-circuit form of one scored graph: {share: graph JSON} with, per share p,
+    the ``int(p * n_edges)`` edges of largest |score| in the graph (fewer where fewer edges have
+    a non-zero score: MIB asks for "no more than" p), the nodes they touch, ``input`` and
+    ``logits``. Scores are kept (EAP-IG's loader reads them); ties break by edge name.
+    """
+    edges = g["edges"]
+    ranked = sorted((name for name, e in edges.items() if float(e["score"]) != 0.0),
+                    key=lambda name: (-abs(float(edges[name]["score"])), name))
+    out = {}
+    for p in percentages:
+        if not 0 < p <= 1:
+            raise CircuitscanError(f"circuit share {p} must be in (0, 1]")
+        chosen = set(ranked[: int(p * len(edges))])
+        touched = {INPUT, LOGITS}
+        for name in chosen:
+            src, dst, _ = split_their_edge(name)
+            touched |= {src, dst}
+        out[p] = {**g,
+                  "nodes": {n: {**e, "in_graph": n in touched} for n, e in g["nodes"].items()},
+                  "edges": {n: {**e, "in_graph": n in chosen} for n, e in edges.items()},
+                  "circuitscan": {**(g.get("circuitscan") or {}), "circuit_share": p, "n_edges_in": len(chosen)}}
+    return out

@@ -7,6 +7,9 @@ Formats (docs/INTEROP.md):
 ``mib``           ``OUT/<method>/<task>_<model>/importances.json``: the same graph in MIB's
                   submission layout (one folder per method, one per task and model, a single
                   importance-score file).
+``mib-circuits``  ``OUT/<method>/<task>_<model>/circuit_<percent>.json``: MIB's other submission
+                  form, nine binary circuits with at most 0.1, 0.2, 0.5, 1, 2, 5, 10, 20 and 50 % of
+                  the graph's edges (largest |edge score| first), for methods that score edges.
 ``auto-circuit``  ``OUT/<method>.safetensors``: auto-circuit-style prune scores, one tensor per
                   destination module (``blocks.L.hook_{q,k,v}_input`` of shape
                   ``[n_heads, n_sources]``, ``blocks.L.hook_mlp_in`` and the last block's
@@ -28,7 +31,7 @@ from typing import Any
 
 from ..errors import CircuitscanError
 
-FORMATS = ("eap-ig", "mib", "auto-circuit", "neuronpedia")
+FORMATS = ("eap-ig", "mib", "mib-circuits", "auto-circuit", "neuronpedia")
 
 
 def _kv_heads(run) -> int:
@@ -113,6 +116,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     directory that is not a run, before writing anything.
     """
     from ..rundir import atomic_path, write_json
+    from .eap_graph import binary_circuits
 
     if fmt not in FORMATS:
         raise CircuitscanError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -128,13 +132,24 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
             p = dest / f"{_slug(name)}.json"
             write_json(p, g)
             written.append(p)
-    elif fmt == "mib":
+    elif fmt in ("mib", "mib-circuits"):
         task = _slug((run.config.get("task") or {}).get("name", "task")).replace("_", "-")
         model = _slug((run.config.get("model") or {}).get("spec", "model")).replace("_", "-")
+        if fmt == "mib-circuits":
+            graphs = {name: g for name, g in graphs.items() if run.methods[name].edges}
+            if not graphs:
+                raise CircuitscanError(f"{str(run_dir)!r}: no method of this run scores edges; --format mib-circuits "
+                                       "writes edge circuits (use --format mib for head scores)")
         for name, g in graphs.items():
-            p = dest / _slug(name) / f"{task}_{model}" / "importances.json"
-            write_json(p, g)
-            written.append(p)
+            folder = dest / _slug(name) / f"{task}_{model}"
+            if fmt == "mib":
+                write_json(folder / "importances.json", g)
+                written.append(folder / "importances.json")
+                continue
+            for share, circuit in binary_circuits(g).items():
+                p = folder / f"circuit_{share * 100:g}.json"
+                write_json(p, circuit)
+                written.append(p)
     else:
         from safetensors.torch import save_file
 
