@@ -8,8 +8,8 @@ import pytest
 
 from circuitscan.cli import main
 from circuitscan.compare import CompareSettings, compare, format_table, parse_methods
-from circuitscan.methods import all_names
 from circuitscan.errors import CircuitscanError
+from circuitscan.methods import all_names
 
 
 @pytest.fixture(scope="module")

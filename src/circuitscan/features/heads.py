@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from ..errors import CircuitscanError
-from ..models.handle import ModelHandle
 from ..methods.base import MethodSpec
+from ..models.handle import ModelHandle
 from ..types import HeadLayout, PromptSet, Scores
 from .graph import AttributionGraph, GraphConfig, graph_for_prompts
 from .saes import SublayerSAEs, load_sublayer_saes

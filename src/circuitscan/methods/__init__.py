@@ -28,7 +28,13 @@ from .edge_pruning import EdgePruningConfig, EdgePruningScorer
 from .hisp import HISPConfig, HISPScorer
 from .norm_diff import NormDiffConfig, NormDiffScorer
 from .patching import PatchingConfig, PatchingScorer
-from .sae_codes import Discovery, SAECodesConfig, SAECodesScorer, discover_from_activations, run_sae_codes
+from .sae_codes import (
+    Discovery,
+    SAECodesConfig,
+    SAECodesScorer,
+    discover_from_activations,
+    run_sae_codes,
+)
 from .sp import SPConfig, SPScorer
 
 # the registry, in the order tables list methods

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
-from .eap import EAPConfig, eap_scores
 from .base import COMMON_SETTINGS, MethodSpec, examples_used
+from .eap import EAPConfig, eap_scores
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle

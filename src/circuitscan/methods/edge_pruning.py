@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores, frozen_params
-from .sp import deterministic_gates, expected_open, sample_gates
 from .base import COMMON_SETTINGS, MethodSpec, examples_used
+from .sp import deterministic_gates, expected_open, sample_gates
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle

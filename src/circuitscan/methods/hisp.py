@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores
-from .eap import GRADIENT_POINTS, attribute, resolve_gradient_point
 from .base import MethodSpec, examples_used
+from .eap import GRADIENT_POINTS, attribute, resolve_gradient_point
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
