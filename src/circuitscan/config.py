@@ -139,7 +139,13 @@ class ScoringConfig:
             one shared, honest code; ``"zero"`` maps it to feature 0 (the authors' argmax).
         count_on: ``"held-out"`` counts codes only on examples the SAE did not train on;
             ``"all"`` counts on every example, the training ones included (authors' code).
-        normalise: divide unique positive codes by all codes seen at the head.
+        statistic: what is measured per head: ``"unique-positive"`` (the paper: codes seen
+            on positives and never on negatives) or ``"tv"``: the total-variation distance
+            between the head's code distributions on positives and on negatives, in [0, 1]
+            (:func:`circuitscan.codes.node.code_distance`). With ``"tv"``, ``node_score``
+            ``"count"`` is the distance itself.
+        normalise: divide unique positive codes by all codes seen at the head
+            (``statistic="unique-positive"`` only).
         softmax: ``"global"`` over all heads (paper default) or ``"layer"``.
         threshold: theta on softmaxed scores for the predicted circuit (None: the
             best-F1 threshold when a ground truth is known, else the paper's 1e-7 style
@@ -166,6 +172,7 @@ class ScoringConfig:
 
     silent: str = "own-code"
     count_on: str = "held-out"
+    statistic: str = "unique-positive"
     normalise: bool = False
     softmax: str = "global"
     threshold: float | None = None
@@ -180,10 +187,14 @@ class ScoringConfig:
     edge_permutations: int = 20
 
     def __post_init__(self) -> None:
-        _check_types(self, ints=("edge_k",), nums=("threshold",), strs=("silent", "count_on", "softmax"),
+        _check_types(self, ints=("edge_k",), nums=("threshold",), strs=("silent", "count_on", "statistic", "softmax"),
                      bools=("normalise",), optional=("threshold", "edge_k"))
         _check(self.silent in ("own-code", "zero"), f"silent must be 'own-code' or 'zero', got {self.silent!r}")
         _check(self.count_on in ("held-out", "all"), f"count_on must be 'held-out' or 'all', got {self.count_on!r}")
+        _check(self.statistic in ("unique-positive", "tv"),
+               f"statistic must be 'unique-positive' or 'tv', got {self.statistic!r}")
+        _check(not (self.normalise and self.statistic == "tv"),
+               "normalise divides the unique-positive count; it does not apply to statistic='tv'")
         _check(self.softmax in ("global", "layer"), f"softmax must be 'global' or 'layer', got {self.softmax!r}")
         _check(
             self.threshold is None or (0 <= self.threshold <= 1),

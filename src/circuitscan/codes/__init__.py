@@ -11,9 +11,19 @@ from __future__ import annotations
 
 from .discretise import discretise
 from .edge import cooccurrence_unique, cooccurrence_unique_reference, edge_scores
-from .node import node_scores, softmax_scores, unique_positive_codes
+from .node import (
+    STATISTICS,
+    code_distance,
+    code_statistic,
+    node_scores,
+    softmax_scores,
+    unique_positive_codes,
+)
 
 __all__ = [
+    "STATISTICS",
+    "code_distance",
+    "code_statistic",
     "cooccurrence_unique",
     "cooccurrence_unique_reference",
     "discretise",

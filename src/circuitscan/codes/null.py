@@ -1,4 +1,4 @@
-"""A permutation null for code counts: how many positive-only codes would a head show by chance?
+"""A permutation null for a head's code statistic: how large would it be by chance?
 
 The prompts come in pairs (the i-th negative corrupts the i-th positive). Under the
 null hypothesis that a head's codes do not depend on the label, swapping the labels
@@ -10,7 +10,8 @@ Recounting is vectorised: with ``X`` the one-hot [distinct (head, code), counted
 examples] matrix and ``L`` the [examples, permutations] positive-label matrix, the
 number of positives showing each (head, code) in every permutation is ``X @ L`` and of
 negatives ``X @ (1 - L)``; a head's count is the number of its rows with positives and
-no negatives. An ensemble's statistic (mean or median over members) is recomputed in
+no negatives; its total-variation distance (``statistic="tv"``) is half the sum over its
+rows of ``|pos / n_pos - neg / n_neg|``. An ensemble's statistic (mean or median over members) is recomputed in
 every permutation from the same label swaps.
 
 The counts are small integers, so many permutations tie with the observed count. The
@@ -73,9 +74,10 @@ def label_matrix(
 
 def _counts(
     codes: Int[Tensor, "n V"], keep: Bool[Tensor, " n"], L: Bool[Tensor, "n B"], n_codes: int, groups: Int[Tensor, " V"],
-    n_groups: int, chunk: int = 256,
+    n_groups: int, chunk: int = 256, statistic: str = "unique-positive",
 ) -> Float[Tensor, "B groups"]:
-    """Positive-only (virtual head, code) rows per group, for each column of ``L``."""
+    """The statistic per group (positive-only (virtual head, code) rows, or the summed
+    total-variation distance of its virtual heads), for each column of ``L``."""
     c = codes[keep]
     n_c, V = c.shape
     ids = (torch.arange(V)[None, :] * n_codes + c).reshape(-1)
@@ -89,7 +91,12 @@ def _counts(
         block = Lk[:, lo : lo + chunk]
         pos = X @ block
         neg = X @ (1.0 - block)
-        only = ((pos > 0) & (neg == 0)).float()  # [ids, b]
+        if statistic == "tv":
+            n_pos = block.sum(0).clamp_min(1)
+            n_neg = (1.0 - block).sum(0).clamp_min(1)
+            only = 0.5 * (pos / n_pos - neg / n_neg).abs()
+        else:
+            only = ((pos > 0) & (neg == 0)).float()  # [ids, b]
         out[lo : lo + chunk].index_add_(1, owner, only.T.contiguous())
     return out
 
@@ -111,8 +118,9 @@ def label_swap_null(
     how: str = "mean",
     groups: Int[Tensor, " V"] | None = None,
     n_groups: int | None = None,
+    statistic: str = "unique-positive",
 ) -> NullResult:
-    """The combined unique-positive count per head and its label-swap permutation null.
+    """The combined statistic per head and its label-swap permutation null.
 
     Args:
         members: one :class:`Codes` per SAE of the ensemble (same examples and labels).
@@ -123,6 +131,8 @@ def label_swap_null(
         groups: for per-position codes, the head each code column belongs to (the
             count of a head is the sum over its columns); default: column = head.
         n_groups: number of heads (default: the number of columns).
+        statistic: ``"unique-positive"`` (the paper's count) or ``"tv"``
+            (:func:`circuitscan.codes.node.code_distance`).
     """
     if permutations < 1:
         raise CircuitscanError(f"permutations must be >= 1, got {permutations}")
@@ -136,7 +146,7 @@ def label_swap_null(
     L, scheme = label_matrix(labels, union, permutations, torch.Generator().manual_seed(seed))
     L = torch.cat([labels[:, None], L], 1)  # column 0: the observed labels
     per = torch.stack([
-        _counts(c.codes, m, L, c.n_codes, groups, n_groups) for c, m in zip(members, masks, strict=True)
+        _counts(c.codes, m, L, c.n_codes, groups, n_groups, statistic=statistic) for c, m in zip(members, masks, strict=True)
     ])  # [S, 1 + B, heads]
     stat = combine(per, how)
     obs, null = stat[0], stat[1:]
@@ -144,8 +154,9 @@ def label_swap_null(
     diff = obs - mean
     z = torch.where(std > 0, diff / std.clamp_min(1e-12), torch.zeros_like(diff))
     z = torch.where((std == 0) & (diff != 0), diff.sign() * 1e6, z)
-    above = (null > obs + 1e-9).sum(0).float()
-    ties = (1 + ((null - obs).abs() <= 1e-9).sum(0)).float()  # the observed value ties with itself
+    tol = 1e-6  # counts step by >= 1/members; distances are float32 sums of the same terms
+    above = (null > obs + tol).sum(0).float()
+    ties = (1 + ((null - obs).abs() <= tol).sum(0)).float()  # the observed value ties with itself
     jitter = torch.rand(obs.shape, generator=torch.Generator().manual_seed(seed + 1))
     return NullResult(observed=obs, mean=mean, std=std, z=z, p=(above + ties) / (1 + permutations),
                       p_randomised=(above + jitter * ties) / (1 + permutations), permutations=permutations,

@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 BEYOND_PAPER_SAE = {"input_scale": "input_scale", "head_norm": "head_norm", "target_l0": "target_l0", "sae_seeds": "n_seeds", "stop": "stop",
                     "check_every": "check_every"}
-BEYOND_PAPER_SCORING = {"permutations": "permutations", "fdr": "fdr", "circuit": "circuit",
+BEYOND_PAPER_SCORING = {"statistic": "statistic", "permutations": "permutations", "fdr": "fdr", "circuit": "circuit",
                         "node_score": "node_score", "combine": "combine", "edge_rule": "edge_rule",
                         "edge_permutations": "edge_permutations"}
 
@@ -92,6 +92,9 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
                    help="'codes': stop SAE training once the argmax codes settle (--epochs is then the most); "
                    "'epochs' (paper): exactly --epochs steps")
     b.add_argument("--check-every", type=positive_int, default=None, help="with --stop codes: epochs between checks")
+    b.add_argument("--statistic", choices=("unique-positive", "tv"), default=None,
+                   help="per-head statistic: codes seen only on positives (paper) or the total-variation distance "
+                   "between the head's codes on positives and on negatives")
     b.add_argument("--permutations", type=int, default=None,
                    help="label-swap permutations for each head's null distribution (paper: 0, none)")
     b.add_argument("--fdr", type=finite_float, default=None, help="false-discovery rate in (0, 1) (default 0.05)")
@@ -194,7 +197,7 @@ def print_summary(result) -> None:
     print(f"task   {p.task}  ({p.n_positive} positive + {p.n_negative} negative prompts, {p.seq_len} tokens)")
     print_sae_line(d)
     for s in result.scores:
-        raw_key = "unique_positive_codes" if "unique_positive_codes" in s.stats else "pair_counts"
+        raw_key = next(k for k in ("code_distance", "unique_positive_codes", "pair_counts") if k in s.stats)
         raw = s.stats[raw_key].reshape(-1)
         print()
         label = "node level" if s.method == "sae-codes" else "edge level (head scores from head pairs)"

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..activations import head_outputs
-from ..codes import discretise, softmax_scores, unique_positive_codes
+from ..codes import code_statistic, discretise, softmax_scores
 from ..codes.edge import cooccurrence_both, top_pairs
 from ..codes.null import NullResult, benjamini_hochberg, combine, label_matrix, label_swap_null
 from ..config import SAEConfig, ScoringConfig
@@ -85,11 +85,13 @@ def _groups(acts: HeadActivations) -> torch.Tensor:
     return torch.arange(V) % acts.layout.n_total
 
 
-def _per_seed_counts(members: list[Codes], masks: list[torch.Tensor], acts: HeadActivations, normalise: bool):
+def _per_seed_stats(members: list[Codes], masks: list[torch.Tensor], acts: HeadActivations, sc: ScoringConfig,
+                    statistic: str | None = None):
+    """The per-head statistic of every SAE of the ensemble [S, heads] (per-position codes summed per head)."""
     groups, H = _groups(acts), acts.layout.n_total
     out = []
     for c, m in zip(members, masks, strict=True):
-        u = unique_positive_codes(c, normalise=normalise, mask=m)
+        u = code_statistic(c, statistic or sc.statistic, normalise=sc.normalise, mask=m)
         out.append(torch.zeros(H).index_add_(0, groups, u))
     return torch.stack(out)
 
@@ -107,10 +109,16 @@ def _distinct_codes(members: list[Codes], acts: HeadActivations) -> torch.Tensor
 def _node_level(acts, members, masks, sc: ScoringConfig, timings) -> tuple[Scores, NullResult | None]:
     layout = acts.layout
     shape = (layout.n_layers, layout.n_heads)
-    per = _per_seed_counts(members, masks, acts, sc.normalise)
+    per = _per_seed_stats(members, masks, acts, sc)
     u = combine(per, sc.combine)
-    stats: dict[str, Any] = {"unique_positive_codes": u.reshape(shape), "level": "node",
+    stats: dict[str, Any] = {"statistic": sc.statistic, "level": "node",
                              "distinct_codes": _distinct_codes(members, acts).reshape(shape)}
+    if sc.statistic == "unique-positive":
+        stats["unique_positive_codes"] = u.reshape(shape)
+    else:  # the paper's count stays in the stats, for comparison
+        stats["code_distance"] = u.reshape(shape)
+        stats["unique_positive_codes"] = combine(_per_seed_stats(members, masks, acts, sc, "unique-positive"),
+                                                 sc.combine).reshape(shape)
     if per.shape[0] > 1:
         stats["seed_std"] = per.std(0, unbiased=False).reshape(shape)
         stats["rank_agreement"] = rank_agreement(per)
@@ -119,7 +127,7 @@ def _node_level(acts, members, masks, sc: ScoringConfig, timings) -> tuple[Score
     if sc.permutations > 0:
         t = time.perf_counter()
         null = label_swap_null(members, masks, permutations=sc.permutations, seed=sc.null_seed, how=sc.combine,
-                               groups=_groups(acts), n_groups=layout.n_total)
+                               groups=_groups(acts), n_groups=layout.n_total, statistic=sc.statistic)
         significant, q = benjamini_hochberg(null.p, sc.fdr)
         stats.update({"z": null.z.reshape(shape), "p_value": null.p.reshape(shape),
                       "p_value_randomised": null.p_randomised.reshape(shape), "q_value": q.reshape(shape),

@@ -25,6 +25,7 @@ from ..types import HeadId, HeadLayout
 # per-head extras that scores.json may carry, shown instead of a softmaxed score
 # (monotone in it, so the picture ranks heads the same way) and how to call them
 RAW_VALUES = {
+    "code_distance": "code distance (TV, positives vs negatives)",
     "unique_positive_codes": "unique positive codes",
     "pair_counts": "appearances in top head pairs",
 }

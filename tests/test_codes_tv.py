@@ -1,0 +1,137 @@
+"""The total-variation statistic (``statistic="tv"``): known answers, its permutation null,
+the planted circuit, and refusals of bad settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuitscan.codes import code_distance, code_statistic
+from circuitscan.codes.null import benjamini_hochberg, label_swap_null
+from circuitscan.config import SAEConfig, ScoringConfig
+from circuitscan.errors import CircuitscanError
+from circuitscan.types import Codes, HeadLayout
+
+
+def _codes(rows, labels, layout, n_codes=10):
+    return Codes(torch.tensor(rows), torch.tensor(labels), layout, n_codes)
+
+
+def test_tv_by_hand():
+    layout = HeadLayout(1, 4)
+    # head 0: pos {1, 1}, neg {1, 1} -> 0 (same distribution)
+    # head 1: pos {2, 3}, neg {4, 5} -> 1 (disjoint)
+    # head 2: pos {1, 2}, neg {1, 1} -> 0.5 * (|1/2 - 1| + |1/2 - 0|) = 0.5
+    # head 3: pos {7, 8}, neg {8, 7} -> 0 (same codes, other order)
+    c = _codes([[1, 2, 1, 7], [1, 3, 2, 8], [1, 4, 1, 8], [1, 5, 1, 7]], [True, True, False, False], layout)
+    assert code_distance(c).tolist() == [0.0, 1.0, 0.5, 0.0]
+    # the paper's count differs where it should: head 3 also 0, head 2 counts code 2 once
+    assert code_statistic(c, "unique-positive").tolist() == [0.0, 2.0, 1.0, 0.0]
+    mask = torch.tensor([True, False, True, True])  # drop the second positive
+    assert code_distance(c, mask=mask).tolist() == [0.0, 1.0, 0.0, 0.5]
+    with pytest.raises(CircuitscanError, match="statistic must be one of"):
+        code_statistic(c, "kl")
+
+
+def test_tv_weighs_codes_by_frequency_where_the_count_cannot():
+    # head 0: one stray positive code among 20 shared ones; head 1: half the positives change code
+    n = 20
+    pos = [[1, 1]] * n
+    pos[0] = [9, 1]
+    pos[1:11] = [[1, 5]] * 10
+    rows = pos + [[1, 1]] * n
+    c = _codes(rows, [True] * n + [False] * n, HeadLayout(1, 2))
+    assert code_statistic(c, "unique-positive").tolist() == [1.0, 1.0]  # the count ties them
+    tv = code_distance(c)
+    assert tv[0] == pytest.approx(0.05) and tv[1] == pytest.approx(0.5)
+
+
+def _random_codes(n_pairs=30, layers=20, heads=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randint(2, 12, (layers * heads,), generator=g)
+    codes = (torch.rand(2 * n_pairs, layers * heads, generator=g) * k).long()
+    labels = torch.tensor([True] * n_pairs + [False] * n_pairs)
+    return Codes(codes, labels, HeadLayout(layers, heads), 12)
+
+
+def test_tv_null_matches_the_direct_statistic_and_is_uniform_when_labels_do_not_matter():
+    c = _random_codes()
+    mask = torch.ones(c.labels.numel(), dtype=torch.bool)
+    mask[[3, 33]] = False
+    r = label_swap_null([c], [mask], permutations=400, seed=2, statistic="tv")
+    assert torch.allclose(r.observed, code_distance(c, mask=mask), atol=1e-6)
+    for a in (0.05, 0.1, 0.2, 0.5):
+        assert abs(float((r.p_randomised <= a).float().mean()) - a) < 0.06, a
+        assert float((r.p <= a).float().mean()) <= a + 0.03, a
+    assert int(benjamini_hochberg(r.p, 0.05)[0].sum()) <= 2
+
+
+def test_tv_null_detects_a_head_whose_codes_follow_the_label():
+    c = _random_codes(layers=2, heads=3)
+    codes = c.codes.clone()
+    codes[:30, 4] = 1  # head 4: code 1 on most positives, random on negatives
+    codes[:5, 4] = 7
+    c = Codes(codes, c.labels, c.layout, c.n_codes)
+    r = label_swap_null([c], [torch.ones(60, dtype=torch.bool)], permutations=500, seed=0, statistic="tv")
+    keep, _ = benjamini_hochberg(r.p, 0.05)
+    assert keep.nonzero().flatten().tolist() == [4]
+
+
+def test_tv_p_values_are_uniform_on_the_tracr_null_task(single_thread):
+    """``tracr:negative=random``: negatives are random inputs like the positives, so no head differs."""
+    pytest.importorskip("tracr")
+    from scipy.stats import kstest
+
+    from circuitscan.activations import head_outputs
+    from circuitscan.methods.sae_codes import SAECodesConfig, discover_from_activations
+    from circuitscan.tasks import build_task
+    from circuitscan.testbeds import tracr as T
+
+    ps, conservative = [], []
+    for i, name in enumerate(("sort", "reverse", "frac_prev", "sort_freq")):
+        model = T.load_tracr(name)
+        for seed in range(4):
+            acts = head_outputs(model, build_task("tracr:negative=random", model, 60, seed=seed))
+            cfg = SAECodesConfig(sae=SAEConfig(epochs=150, seed=seed, input_scale="d_model", head_norm="center"),
+                                 scoring=ScoringConfig(statistic="tv", permutations=300, null_seed=10 * i + seed))
+            d = discover_from_activations(acts, cfg)
+            ps.append(d.node.stats["p_value_randomised"].reshape(-1))
+            conservative.append(d.node.stats["p_value"].reshape(-1))
+    p = torch.cat(ps)
+    assert kstest(p.numpy(), "uniform").pvalue > 0.01
+    assert float((torch.cat(conservative) <= 0.05).float().mean()) <= 0.1
+
+
+def test_tv_recovers_the_planted_circuit_by_fdr(planted, single_thread):
+    from circuitscan.activations import head_outputs
+    from circuitscan.circuits import for_model
+    from circuitscan.methods.sae_codes import SAECodesConfig, discover_from_activations
+    from circuitscan.run import predicted_circuit
+    from circuitscan.tasks import build_task
+
+    acts = head_outputs(planted, build_task("planted", planted, 100, seed=0))
+    truth = sorted(h.name for h in for_model(None, planted, "planted").heads)
+    for seed in (0, 1, 2):
+        sc = ScoringConfig(statistic="tv", permutations=1000, circuit="fdr", node_score="count", null_seed=seed)
+        cfg = SAECodesConfig(sae=SAEConfig(epochs=150, seed=seed, input_scale="d_model", head_norm="center"),
+                             scoring=sc)
+        d = discover_from_activations(acts, cfg)
+        assert d.node.stats["statistic"] == "tv"
+        assert torch.allclose(d.node.node, d.node.stats["code_distance"])
+        assert sorted(predicted_circuit(d.node, None, None, sc)["heads"]) == truth, seed
+
+
+def test_bad_statistic_settings_are_refused():
+    with pytest.raises(CircuitscanError, match="statistic must be 'unique-positive' or 'tv'"):
+        ScoringConfig(statistic="kl")
+    with pytest.raises(CircuitscanError, match="normalise"):
+        ScoringConfig(statistic="tv", normalise=True)
+
+
+def test_cli_bad_statistic_exits_2(capsys):
+    from circuitscan.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["discover", "--model", "toy-planted", "--task", "planted", "--statistic", "kl", "--out", "x"])
+    assert e.value.code == 2
+    assert "--statistic" in capsys.readouterr().err
