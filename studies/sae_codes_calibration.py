@@ -70,6 +70,8 @@ GROUPS = {"toy": [k for k in TESTBEDS if not k.startswith("smollm2")],
 # tree's config does not have yet is skipped (the issue-13 mechanisms land in pieces).
 _S = {"input_scale": "d_model"}
 _ENS = {**_S, "n_seeds": 5}
+_C = {**_S, "head_norm": "center"}
+_TV = {"statistic": "tv"}
 _Z = {"permutations": 200, "node_score": "z", "circuit": "fdr"}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "sc-paper": {},  # today's default (the paper's SAE and scoring, mean aggregation)
@@ -82,6 +84,17 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "sc-ens5-z": {"sae": _ENS, "scoring": {"combine": "mean", **_Z}},  # + label-swap null, z score, FDR circuit
     "sc-last": {"sae": _S, "top": {"aggregation": "last"}},
     "sc-ens5-last-z": {"sae": _ENS, "scoring": {"combine": "mean", **_Z}, "top": {"aggregation": "last"}},
+    "sc-center": {"sae": _C},  # + each head's mean output subtracted before the SAE
+    "sc-center-tv": {"sae": _C, "scoring": _TV},  # + total-variation distance instead of the count
+    "sc-center-tv-fdr": {"sae": _C, "scoring": {**_TV, "permutations": 1000, "circuit": "fdr"}},
+    "sc-center-tv-ens5-fdr": {"sae": {**_C, "n_seeds": 5}, "scoring": {**_TV, "permutations": 1000, "circuit": "fdr"}},
+    "sc-center-tv-last-fdr": {"sae": _C, "scoring": {**_TV, "permutations": 1000, "circuit": "fdr"},
+                              "top": {"aggregation": "last"}},
+    "sc-center-tv-all-fdr": {"sae": _C, "scoring": {**_TV, "permutations": 1000, "circuit": "fdr"},
+                             "top": {"aggregation": "all"}},
+    "sc-center-tvz-fdr": {"sae": _C, "scoring": {**_TV, "permutations": 1000, "circuit": "fdr", "node_score": "z"}},
+    "sc-center-tvz-last-fdr": {"sae": _C, "scoring": {**_TV, "permutations": 1000, "circuit": "fdr", "node_score": "z"},
+                               "top": {"aggregation": "last"}},
     "sc-preset": {"_compat": {}},  # --compat circuitscan (config.CIRCUITSCAN_COMPAT as the tree has it)
 }
 

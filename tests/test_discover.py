@@ -15,9 +15,25 @@ from circuitscan.errors import CircuitscanError
 from circuitscan.run import discover
 
 
-def test_discover_ranks_the_planted_heads_first(planted, planted_prompts):
+def test_default_discover_finds_the_planted_circuit(planted, planted_prompts):
+    """The default (--compat circuitscan): TV ranking, the FDR circuit is the planted heads."""
     gt = circuits.get("planted")
     result = discover(planted, planted_prompts, level="both", ground_truth=gt)
+    assert result.discovery.node.stats["statistic"] == "tv"
+    for method in ("sae-codes", "sae-codes-pairs"):
+        assert result.metrics[method].auc == 1.0, method
+    assert set(result.circuits["sae-codes"]["heads"]) == {"L0H1", "L1H2", "L2H0"}
+    assert "significant at FDR" in result.circuits["sae-codes"]["rule"]
+    tv = result.discovery.node.stats["code_distance"].reshape(-1)
+    planted_idx = [planted.layout.index(h) for h in gt.heads]
+    others = [i for i in range(12) if i not in planted_idx]
+    assert float(tv[planted_idx].min()) > float(tv[others].max())
+
+
+def test_paper_discover_ranks_the_planted_heads_first(planted, planted_prompts):
+    gt = circuits.get("planted")
+    result = discover(planted, planted_prompts, level="both", ground_truth=gt, sae=SAEConfig(),
+                      scoring=ScoringConfig())
     for method in ("sae-codes", "sae-codes-pairs"):
         m = result.metrics[method]
         # exact ground truth by construction: every planted head outranks every other head

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .config import SAEConfig, ScoringConfig
+from .config import SAEConfig, ScoringConfig, default_sae, default_scoring
 from .errors import CircuitscanError
 from .evaluation.ground_truth import GroundTruthMetrics, evaluate_against
 from .integrity import prompts_sha256
@@ -103,7 +103,9 @@ def discover(
     Args:
         model: a loaded model (:func:`circuitscan.load_model`).
         prompts: the task's positives and negatives (:func:`circuitscan.build_task`).
-        sae, scoring: stage configs (defaults: the paper's).
+        sae, scoring: stage configs (default: both of ``--compat circuitscan``,
+            :func:`circuitscan.config.default_configs`; ``SAEConfig()`` and
+            ``ScoringConfig()`` are the paper's). A config given alone is used as given.
         level: ``"node"``, ``"edge"`` or ``"both"``.
         ground_truth: heads to evaluate against (ROC AUC, F1).
         out: run directory to write (must not exist or be empty).
@@ -114,8 +116,8 @@ def discover(
     check_model_and_prompts(model, prompts)
     if level not in LEVELS:
         raise CircuitscanError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
-    sae = sae or SAEConfig()
-    scoring = scoring or ScoringConfig()
+    sae = sae or default_sae()
+    scoring = scoring or default_scoring()
     check_type(sae, SAEConfig, "sae", "an SAEConfig")
     check_type(scoring, ScoringConfig, "scoring", "a ScoringConfig")
     check_type(out, (str, Path, type(None)), "out", "a directory path or None")

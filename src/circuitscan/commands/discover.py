@@ -50,10 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="code of a head where no feature fires (default: its own code)")
     s.add_argument("--count-on", choices=("held-out", "all"), default="held-out",
                    help="examples codes are counted on (default: those the SAE did not train on)")
-    s.add_argument("--compat", choices=("paper", "authors", "circuitscan"), default="paper",
-                   help="'paper' (default): the paper's SAE and scoring; 'authors' switches on every deviation of "
-                   "the authors' code (METHOD.md section 3); 'circuitscan': scaled inputs, a 5-SAE ensemble, "
-                   "the permutation null and FDR circuit (docs/METHODS.md); flags given override the preset")
+    s.add_argument("--compat", choices=("paper", "authors", "circuitscan"), default="circuitscan",
+                   help="'circuitscan' (default): scaled and per-head centred SAE inputs, the total-variation "
+                   "statistic and the circuit significant at FDR 0.05 under a label-swap null (docs/CALIBRATION.md); "
+                   "'paper': the paper's SAE and scoring; 'authors': every deviation of the authors' code "
+                   "(METHOD.md section 3); flags given override the preset")
     add_beyond_paper_args(p)
     x = p.add_argument_group("activations")
     x.add_argument("--aggregation", choices=("mean", "last", "all"), default="mean",

@@ -20,7 +20,7 @@ from ..activations import head_outputs
 from ..codes import code_statistic, discretise, softmax_scores
 from ..codes.edge import cooccurrence_both, top_pairs
 from ..codes.null import NullResult, benjamini_hochberg, combine, label_matrix, label_swap_null
-from ..config import SAEConfig, ScoringConfig
+from ..config import SAEConfig, ScoringConfig, default_sae, default_scoring
 from ..errors import CircuitscanError
 from ..models.handle import ModelHandle
 from ..sae import TrainResult, fit
@@ -30,8 +30,11 @@ from .base import MethodSpec
 
 @dataclass(frozen=True)
 class SAECodesConfig:
-    sae: SAEConfig = field(default_factory=SAEConfig)
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    """sae-codes' settings. The default is ``--compat circuitscan`` (:data:`circuitscan.config.CIRCUITSCAN_COMPAT`);
+    ``SAECodesConfig(sae=SAEConfig(), scoring=ScoringConfig())`` is the paper's method."""
+
+    sae: SAEConfig = field(default_factory=default_sae)
+    scoring: ScoringConfig = field(default_factory=default_scoring)
     level: str = "node"  # node | edge | both
     aggregation: str = "mean"  # mean | last | all (per-position codes)
     batch_size: int = 64
