@@ -37,7 +37,7 @@ def test_compare_writes_a_complete_run_directory(planted_run):
         assert len(entry["scores"]) == 12 and entry["forward_passes"] >= 1, name
     assert set(scores["methods"]["eap"]["edges"]) >= {"input->L0H1.v", "L2H0->logits"}
     assert set(metrics["ground_truth"]) == set(expected)
-    assert set(metrics["edge_ground_truth"]) == {"eap", "eap-ig", "acdc-edge", "edge-pruning"}
+    assert set(metrics["edge_ground_truth"]) == {"eap", "eap-ig", "acdc-edge", "edge-pruning", "relp"}
     assert set(metrics["faithfulness"]["cpr"]) == set(expected)
     rows = {r["method"]: r for r in metrics["comparison"]["rows"]}
     assert list(rows) == expected
@@ -50,7 +50,7 @@ def test_compare_writes_a_complete_run_directory(planted_run):
         assert 0.0 <= row["cpr"] <= 1.5 and row["cmd"] >= 0.0
         sweep = name in ("acdc", "acdc-edge", "sp")
         assert row["roc_source"].startswith("threshold sweep") == sweep, name
-        assert (row["edge_auc"] is not None) == (name in ("eap", "eap-ig", "acdc-edge", "edge-pruning")), name
+        assert (row["edge_auc"] is not None) == (name in ("eap", "eap-ig", "acdc-edge", "edge-pruning", "relp")), name
     assert rows["eap"]["edge_auc"] == pytest.approx(1.0)
     assert rows["edge-pruning"]["edge_auc"] == pytest.approx(1.0)
     assert rows["acdc-edge"]["edge_auc"] == pytest.approx(1.0)

@@ -7,7 +7,7 @@ table, the report and the CLI's method lists read the registry and nothing else.
 
 from __future__ import annotations
 
-from . import acdc, eap, eap_ig, edge_pruning, hisp, norm_diff, patching, sae_codes, sp
+from . import acdc, cd_t, eap, eap_ig, edge_pruning, hisp, norm_diff, patching, relp, sae_codes, sp
 from .acdc import ACDCConfig, ACDCEdgeScorer, ACDCScorer
 from .base import (
     MethodSpec,
@@ -48,6 +48,8 @@ register(hisp.SPEC)
 register(sp.SPEC)
 register(norm_diff.SPEC)
 register(edge_pruning.SPEC)
+register(relp.SPEC)
+register(cd_t.SPEC)
 
 # feature-level circuits (docs/FEATURES.md): the attribution graph's head-level view; needs sublayer SAEs
 from ..features import heads as _feature_heads  # noqa: E402
