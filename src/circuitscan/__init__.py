@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import testbeds as _testbeds  # noqa: F401  (registers the testbed models and the tracr task)
 from ._version import __version__
 
 _EXPORTS = {

