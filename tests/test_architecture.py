@@ -38,9 +38,7 @@ KNOWN_UPWARD = {
 }
 
 #: modules inside an import circle today (issue 15 removes them); do not add to this
-KNOWN_IN_CYCLES = {
-    "circuitscan.report.feature_figures", "circuitscan.report.figures",
-}
+KNOWN_IN_CYCLES: set[str] = set()
 
 
 def _modules() -> dict[str, Path]:

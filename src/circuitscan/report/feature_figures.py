@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..rundir import atomic_path, read_json
+from ._save import save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -292,8 +293,6 @@ def feature_figure_specs(run: Any) -> list[tuple[str, str, Any, str]]:
 
 def write_training_figure(sae_dir: str | Path) -> Path:
     """``figures/training.png`` (and .svg) in an SAE directory."""
-    from .figures import save_figure
-
     sae_dir = Path(sae_dir)
     curves = _read(sae_dir / "training.json")
     png, _ = save_figure(training_figure(curves), sae_dir / "figures", "training")
@@ -302,8 +301,6 @@ def write_training_figure(sae_dir: str | Path) -> Path:
 
 def write_feature_report(run_dir: str | Path) -> Path:
     """Write ``feature_figures/*.png|svg`` and ``features.html`` into a features graph run."""
-    from .figures import save_figure
-
     run_dir = Path(run_dir)
     figs = []
     for name, build, caption in _figures(run_dir):

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CircuitscanError
-from ..rundir import atomic_path
+from ._save import figure_title, save_figure
+from .feature_figures import feature_figure_specs  # feature-level circuits (a `features graph` run)
 from .rundata import CodesData, RunData, head_names, to_float
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ BAR_OTHER = "#9ecae1"
 PAIR_COLOR = "#e6550d"
 METHOD_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                  "#7f7f7f", "#bcbd22", "#17becf"]
-PNG_DPI = 110
 MAX_SCATTER_POINTS = 20_000
 MAX_TSNE_POINTS = 2_000
 
@@ -787,36 +787,6 @@ class FigureFile:
     svg: Path
 
 
-def figure_title(fig: Figure) -> str:
-    """The figure's title (its suptitle, else the first axes title)."""
-    sup = fig.get_suptitle()
-    if sup:
-        return " ".join(sup.split("\n"))  # undo _wrap
-    for ax in fig.axes:
-        if ax.get_title():
-            return ax.get_title()
-    return ""
-
-
-def save_figure(fig: Figure, directory: Path, name: str) -> tuple[Path, Path]:
-    """Write ``name.png`` and ``name.svg`` into ``directory`` atomically.
-
-    The layout (constrained) is solved once, while drawing the PNG, and then frozen for
-    the SVG: solving it measures every text, which is most of a figure's cost.
-    """
-    import matplotlib
-
-    directory.mkdir(parents=True, exist_ok=True)
-    png, svg = directory / f"{name}.png", directory / f"{name}.svg"
-    title = figure_title(fig)
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=PNG_DPI, metadata={"Title": title, "Software": None})
-    fig.set_layout_engine("none")
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name}), atomic_path(svg) as tmp:
-        fig.savefig(tmp, format="svg", metadata={"Title": title, "Date": None})
-    return png, svg
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "figure"
 
@@ -870,10 +840,6 @@ def figure_specs(run: RunData, *, tsne: bool = False) -> list[FigureSpec]:
                           "positives vs negatives (paper Fig. 31)."))
     if (run.metrics.get("sae") or {}).get("losses"):
         specs.append(("sae", "sae-loss", lambda: sae_loss(run), "The SAE's training loss per full-batch step."))
-    from .feature_figures import (
-        feature_figure_specs,  # feature-level circuits (a `features graph` run)
-    )
-
     specs.extend(feature_figure_specs(run))
     return specs
 

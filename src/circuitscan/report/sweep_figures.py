@@ -268,7 +268,7 @@ def figure_specs(data: dict[str, Any]) -> list[tuple[str, Any, str]]:
 
 
 def write_sweep_figures(data: dict[str, Any], directory: Path) -> list[tuple[str, Path, str]]:
-    from .figures import save_figure
+    from ._save import save_figure
 
     out = []
     for name, build, caption in figure_specs(data):
