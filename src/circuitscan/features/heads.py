@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..errors import CircuitscanError
-from ..methods.base import MethodSpec
+from ..methods.base import MethodSpec, register
 from ..models.handle import ModelHandle
 from ..types import HeadLayout, PromptSet, Scores
 from .graph import AttributionGraph, GraphConfig, graph_for_prompts
@@ -145,3 +145,6 @@ SPEC = MethodSpec(
     summary="head shares of a sparse-feature attribution graph (needs sublayer SAEs: circuitscan features train)",
     source="Marks et al. 2024, arXiv:2403.19647",
 )
+# registered here rather than by circuitscan.methods, so that the spec is complete whichever of the
+# two modules is imported first (methods/__init__ imports this module only to trigger this line)
+register(SPEC)

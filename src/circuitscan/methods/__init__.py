@@ -52,9 +52,7 @@ register(relp.SPEC)
 register(cd_t.SPEC)
 
 # feature-level circuits (docs/FEATURES.md): the attribution graph's head-level view; needs sublayer SAEs
-from ..features import heads as _feature_heads  # noqa: E402
-
-register(_feature_heads.SPEC)
+from ..features import heads as _feature_heads  # noqa: E402, F401  (it registers its SPEC itself)
 
 __all__ = [
     "ACDCConfig",
