@@ -154,7 +154,9 @@ def test_cli_circuitscan_preset_and_bad_settings_exit_2(tmp_path, capsys):
         assert not bad_out.exists()
 
 
-def test_p_values_are_uniform_on_the_tracr_null_task(single_thread):
+@pytest.mark.parametrize("variant", [{}, {"statistic": "tv", "input_scale": "d_model", "head_norm": "center"}],
+                         ids=["paper", "default-tv"])
+def test_p_values_are_uniform_on_the_tracr_null_task(single_thread, variant):
     """tracr with random negatives: positives and negatives are both random inputs (a null task)."""
     pytest.importorskip("tracr")
     from scipy.stats import kstest
@@ -168,7 +170,7 @@ def test_p_values_are_uniform_on_the_tracr_null_task(single_thread):
         model = T.load_tracr(name)
         for seed in range(4):
             acts = head_outputs(model, build_task("tracr:negative=random", model, 60, seed=seed))
-            d = _discover(acts, seed=seed, permutations=300, null_seed=10 * i + seed)  # independent tie-breaks
+            d = _discover(acts, seed=seed, permutations=300, null_seed=10 * i + seed, **variant)  # independent tie-breaks
             ps.append(d.node.stats["p_value_randomised"].reshape(-1))
             conservative.append(d.node.stats["p_value"].reshape(-1))
     p = torch.cat(ps)
