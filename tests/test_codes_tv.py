@@ -111,3 +111,45 @@ def test_cli_bad_statistic_exits_2(capsys):
         main(["discover", "--model", "toy-planted", "--task", "planted", "--statistic", "kl", "--out", "x"])
     assert e.value.code == 2
     assert "--statistic" in capsys.readouterr().err
+
+
+def test_min_effect_keeps_only_significant_heads_with_a_large_enough_effect(planted, single_thread):
+    from circuitscan.activations import head_outputs
+    from circuitscan.circuits import for_model
+    from circuitscan.methods.sae_codes import SAECodesConfig, discover_from_activations
+    from circuitscan.run import predicted_circuit
+    from circuitscan.tasks import build_task
+
+    acts = head_outputs(planted, build_task("planted", planted, 100, seed=0))
+    truth = sorted(h.name for h in for_model(None, planted, "planted").heads)
+    sae = SAEConfig(epochs=150, seed=0, input_scale="d_model", head_norm="center")
+
+    def circuit(min_effect):
+        sc = ScoringConfig(statistic="tv", permutations=1000, circuit="fdr", min_effect=min_effect)
+        d = discover_from_activations(acts, SAECodesConfig(sae=sae, scoring=sc))
+        return d.node, predicted_circuit(d.node, None, None, sc)
+
+    s, c0 = circuit(0.0)
+    assert sorted(c0["heads"]) == truth and "effect" not in c0["rule"]
+    effect = s.stats["effect"].reshape(-1)
+    assert torch.allclose(effect, s.stats["code_distance"].reshape(-1) - s.stats["null_mean"].reshape(-1))
+    # a floor just above the weakest planted head's effect drops exactly that head
+    sig = s.stats["significant"].reshape(-1)
+    weakest = min((effect[i].item(), i) for i in sig.nonzero().flatten().tolist())
+    _, c1 = circuit(weakest[0] + 1e-4)
+    assert sorted(c1["heads"]) == sorted(set(truth) - {s.layout.head(weakest[1]).name})
+    assert "effect (statistic - null mean) >= " in c1["rule"]
+    _, c2 = circuit(1.0 + 1e-6)  # TV minus a non-negative null mean never exceeds 1
+    assert c2["heads"] == []
+
+
+def test_bad_min_effect_is_refused(capsys):
+    from circuitscan.cli import main
+
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(CircuitscanError, match="min_effect must be a finite number >= 0"):
+            ScoringConfig(min_effect=bad)
+    with pytest.raises(CircuitscanError, match="min_effect must be a number"):
+        ScoringConfig(min_effect="0.1")
+    assert main(["discover", "--model", "toy-planted", "--task", "planted", "--min-effect", "-1", "--out", "x"]) == 2
+    assert "min_effect" in capsys.readouterr().err

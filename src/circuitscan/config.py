@@ -160,6 +160,11 @@ class ScoringConfig:
             style) or ``"fdr"``: heads significant under the permutation null at
             false-discovery rate ``fdr`` (Benjamini-Hochberg; needs ``permutations``).
         fdr: the false-discovery rate of ``circuit="fdr"`` and ``edge_rule="fdr"``, in (0, 1).
+        min_effect: with ``circuit="fdr"``, a significant head is in the circuit only when
+            its statistic exceeds its null mean by at least this much (the "effect": for
+            ``"tv"`` a debiased total-variation distance in [0, 1]; for the count, codes).
+            Significance grows with the number of prompts, the effect does not, so this
+            keeps the circuit's size from growing with ``-n``. 0 = significance alone.
         node_score: the per-head score: ``"softmax"`` of the count (the paper), the
             ``"count"`` itself, or its ``"z"``-score under the null (needs ``permutations``).
         combine: ``"mean"`` or ``"median"`` over the SAEs of an ensemble.
@@ -181,13 +186,14 @@ class ScoringConfig:
     null_seed: int = 0
     circuit: str = "above-uniform"
     fdr: float = 0.05
+    min_effect: float = 0.0
     node_score: str = "softmax"
     combine: str = "mean"
     edge_rule: str = "top-k"
     edge_permutations: int = 20
 
     def __post_init__(self) -> None:
-        _check_types(self, ints=("edge_k",), nums=("threshold",), strs=("silent", "count_on", "statistic", "softmax"),
+        _check_types(self, ints=("edge_k",), nums=("threshold", "min_effect"), strs=("silent", "count_on", "statistic", "softmax"),
                      bools=("normalise",), optional=("threshold", "edge_k"))
         _check(self.silent in ("own-code", "zero"), f"silent must be 'own-code' or 'zero', got {self.silent!r}")
         _check(self.count_on in ("held-out", "all"), f"count_on must be 'held-out' or 'all', got {self.count_on!r}")
@@ -206,6 +212,8 @@ class ScoringConfig:
                f"circuit must be 'above-uniform' or 'fdr', got {self.circuit!r}")
         _check(0 < self.fdr < 1 and math.isfinite(self.fdr),
                f"fdr (the false-discovery rate) must be in (0, 1), got {self.fdr}")
+        _check(math.isfinite(self.min_effect) and self.min_effect >= 0,
+               f"min_effect must be a finite number >= 0, got {self.min_effect}")
         _check(self.node_score in ("softmax", "count", "z"),
                f"node_score must be 'softmax', 'count' or 'z', got {self.node_score!r}")
         _check(self.combine in ("mean", "median"), f"combine must be 'mean' or 'median', got {self.combine!r}")

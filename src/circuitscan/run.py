@@ -66,6 +66,8 @@ def predicted_circuit(
         chosen = [scores.layout.head(i).name for i in sig.nonzero().flatten().tolist()]
         what = "heads" if scores.method == "sae-codes" else "heads in significant pairs"
         rule = f"{what} significant at FDR {scoring.fdr:g} (label-swap permutation null, Benjamini-Hochberg)"
+        if scoring.min_effect > 0 and scores.method == "sae-codes":
+            rule += f" with an effect (statistic - null mean) >= {scoring.min_effect:g}"
         if scores.method != "sae-codes" and scoring.edge_rule == "top-k":
             rule = f"heads in the top-k pairs (edge_rule top-k; FDR {scoring.fdr:g} applies to the node level)"
         return {"threshold": float(scoring.fdr), "rule": rule, "heads": chosen, "size": len(chosen)}

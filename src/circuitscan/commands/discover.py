@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 BEYOND_PAPER_SAE = {"input_scale": "input_scale", "head_norm": "head_norm", "target_l0": "target_l0", "sae_seeds": "n_seeds", "stop": "stop",
                     "check_every": "check_every"}
 BEYOND_PAPER_SCORING = {"statistic": "statistic", "permutations": "permutations", "fdr": "fdr", "circuit": "circuit",
-                        "node_score": "node_score", "combine": "combine", "edge_rule": "edge_rule",
+                        "min_effect": "min_effect", "node_score": "node_score", "combine": "combine", "edge_rule": "edge_rule",
                         "edge_permutations": "edge_permutations"}
 
 
@@ -101,6 +101,9 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
     b.add_argument("--fdr", type=finite_float, default=None, help="false-discovery rate in (0, 1) (default 0.05)")
     b.add_argument("--circuit", choices=("above-uniform", "fdr"), default=None,
                    help="circuit rule without --threshold: 'fdr' = heads significant under the null")
+    b.add_argument("--min-effect", type=finite_float, default=None,
+                   help="with --circuit fdr: keep a significant head only if its statistic exceeds its null mean "
+                   "by at least this (TV: in [0, 1]; 0 = significance alone)")
     b.add_argument("--node-score", choices=("softmax", "count", "z"), default=None,
                    help="per-head score: softmax of the count (paper), the count, or its z under the null")
     b.add_argument("--combine", choices=("mean", "median"), default=None, help="over the ensemble's SAEs")

@@ -132,7 +132,9 @@ def _node_level(acts, members, masks, sc: ScoringConfig, timings) -> tuple[Score
         null = label_swap_null(members, masks, permutations=sc.permutations, seed=sc.null_seed, how=sc.combine,
                                groups=_groups(acts), n_groups=layout.n_total, statistic=sc.statistic)
         significant, q = benjamini_hochberg(null.p, sc.fdr)
-        stats.update({"z": null.z.reshape(shape), "p_value": null.p.reshape(shape),
+        effect = null.observed - null.mean
+        significant = significant & (effect >= sc.min_effect)
+        stats.update({"z": null.z.reshape(shape), "p_value": null.p.reshape(shape), "effect": effect.reshape(shape),
                       "p_value_randomised": null.p_randomised.reshape(shape), "q_value": q.reshape(shape),
                       "significant": significant.reshape(shape), "null_mean": null.mean.reshape(shape),
                       "null": f"{null.scheme}, {null.permutations} permutations, BH at {sc.fdr:g}"})
