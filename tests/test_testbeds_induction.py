@@ -179,10 +179,7 @@ def test_sae_codes_and_eap_find_the_induction_circuit(toy_induction, induction_p
 
     d = run_sae_codes(toy_induction, induction_prompts, SAECodesConfig())
     assert evaluate_against(d.node, gt).auc >= 0.9
-    try:
-        eap = methods.get("eap")
-    except Exception:  # pragma: no cover - the baselines land separately
-        pytest.skip("EAP not built yet")
+    eap = methods.get("eap")
     assert evaluate_against(eap.score(toy_induction, induction_prompts), gt).auc >= 0.9
 
 
@@ -192,10 +189,7 @@ def test_kl_faithfulness_curves_appendix_h(toy_induction, gt):
     from circuitscan.methods.sae_codes import SAECodesConfig, run_sae_codes
     from circuitscan.tasks import build_task
 
-    try:
-        eap = methods.get("eap")
-    except Exception:  # pragma: no cover
-        pytest.skip("EAP not built yet")
+    eap = methods.get("eap")
     prompts = build_task("induction", toy_induction, 25, seed=1)  # Appendix H: 25 of each
     ev = CircuitEvaluator.build(toy_induction, prompts, ablation="zero", metrics=["kl"])
     scores = [
