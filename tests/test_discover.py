@@ -24,6 +24,7 @@ def test_default_discover_finds_the_planted_circuit(planted, planted_prompts):
         assert result.metrics[method].auc == 1.0, method
     assert set(result.circuits["sae-codes"]["heads"]) == {"L0H1", "L1H2", "L2H0"}
     assert "significant at FDR" in result.circuits["sae-codes"]["rule"]
+    assert "effect (statistic - null mean) >= 0.05" in result.circuits["sae-codes"]["rule"]
     tv = result.discovery.node.stats["code_distance"].reshape(-1)
     planted_idx = [planted.layout.index(h) for h in gt.heads]
     others = [i for i in range(12) if i not in planted_idx]

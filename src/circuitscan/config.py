@@ -233,13 +233,15 @@ AUTHORS_COMPAT = {
 
 CIRCUITSCAN_COMPAT = {
     "sae": {"input_scale": "d_model", "head_norm": "center"},
-    "scoring": {"statistic": "tv", "permutations": 1000, "circuit": "fdr"},
+    "scoring": {"statistic": "tv", "permutations": 1000, "circuit": "fdr", "min_effect": 0.05},
 }
 """``--compat circuitscan``, the default of ``discover``, ``compare`` and :class:`SAECodesConfig`:
 rows scaled to mean squared norm d_model and each head's mean output removed before the
 SAE, the total-variation distance between a head's codes on positives and negatives
 instead of the count of positive-only codes, and the circuit = the heads significant at
-FDR 0.05 under the label-swap null (the edge level stays the paper's top-k: ``edge_rule="fdr"`` finds no significant joint-only pair on the centred codes of toy-planted). Chosen over every known-answer testbed, 5 seeds
+FDR 0.05 under the label-swap null whose total-variation distance exceeds its null mean by at
+least 0.05 (``min_effect``: without it the circuit grows with the number of prompts; 0.05 is
+the largest floor that changes no toy or tracr circuit, docs/CALIBRATION.md "Round 3") (the edge level stays the paper's top-k: ``edge_rule="fdr"`` finds no significant joint-only pair on the centred codes of toy-planted). Chosen over every known-answer testbed, 5 seeds
 (docs/CALIBRATION.md); ``--compat paper`` (:class:`SAEConfig` and :class:`ScoringConfig`
 as constructed) is the paper's method."""
 
