@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -140,3 +142,28 @@ def test_evaluate_refuses_a_run_directory_in_use(tmp_path, capsys):
         _fails(["evaluate", str(out), "--random-samples", "2"], capsys, "another circuitscan process is using")
         _fails(["report", str(out)], capsys, "another circuitscan process is using")
     assert (out / "metrics.json").read_text() == metrics
+
+
+def test_a_second_sweep_into_a_directory_in_use_stops_at_once(tmp_path, capsys):
+    out = tmp_path / "s"
+    grid = [*SWEEP, "--grid", "features=4", "--seeds", "1", "--no-figures", "--out", str(out)]
+    assert main(grid) == 0
+    journal = (out / "journal.jsonl").read_bytes()
+    before = _tree(out)
+    capsys.readouterr()
+    holder = subprocess.Popen(  # another process, as a running sweep would be
+        [sys.executable, "-c", "import sys; from circuitscan.rundir import lock_run\n"
+         f"with lock_run({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        _fails([*grid, "--resume"], capsys, "another circuitscan process is using the sweep directory")
+        _fails([*grid[:-2], "--grid", "features=4,8", "--out", str(out), "--resume"], capsys,
+               "another circuitscan process is using the sweep directory")
+        _fails([*grid, "--overwrite"], capsys, "another circuitscan process is using the sweep directory")
+    finally:
+        holder.communicate("")
+    assert (out / "journal.jsonl").read_bytes() == journal and _tree(out) == before
+    assert main([*grid[:-2], "--grid", "features=4,8", "--out", str(out), "--resume"]) == 0  # free again
+    assert (out / "journal.jsonl").read_bytes().startswith(journal) and len((out / "journal.jsonl").read_bytes()) > len(journal)
+    capsys.readouterr()

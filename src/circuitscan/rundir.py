@@ -289,9 +289,15 @@ def _check_no_other_writer(parent: Path, name: str, own: Path) -> None:
         os.close(fd)  # a leftover of a killed run: not ours to judge, and it does not clash
 
 
+_HELD: set[tuple[int, int]] = set()  # directories this process holds locks on (device, inode)
+
+
 @contextmanager
-def lock_run(run_dir: str | Path, what: str = "run directory") -> Iterator[None]:
-    """Hold an exclusive lock on ``run_dir`` (evaluate and report add files to a run).
+def lock_run(run_dir: str | Path, what: str = "run directory", *, reenter: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (evaluate, report and sweep write into a directory).
+
+    With ``reenter``, a process that holds the lock already takes it again (a sweep locks its
+    directory in the command and in :func:`~circuitscan.sweep.runner.run_sweep`).
 
     Raises:
         CircuitscanError: another circuitscan process holds the lock.
@@ -300,16 +306,23 @@ def lock_run(run_dir: str | Path, what: str = "run directory") -> Iterator[None]
     if not path.is_dir():
         yield  # the command reports the missing directory in its own words
         return
+    st = path.stat()
+    key = (st.st_dev, st.st_ino)
+    if reenter and key in _HELD:
+        yield
+        return
     try:
         fd = _lock_fd(path)
     except BlockingIOError:
         raise CircuitscanError(
-            f"another circuitscan process is using the {what} {str(path)!r} (evaluate or report); wait "
-            "for it to finish, then run this again"
+            f"another circuitscan process is using the {what} {str(path)!r}; wait for it to finish, then "
+            "run this again"
         ) from None
+    _HELD.add(key)
     try:
         yield
     finally:
+        _HELD.discard(key)
         os.close(fd)
 
 

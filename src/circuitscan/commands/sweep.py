@@ -186,12 +186,26 @@ def _progress():
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import load_model
-    from ..sweep.runner import Execution, run_sweep
+    from ..rundir import lock_run
+    from ..sweep.runner import SWEEP_DIR
     from ..sweep.store import check_dir
 
     out = Path(args.out)
     check_dir(out, resume=args.resume, overwrite=args.overwrite)  # fail before loading the model
+    with lock_run(out, what=SWEEP_DIR, reenter=True):  # an existing sweep is locked before the model loads
+        rc = _sweep(args, out)
+        if rc == 0 and not args.no_figures:
+            from ..report.sweep_figures import write_sweep_report
+
+            with lock_run(out, what=SWEEP_DIR, reenter=True):  # a new sweep's directory exists only now
+                print(f"wrote  {write_sweep_report(out)}")
+        return rc
+
+
+def _sweep(args: argparse.Namespace, out: Path) -> int:
+    from ..models import load_model
+    from ..sweep.runner import Execution, run_sweep
+
     model = load_model(args.model, device=args.device, tokenizer=args.tokenizer, seed=args.seed)
     spec = build_spec(args, model)
     execution = Execution(workers=args.workers, threads=args.threads_per_worker, ray_address=args.ray)
@@ -227,10 +241,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"circuitscan: interrupted; finished points are kept in {out}/journal.jsonl: run the same command "
               "with --resume to finish", file=sys.stderr)
         return 130
-    if not args.no_figures:
-        from ..report.sweep_figures import write_sweep_report
-
-        print(f"wrote  {write_sweep_report(out)}")
     return 0
 
 

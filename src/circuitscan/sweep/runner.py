@@ -200,12 +200,29 @@ def run_sweep(
     out = Path(out)
     execution = execution or Execution()
     plan = build_plan(spec)  # validates every combination before anything is written
-    resuming = prepare_dir(out, resume=resume, overwrite=overwrite)
-    with discard_if_new(out, resuming):
+    with sweep_dir(out, resume=resume, overwrite=overwrite) as resuming:
         if resuming:
             check_identity(out, spec)
         write_spec(out, spec)
         return _run(spec, out, plan, model, model_fn, execution, on_result, log, t0)
+
+
+SWEEP_DIR = "sweep directory"
+
+
+@contextmanager
+def sweep_dir(out: Path, *, resume: bool, overwrite: bool) -> Iterator[bool]:
+    """:func:`prepare_dir` ``out`` and hold its lock throughout; yields True when resuming.
+
+    An existing directory is locked before anything in it changes, a new (or replaced) one as
+    soon as it exists, so a second sweep into ``out`` stops at once and touches nothing.
+    """
+    from ..rundir import lock_run
+
+    with lock_run(out, what=SWEEP_DIR, reenter=True):  # an existing sweep: resumed or replaced
+        resuming = prepare_dir(out, resume=resume, overwrite=overwrite)
+        with lock_run(out, what=SWEEP_DIR, reenter=True), discard_if_new(out, resuming):  # new or replaced: its own inode
+            yield resuming
 
 
 @contextmanager

@@ -25,8 +25,8 @@ from ..errors import CircuitscanError
 from ..rundir import write_json
 from .grid import AXES, SAE, Grid, canonical_axis
 from .plan import SweepSpec, build_plan
-from .runner import Execution, check_identity, discard_if_new, write_spec
-from .store import JOURNAL, Journal, prepare_dir
+from .runner import Execution, check_identity, sweep_dir, write_spec
+from .store import JOURNAL, Journal
 from .table import write_tables
 
 DEFAULT_SPACE = ("features=128:2048", "l1=0.01:0.1")  # the paper's ranges (Table 7)
@@ -222,8 +222,7 @@ def run_search(
     spec = replace(spec, grid=space.grid())
     if storage is not None:
         _check_storage(storage)
-    resuming = prepare_dir(out, resume=resume, overwrite=overwrite)
-    with discard_if_new(out, resuming):
+    with sweep_dir(out, resume=resume, overwrite=overwrite) as resuming:
         return _search(spec, out, trials, space, storage, study_name, model, execution, resuming, on_trial, log, t0)
 
 
