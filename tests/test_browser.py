@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import shutil
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from circuitscan.rundir import write_json
+from circuitscan.rundir import read_run_json, write_json
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -90,7 +89,7 @@ def report_run(tmp_path_factory) -> Path:
         code = main(["discover", "--model", "toy-planted", "--task", "planted", "-n", "30", "--out", str(out),
                      "--save-activations"])
     assert code == 0, err.getvalue()
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = read_run_json(out, "metrics.json")
     methods = list(metrics["ground_truth"])
     metrics["faithfulness"] = {
         "ablation": "mean", "metric": "logit_diff",
@@ -159,7 +158,7 @@ def test_report_in_a_real_browser(browser, report_run):
     errors = _errors(browser)
     assert not errors, f"console errors: {errors}"
 
-    metrics = json.loads((report_run / "metrics.json").read_text())
+    metrics = read_run_json(report_run, "metrics.json")
     cells = _cells(browser)
     for method, m in metrics["ground_truth"].items():
         assert cells[f"metrics.ground_truth.{method}.auc"][0] == f"{m['auc']:.3f}"

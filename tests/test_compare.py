@@ -25,7 +25,7 @@ def planted_run(planted, planted_prompts, tmp_path_factory):
 
 def test_compare_writes_a_complete_run_directory(planted_run):
     result, out = planted_run
-    assert sorted(p.name for p in out.iterdir()) == ["circuitscan.json", "config.json", "metrics.json", "scores.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["circuitscan.json", "config.json", "metrics.json", "scores.json", "timings.json"]
     config = json.loads((out / "config.json").read_text())
     scores = json.loads((out / "scores.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())

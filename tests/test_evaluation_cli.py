@@ -7,6 +7,7 @@ import json
 import pytest
 
 from circuitscan.cli import main
+from circuitscan.rundir import read_run_json
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def run_dir(tmp_path_factory):
 
 
 def _metrics(run):
-    return json.loads((run / "metrics.json").read_text())
+    return read_run_json(run, "metrics.json")
 
 
 def test_evaluate_adds_performance_and_faithfulness(run_dir, capsys):

@@ -226,26 +226,47 @@ time.sleep(120)
 # --------------------------------------------------------------------------- 9. files and signals
 
 def test_same_seed_runs_give_the_same_files_but_wall_times(tmp_path, capsys):
+    from circuitscan.rundir import read_run_json
+
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
         assert main([*D, "--save-activations", "--out", str(out)]) == 0
-    for name in ("codes.safetensors", "sae.safetensors", "activations.safetensors", "circuitscan.json"):
+    for name in ("codes.safetensors", "sae.safetensors", "activations.safetensors", "circuitscan.json",
+                 "scores.json", "metrics.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     ca, cb = read_json(a / "config.json"), read_json(b / "config.json")
     ca["argv"].pop("out"), cb["argv"].pop("out")
     assert ca == cb
-
-    def untimed(scores):
-        for entry in scores["methods"].values():
-            entry.pop("wall_time_s")
-        return scores
-
-    assert untimed(read_json(a / "scores.json")) == untimed(read_json(b / "scores.json"))
-    ma, mb = read_json(a / "metrics.json"), read_json(b / "metrics.json")
-    for m in (ma, mb):
-        m.pop("timings_s"), m["sae"].pop("seconds")
-    assert ma == mb
+    # the wall times are all in timings.json, and read back into the files they belong to
+    timings = read_json(a / "timings.json")
+    assert set(timings) == {"scores.json", "metrics.json"}
+    assert "wall_time_s" not in (a / "scores.json").read_text() and "timings_s" not in (a / "metrics.json").read_text()
+    scores, metrics = read_run_json(a, "scores.json"), read_run_json(a, "metrics.json")
+    assert all(entry["wall_time_s"] >= 0 for entry in scores["methods"].values())
+    assert metrics["timings_s"]["sae_train"] >= 0 and metrics["sae"]["seconds"] >= 0
     capsys.readouterr()
+
+
+def test_run_files_without_timings_json_read_as_written(tmp_path):
+    from circuitscan.rundir import read_run_json, split_wall_clock, write_run_json
+
+    data = {"methods": {"m": {"wall_time_s": 1.5, "auc": 0.9}}, "sae": {"seconds": 2.0, "l0": 3}}
+    kept, timed = split_wall_clock(data)
+    assert kept == {"methods": {"m": {"auc": 0.9}}, "sae": {"l0": 3}}
+    assert timed == {"methods": {"m": {"wall_time_s": 1.5}}, "sae": {"seconds": 2.0}}
+    old = tmp_path / "old"  # a run from before timings.json: the times are inline and stay there
+    old.mkdir()
+    (old / "scores.json").write_text(json.dumps(data))
+    assert read_run_json(old, "scores.json") == data
+    new = tmp_path / "new"
+    new.mkdir()
+    write_run_json(new, "scores.json", data)
+    write_run_json(new, "metrics.json", {"timings_s": {"x": 1.0}, "auc": 1})
+    assert read_run_json(new, "scores.json") == data
+    assert read_run_json(new, "metrics.json") == {"timings_s": {"x": 1.0}, "auc": 1}
+    assert json.loads((new / "metrics.json").read_text()) == {"auc": 1}
+    (new / "timings.json").write_text("{truncated")  # a damaged timings.json loses only the times
+    assert read_run_json(new, "scores.json") == kept
 
 
 def test_sigterm_cleans_up_like_sigint(tmp_path):

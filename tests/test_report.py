@@ -24,7 +24,7 @@ from circuitscan.report import figures as F
 from circuitscan.report import write_report
 from circuitscan.report.html import fmt
 from circuitscan.report.rundata import CodesData, encode, load_run
-from circuitscan.rundir import write_json
+from circuitscan.rundir import read_run_json, write_json
 
 PLANTED = ["L0H1", "L1H2", "L2H0"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -305,7 +305,7 @@ def test_roc_curves(toy_run, tmp_path):
     ax = fig.axes[0]
     labels = [ln.get_label() for ln in ax.get_lines()]
     assert labels[0].startswith("chance")
-    auc = json.loads((toy_run / "metrics.json").read_text())["ground_truth"]["sae-codes"]["auc"]
+    auc = read_run_json(toy_run, "metrics.json")["ground_truth"]["sae-codes"]["auc"]
     assert f"sae-codes  AUC {auc:.3f}" in labels
     assert any(lbl.startswith("sae-codes-pairs") for lbl in labels)
     assert "false-positive rate" in ax.get_xlabel() and "true-positive rate" in ax.get_ylabel()
@@ -321,7 +321,7 @@ def test_circuit_diagram(toy_run, tmp_path, method):
     assert sizes == [12, 3]  # every head a node; ground truth ringed
     nodes = [c for c in ax.collections if len(c.get_offsets()) == 12][0]
     thick = np.flatnonzero(np.asarray(nodes.get_linewidths()) > 1.0)
-    circuit = json.loads((toy_run / "metrics.json").read_text())["circuits"][method]["heads"]
+    circuit = read_run_json(toy_run, "metrics.json")["circuits"][method]["heads"]
     assert sorted(run.layout.head(int(i)).name for i in thick) == sorted(circuit)
     assert ax.yaxis_inverted()  # layer 0 on top
     text = _check_files(*F.save_figure(fig, tmp_path, "c"), fig.get_suptitle())
@@ -472,7 +472,7 @@ def test_faithfulness_curves_with_random_bands(tmp_path, shared):
     methods = ("sae-codes", "eap", "acdc")
     path = make_run(tmp_path / "r", methods=methods, with_evaluate=True)
     if not shared:  # each method its own random baseline
-        metrics = json.loads((path / "metrics.json").read_text())
+        metrics = read_run_json(path, "metrics.json")
         for j, c in enumerate(metrics["faithfulness"]["curves"].values()):
             c["random_mean"] = [v + 0.01 * j for v in c["random_mean"]]
         write_json(path / "metrics.json", metrics)
@@ -616,7 +616,7 @@ def test_report_of_a_discover_run(toy_run):
     _assert_self_contained(toy_run, page)
     assert {"summary", "scores", "roc", "circuit", "pairs", "features", "config", "timings"} <= set(page.sections)
     assert "faithfulness" not in page.sections and "comparison" not in page.sections
-    metrics = json.loads((toy_run / "metrics.json").read_text())
+    metrics = read_run_json(toy_run, "metrics.json")
     for method, m in metrics["ground_truth"].items():
         text, value = page.cells[f"metrics.ground_truth.{method}.auc"]
         assert text == f"{m['auc']:.3f}" and float(value) == m["auc"]
@@ -651,7 +651,7 @@ def test_report_of_a_compare_run_with_several_methods(tmp_path):
     assert {"summary", "scores", "roc", "circuit", "pairs", "faithfulness", "comparison"} <= set(page.sections)
     figs = {p.stem for p in (run_dir / "figures").glob("*.png")}
     assert {f"heatmap-{m}" for m in methods} | {f"circuit-{m}" for m in methods} | {"roc", "faithfulness"} <= figs
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_run_json(run_dir, "metrics.json")
     for j, row in enumerate(metrics["comparison"]["rows"]):
         assert page.cells[f"metrics.comparison.rows.{j}.node_auc"][0] == f"{row['node_auc']:.3f}"
         assert page.cells[f"metrics.comparison.rows.{j}.wall_time_s"][0] == f"{row['wall_time_s']:.3f}"
@@ -761,7 +761,7 @@ def test_report_of_a_real_compare_run(tmp_path):
     page = _page(out)
     _assert_self_contained(out, page)
     assert {"summary", "scores", "roc", "circuit", "pairs", "faithfulness", "comparison"} <= set(page.sections)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = read_run_json(out, "metrics.json")
     figs = {p.stem for p in (out / "figures").glob("*.png")}
     for method in metrics["ground_truth"]:
         assert f"heatmap-{method}" in figs and f"circuit-{method}" in figs

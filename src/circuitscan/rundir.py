@@ -27,6 +27,11 @@ METRICS = "metrics.json"
 CODES = "codes.safetensors"
 SAE = "sae.safetensors"
 ACTIVATIONS = "activations.safetensors"
+TIMINGS = "timings.json"
+"""Every wall-clock figure of the run's JSON files, so that those files are byte-identical
+for the same seed: ``{file name: the subtree of that file's timed keys}``."""
+TIMED_FILES = ("scores.json", "metrics.json")
+WALL_CLOCK_KEYS = frozenset({"wall_time_s", "timings_s", "seconds", "total_seconds", "graph_seconds"})
 # every directory circuitscan writes (run, SAE set, sweep) holds this file; --overwrite
 # replaces a directory only when it does
 MARKER = "circuitscan.json"
@@ -141,6 +146,66 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(_clean(data), indent=2) + "\n")
 
 
+def split_wall_clock(data: Any) -> tuple[Any, Any]:
+    """``(data without its wall-clock keys, the subtree of those keys)``; the subtree is None
+    when there are none. Keys in :data:`WALL_CLOCK_KEYS` are moved wherever they are."""
+    if not isinstance(data, dict):
+        return data, None
+    kept, timed = {}, {}
+    for k, v in data.items():
+        if k in WALL_CLOCK_KEYS:
+            timed[k] = v
+            continue
+        kept[k], t = split_wall_clock(v)
+        if t is not None:
+            timed[k] = t
+    return kept, (timed or None)
+
+
+def _merge(into: Any, timed: Any) -> Any:
+    if not isinstance(into, dict) or not isinstance(timed, dict):
+        return into
+    for k, v in timed.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict) and k not in WALL_CLOCK_KEYS:
+            _merge(into[k], v)
+        elif k in WALL_CLOCK_KEYS or k not in into:
+            into[k] = v
+    return into
+
+
+def write_run_json(run_dir: Path, name: str, data: Any) -> None:
+    """Write one JSON file of a run; for scores.json and metrics.json, the wall times go to
+    timings.json (replaced atomically, the other files' entries kept)."""
+    if name not in TIMED_FILES:
+        write_json(run_dir / name, data)
+        return
+    data, timed = split_wall_clock(_clean(data))
+    path = run_dir / TIMINGS
+    timings = read_json(path) if path.is_file() else {}
+    timings = timings if isinstance(timings, dict) else {}
+    if timed is None:
+        timings.pop(name, None)
+    else:
+        timings[name] = timed
+    write_json(run_dir / name, data)
+    write_json(path, timings)
+
+
+def read_run_json(run_dir: Path, name: str, what: str = "a circuitscan run directory") -> Any:
+    """One JSON file of a run with its wall times from timings.json put back (runs written
+    before timings.json keep them inline, and read as they are)."""
+    data = read_json(run_dir / name, what)
+    path = run_dir / TIMINGS
+    if name in TIMED_FILES and path.is_file():
+        try:
+            timings = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            timings = {}  # the times are a courtesy: a damaged timings.json loses only them
+        if isinstance(timings, dict):
+            _merge(data, timings.get(name))
+    return data
+
+
 def read_json(path: Path, what: str = "a circuitscan run directory") -> Any:
     """A JSON file of a run (or SAE) directory; ``what`` names the directory in errors."""
     try:
@@ -197,7 +262,8 @@ class RunWriter:
         return p
 
     def json(self, name: str, data: Any) -> None:
-        write_json(self.path(name), data)
+        self.path(name)
+        write_run_json(self.tmp, name, data)
 
     def commit(self) -> Path:
         _follow_umask_tree(self.tmp)

@@ -312,7 +312,7 @@ def evaluate_run(
     ``circuit`` is an EAP-IG / MIB graph file: its heads become a row of the table and its
     edges are measured as an edge circuit (``imported_circuit``).
     """
-    from ..rundir import CONFIG, METRICS, SCORES, read_json, write_json
+    from ..rundir import CONFIG, METRICS, SCORES, read_json, read_run_json, write_run_json
     from .faithfulness import (
         curve_sizes,
         curves_summary,
@@ -331,8 +331,8 @@ def evaluate_run(
     if threshold is not None and not math.isfinite(threshold):
         raise CircuitscanError(f"threshold must be a finite number, got {threshold}")
     config = read_json(run / CONFIG)
-    scores_json = read_json(run / SCORES)
-    metrics_json = read_json(run / METRICS)
+    scores_json = read_run_json(run, SCORES)
+    metrics_json = read_run_json(run, METRICS)
     for name, data in ((CONFIG, config), (SCORES, scores_json), (METRICS, metrics_json)):
         if not isinstance(data, dict):
             raise CircuitscanError(f"{str(run / name)!r} must hold a JSON object, not {type(data).__name__}; "
@@ -393,6 +393,6 @@ def evaluate_run(
     timings = dict(updated.get("timings_s") or {})
     timings["evaluate_interventions"] = stats["total_seconds"]
     updated["timings_s"] = timings
-    write_json(run / METRICS, updated)
+    write_run_json(run, METRICS, updated)
     return RunEvaluation(performance=table, faithfulness=faith_json, curves=curves, stats=stats,
                          circuits=chosen, metrics_json=updated)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CircuitscanError
-from ..rundir import ACTIVATIONS, CODES, CONFIG, METRICS, SAE, SCORES, read_json
+from ..rundir import ACTIVATIONS, CODES, CONFIG, METRICS, SAE, SCORES, read_json, read_run_json
 from ..types import HeadId, HeadLayout
 
 # per-head extras that scores.json may carry, shown instead of a softmaxed score
@@ -292,8 +292,8 @@ def load_run(run_dir: str | Path) -> RunData:
         if not (path / required).is_file():
             raise CircuitscanError(f"{str(path)!r} is not a circuitscan run directory: it has no {required}")
     config = read_json(path / CONFIG)
-    scores = read_json(path / SCORES)
-    metrics = read_json(path / METRICS) if (path / METRICS).is_file() else {}
+    scores = read_run_json(path, SCORES)
+    metrics = read_run_json(path, METRICS) if (path / METRICS).is_file() else {}
     if not isinstance(config, dict) or not isinstance(scores, dict) or not isinstance(metrics, dict):
         raise CircuitscanError(f"{str(path)!r}: config.json, scores.json and metrics.json must hold JSON objects")
     lay = scores.get("layout") or {}
