@@ -81,6 +81,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CircuitscanError
+from ..sae.model import decode_with, detached_weights, encode_with
 from .sites import Site, upstream_of
 
 if TYPE_CHECKING:
@@ -438,7 +439,7 @@ def attribution_graph(
         raise CircuitscanError(f"tokens must be a non-empty [prompts, seq] tensor, got {tuple(tokens.shape)}")
     n, seq = tokens.shape
     dtype = next(model.bridge.parameters()).dtype
-    W = {s.name: _sae_tensors(saes[s], dtype) for s in sites}
+    W = {s.name: detached_weights(saes[s], dtype) for s in sites}
     counter = _Counter()
     # positions the SAEs were not trained on (the attention sink): neither features nor error
     cov = torch.ones(seq, dtype=dtype)
@@ -572,22 +573,10 @@ def attribution_graph(
     )
 
 
-def _sae_tensors(sae, dtype) -> dict[str, Tensor]:
-    return {k: getattr(sae, k).detach().to(dtype) for k in ("W_E", "b_E", "W_D", "b")}
-
-
-def _encode(w: dict[str, Tensor], x: Tensor) -> Tensor:
-    return torch.relu((x - w["b"]) @ w["W_E"] + w["b_E"])
-
-
-def _decode(w: dict[str, Tensor], f: Tensor) -> Tensor:
-    return f @ w["W_D"] + w["b"]
-
-
 def _split(w: dict[str, Tensor], x: Tensor, cov3: Tensor) -> tuple[Tensor, Tensor]:
     """Features and error of ``x`` [b, seq, d], zero at positions the SAE does not cover."""
-    f = _encode(w, x)
-    return f * cov3, (x - _decode(w, f)) * cov3
+    f = encode_with(w, x)
+    return f * cov3, (x - decode_with(w, f)) * cov3
 
 
 def _attn_out_bias(model: ModelHandle, dtype) -> dict[int, Tensor]:
@@ -725,13 +714,13 @@ def _edges_for_batch(model, tokens, index, n, sites, W, kept, objective, mode, m
             c = gv @ wv["W_D"][i]
 
             def feat_target(pp: _Pass, i=i, c=c, wv=wv, name=v.name) -> Tensor:
-                return (_encode(wv, pp.x[name])[..., i] * c).sum()
+                return (encode_with(wv, pp.x[name])[..., i] * c).sum()
 
             site_rows[node_id(v.name, "feature", i)] = contract(rows(feat_target, ups, v.name), ups)
 
         def err_target(pp: _Pass, wv=wv, gv=gv, name=v.name) -> Tensor:
             x = pp.x[name]
-            return ((x - _decode(wv, _encode(wv, x))) * gv).sum()
+            return ((x - decode_with(wv, encode_with(wv, x))) * gv).sum()
 
         def total_target(pp: _Pass, gv=g_all, name=v.name) -> Tensor:  # the whole site: "rest" keeps the remainder
             return (pp.x[name] * gv).sum()
