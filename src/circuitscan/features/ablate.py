@@ -38,8 +38,9 @@ from torch import Tensor
 
 from ..errors import CircuitscanError
 from ..sae.model import decode_with, detached_weights, encode_with
-from .graph import OUTPUT, AttributionGraph, Objective, _upcast
+from .graph_types import OUTPUT, AttributionGraph
 from .interpret import token_strings
+from .objectives import Objective, _upcast
 from .sites import Site, parse_site
 
 if TYPE_CHECKING:
