@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import CircuitscanError
-
-if TYPE_CHECKING:
-    pass
-
 
 EDGE_MODES = ("corrected", "direct", "total")
 OUTPUT = "output"
