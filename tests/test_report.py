@@ -21,7 +21,7 @@ import pytest
 
 from circuitscan.errors import CircuitscanError
 from circuitscan.report import figures as F
-from circuitscan.report import write_report
+from circuitscan.report import sae_figures, write_report
 from circuitscan.report.html import fmt
 from circuitscan.report.rundata import CodesData, encode, load_run
 from circuitscan.rundir import read_run_json, write_json
@@ -370,7 +370,7 @@ def test_feature_projection_pca(toy_run, tmp_path):
 
 
 def test_feature_projection_tsne_subsamples(toy_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(F, "MAX_TSNE_POINTS", 150)
+    monkeypatch.setattr(sae_figures, "MAX_TSNE_POINTS", 150)  # the constant lives where feature_projection reads it
     fig = F.feature_projection(load_run(toy_run), "tsne")
     assert _scatter_sizes(fig.axes[0]) == [150]
     assert "t-SNE" in fig.get_suptitle() and "150 of 960" in fig.get_suptitle()

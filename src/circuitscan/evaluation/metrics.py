@@ -5,7 +5,8 @@ Two layers:
 * plain functions on tensors (:func:`logit_diff`, :func:`greater_than_prob_diff`,
   :func:`cutoff_sharpness`, :func:`induction_loss`, :func:`kl_divergence`...), each
   returning one value per example; they know nothing of models or prompt sets and are
-  unit-tested on hand-made numbers;
+  unit-tested on hand-made numbers (the greater-than ones are defined once, in
+  :mod:`circuitscan.tasks.greater_than`, and re-exported here);
 * a registry :data:`METRICS` of :class:`Metric` objects that bind those functions to
   a :class:`~circuitscan.types.PromptSet` (answer ids, years, token ids), so that the
   intervention code can evaluate any task's metric on any batch of rows.
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import CircuitscanError
+from ..tasks.greater_than import cutoff_sharpness as cutoff_sharpness
+from ..tasks.greater_than import probability_difference as greater_than_prob_diff
 
 if TYPE_CHECKING:
     from jaxtyping import Float, Int
@@ -50,36 +53,6 @@ def logit_diff_max_wrong(
 ) -> Float[Tensor, " n"]:
     """Mean answer logit minus the LARGEST wrong-answer logit (docstring: the best distractor)."""
     return logits.gather(-1, answers).mean(-1) - logits.gather(-1, wrong).max(-1).values
-
-
-def greater_than_prob_diff(probs: Float[Tensor, "n 100"], yy: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
-    """Hanna et al.'s probability difference: sum of p_y for y > YY minus sum for y <= YY.
-
-    ``probs[i, y]`` is the probability of the two-digit completion y (00..99) for
-    example i (not renormalised over the 100 years); ``yy[i]`` is its start year YY.
-    """
-    import torch
-
-    years = torch.arange(probs.shape[-1], device=probs.device)
-    above = years[None, :] > yy[:, None].to(probs.device)
-    return (probs * above).sum(-1) - (probs * ~above).sum(-1)
-
-
-def cutoff_sharpness(probs: Float[Tensor, "n 100"], yy: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
-    """p_{YY+1} - p_{YY-1}: how sharply probability rises just past the start year.
-
-    A neighbour outside 00..99 counts as probability 0 (tasks draw YY from 02..98, so
-    this only matters for hand-made inputs).
-    """
-    import torch
-
-    n_years = probs.shape[-1]
-    yy = yy.to(probs.device).long()
-    up, down = yy + 1, yy - 1
-    zero = torch.zeros_like(probs[:, 0])
-    p_up = torch.where(up < n_years, probs.gather(-1, up.clamp(max=n_years - 1)[:, None])[:, 0], zero)
-    p_down = torch.where(down >= 0, probs.gather(-1, down.clamp(min=0)[:, None])[:, 0], zero)
-    return p_up - p_down
 
 
 def induction_loss(

@@ -37,8 +37,10 @@ import torch
 from torch import Tensor
 
 from ..errors import CircuitscanError
-from .graph import OUTPUT, AttributionGraph, Objective, _upcast
+from ..sae.model import decode_with, detached_weights, encode_with
+from .graph_types import OUTPUT, AttributionGraph
 from .interpret import token_strings
+from .objectives import Objective, _upcast
 from .sites import Site, parse_site
 
 if TYPE_CHECKING:
@@ -87,7 +89,7 @@ def _hooks(saes: SublayerSAEs, ab: Ablation, dtype, baseline: dict[str, Tensor] 
     skip = saes.skip_positions  # positions the SAEs never saw (the attention sink) keep their value
     for site in ab.sites:
         sae = saes[site]
-        w = {k: getattr(sae, k).detach().to(dtype) for k in ("W_E", "b_E", "W_D", "b")}
+        w = detached_weights(sae, dtype)
         feats = list(ab.features.get(site.name, ()))
         bad = [f for f in feats if not 0 <= f < sae.n_features]
         if bad:
@@ -101,8 +103,8 @@ def _hooks(saes: SublayerSAEs, ab: Ablation, dtype, baseline: dict[str, Tensor] 
             xb = baseline[site.name].to(dtype)
 
         def hook(x: Tensor, hook, w=w, feats=feats, keep=keep, err=err, xb=xb) -> Tensor:  # noqa: ARG001
-            f = torch.relu((x - w["b"]) @ w["W_E"] + w["b_E"])
-            fb = torch.zeros_like(f) if xb is None else torch.relu((xb - w["b"]) @ w["W_E"] + w["b_E"])
+            f = encode_with(w, x)
+            fb = torch.zeros_like(f) if xb is None else encode_with(w, xb)
             change = f - fb  # what switching a feature to its baseline value removes
             off = torch.zeros_like(f)
             if keep is not None:
@@ -112,8 +114,8 @@ def _hooks(saes: SublayerSAEs, ab: Ablation, dtype, baseline: dict[str, Tensor] 
                 off[..., feats] = change[..., feats]
             y = x - off @ w["W_D"]
             if err:
-                eps = x - (f @ w["W_D"] + w["b"])
-                eps_b = 0.0 if xb is None else xb - (fb @ w["W_D"] + w["b"])
+                eps = x - decode_with(w, f)
+                eps_b = 0.0 if xb is None else xb - decode_with(w, fb)
                 y = y - (eps - eps_b)
             if skip:
                 y = torch.cat([x[:, :skip], y[:, skip:]], 1)

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
+
+WEIGHT_NAMES = ("W_E", "b_E", "W_D", "b")
+
+
+def encode_with(w: Mapping[str, Tensor], h: Float[Tensor, "... d_in"]) -> Float[Tensor, "... n_features"]:
+    """The SAE encoder z = ReLU((h - b) W_E + b_E) with weights given as ``{"W_E", "b_E", "b"}``."""
+    return torch.relu((h - w["b"]) @ w["W_E"] + w["b_E"])
+
+
+def decode_with(w: Mapping[str, Tensor], z: Float[Tensor, "... n_features"]) -> Float[Tensor, "... d_in"]:
+    """The SAE decoder h_hat = z W_D + b with weights given as ``{"W_D", "b"}``."""
+    return z @ w["W_D"] + w["b"]
+
+
+def detached_weights(sae: SparseAutoencoder, dtype: torch.dtype) -> dict[str, Tensor]:
+    """``{"W_E", "b_E", "W_D", "b"}`` of ``sae``, detached and cast to ``dtype`` (for hooks and graphs)."""
+    return {k: getattr(sae, k).detach().to(dtype) for k in WEIGHT_NAMES}
 
 
 class SparseAutoencoder(nn.Module):
@@ -24,10 +43,10 @@ class SparseAutoencoder(nn.Module):
         self.b = nn.Parameter(torch.zeros(d_in))
 
     def encode(self, h: Float[Tensor, "... d_in"]) -> Float[Tensor, "... n_features"]:
-        return torch.relu((h - self.b) @ self.W_E + self.b_E)
+        return encode_with({"W_E": self.W_E, "b_E": self.b_E, "b": self.b}, h)
 
     def decode(self, z: Float[Tensor, "... n_features"]) -> Float[Tensor, "... d_in"]:
-        return z @ self.W_D + self.b
+        return decode_with({"W_D": self.W_D, "b": self.b}, z)
 
     def forward(self, h: Float[Tensor, "... d_in"]) -> tuple[Tensor, Tensor]:
         z = self.encode(h)

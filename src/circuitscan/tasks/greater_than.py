@@ -312,19 +312,26 @@ def _yy_tensor(yy: Any, n: int) -> torch.Tensor:
 
 
 def probability_difference(year_probs: torch.Tensor, yy: Any) -> torch.Tensor:
-    """Hanna et al.'s PD per prompt: sum of p over YY' > yy minus sum over YY' <= yy."""
+    """Hanna et al.'s PD per prompt: sum of p over YY' > yy minus sum over YY' <= yy.
+
+    The one definition: the ``prob_diff`` metric (``evaluation.metrics.greater_than_prob_diff``)
+    is this function. ``year_probs[i, y]`` need not sum to 1 over the 100 years.
+    """
     import torch
 
-    y = _yy_tensor(yy, int(year_probs.shape[0]))
-    above = torch.arange(100)[None, :] > y[:, None]
+    y = _yy_tensor(yy, int(year_probs.shape[0])).to(year_probs.device)
+    above = torch.arange(year_probs.shape[-1], device=year_probs.device)[None, :] > y[:, None]
     return (year_probs * above).sum(-1) - (year_probs * ~above).sum(-1)
 
 
 def cutoff_sharpness(year_probs: torch.Tensor, yy: Any) -> torch.Tensor:
-    """Hanna et al.'s CS per prompt: p(yy + 1) - p(yy - 1) (0 beyond 00..99)."""
+    """Hanna et al.'s CS per prompt: p(yy + 1) - p(yy - 1) (0 beyond 00..99).
+
+    The one definition: the ``cutoff_sharpness`` metric of ``evaluation.metrics`` is this function.
+    """
     import torch
 
-    y = _yy_tensor(yy, int(year_probs.shape[0]))
+    y = _yy_tensor(yy, int(year_probs.shape[0])).to(year_probs.device)
     padded = torch.nn.functional.pad(year_probs, (1, 1))  # index y + 1 is year y
-    rows = torch.arange(len(y))
+    rows = torch.arange(len(y), device=year_probs.device)
     return padded[rows, y + 2] - padded[rows, y]

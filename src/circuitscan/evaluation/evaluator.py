@@ -1,0 +1,372 @@
+"""The circuit evaluator: per-example task metrics of many circuits against the clean and fully ablated model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CircuitscanError
+from .ablation import (
+    AblationSource,
+    _mean_of_caches,
+    check_ablation,
+    paired_negatives,
+)
+from .forward import HeadCache, cache_heads
+from .head_masks import (
+    _as_keep,
+    run_with_heads,
+)
+
+if TYPE_CHECKING:
+    from jaxtyping import Bool, Float, Int
+    from torch import Tensor
+
+    from ..models.handle import ModelHandle
+    from ..models.hf import Prefix
+    from ..types import PromptSet
+
+
+LOGITS_BUDGET = 2**27  # most logits one evaluation pass may hold (512 MiB in float32)
+
+# --------------------------------------------------------------------------- the evaluator
+
+
+@dataclass
+class EvaluatorStats:
+    """Forward-pass accounting: ``forward_passes`` bridge calls over ``rows`` token rows."""
+
+    forward_passes: int = 0
+    rows: int = 0
+    circuits: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"forward_passes": self.forward_passes, "rows": self.rows, "circuits": self.circuits,
+                "seconds": self.seconds}
+
+
+def expand_with_suffixes(
+    tokens: Int[Tensor, "n seq"], mask: Int[Tensor, "n seq"] | None, suffix_ids: Sequence[int]
+) -> tuple[Tensor, Tensor | None]:
+    """Each prompt followed by each suffix token: ``[n * k, seq + 1]``, row ``k * i + j``."""
+    import torch
+
+    ids = torch.as_tensor(list(suffix_ids), dtype=tokens.dtype)
+    k = ids.numel()
+    out = torch.cat([tokens.repeat_interleave(k, 0), ids.repeat(tokens.shape[0])[:, None]], 1)
+    if mask is None:
+        return out, None
+    return out, torch.cat([mask.repeat_interleave(k, 0), torch.ones(out.shape[0], 1, dtype=mask.dtype)], 1)
+
+
+def shared_prefix_lengths(
+    a: Int[Tensor, "n seq"], b: Int[Tensor, "n seq"], mask_a: Tensor | None, mask_b: Tensor | None
+) -> Int[Tensor, " n"]:
+    """Per row, the number of first positions where ``a`` and ``b`` (tokens and masks) agree."""
+    import torch
+
+    diff = a != b
+    if mask_a is not None or mask_b is not None:
+        ones = torch.ones_like(a)
+        diff |= (ones if mask_a is None else mask_a) != (ones if mask_b is None else mask_b)
+    first = diff.int().argmax(1)
+    return torch.where(diff.any(1), first, torch.full_like(first, a.shape[1]))
+
+
+def _checked_metrics(model: ModelHandle, prompts: PromptSet, ablation: str, metrics: Sequence[str] | None,
+                     n_examples: int | None, max_rows: int) -> tuple[list[str], list[Any], int]:
+    """The evaluator's inputs checked: metric names, their objects, and the number of examples."""
+    from .metrics import get_metric, table_metrics
+
+    check_ablation(ablation)
+    if max_rows < 1:
+        raise CircuitscanError(f"max_rows must be >= 1, got {max_rows}")
+    names = list(metrics) if metrics is not None else table_metrics(prompts)
+    if not names:
+        raise CircuitscanError("give at least one metric")
+    metric_objs = [get_metric(name) for name in names]
+    for m in metric_objs:
+        m.check(prompts)
+    n = prompts.n_positive if n_examples is None else int(n_examples)
+    if not 1 <= n <= prompts.n_positive:
+        raise CircuitscanError(
+            f"n_examples must be in 1..{prompts.n_positive} (the task's positive prompts), got {n}"
+        )
+    vocab = int(model.bridge.cfg.d_vocab)
+    all_tokens, _ = prompts.all_tokens()
+    if int(all_tokens.min()) < 0 or int(all_tokens.max()) >= vocab:
+        raise CircuitscanError(f"task {prompts.task!r} has token ids outside the model's vocabulary 0..{vocab - 1}")
+    return names, metric_objs, n
+
+
+@dataclass
+class _EvalRows:
+    """The token rows an evaluator runs: one per example, or one per (example, suffix)."""
+
+    pos_tok: Tensor
+    pos_mask: Tensor | None
+    neg: Tensor
+    neg_mask: Tensor | None
+    suffix: tuple[int, ...] | None
+    group: int
+    prefix: int | None
+    positions: Tensor
+    last: int
+
+    @classmethod
+    def of(cls, prompts: PromptSet, metric_objs: list[Any], names: list[str], n: int, ablation: str) -> _EvalRows:
+        import torch
+
+        neg, neg_mask = paired_negatives(prompts) if ablation == "corrupt" else (prompts.negative, prompts.negative_mask)
+        # rows: one per example, or one per (example, suffix) when a metric reads suffixes
+        suffixes = {tuple(s) for m in metric_objs if (s := m.suffixes(prompts)) is not None}
+        if len(suffixes) > 1:
+            raise CircuitscanError(f"metrics {names} need different prompt suffixes; evaluate them separately")
+        seq = prompts.seq_len
+        pos_tok, pos_mask = prompts.positive[:n], None if prompts.positive_mask is None else prompts.positive_mask[:n]
+        if ablation == "corrupt":
+            neg, neg_mask = neg[:n], None if neg_mask is None else neg_mask[:n]
+        group, prefix, suffix = 1, None, None
+        if suffixes:
+            suffix = next(iter(suffixes))
+            group, prefix = len(suffix), seq
+            pos_tok, pos_mask = expand_with_suffixes(pos_tok, pos_mask, suffix)
+            neg, neg_mask = expand_with_suffixes(neg, neg_mask, suffix)
+        run_seq = pos_tok.shape[1]
+        if any(m.positions == "all" for m in metric_objs):
+            positions = torch.arange(run_seq)
+        else:
+            positions = torch.arange(seq - 1, run_seq)  # the prompt's last position (+ suffix positions)
+        last = int((positions == seq - 1).nonzero()[0, 0])
+        return cls(pos_tok, pos_mask, neg, neg_mask, suffix, group, prefix, positions, last)
+
+
+def _baselines(model: ModelHandle, prompts: PromptSet, rows: _EvalRows, ablation: str, n: int, batch_size: int,
+               stats: EvaluatorStats) -> tuple[HeadCache, HeadCache | None, AblationSource]:
+    """Cache the clean rows (and the corrupted ones unless ``zero``) and build the ablation source."""
+    group, positions, prefix = rows.group, rows.positions, rows.prefix
+    rows_batch = max(1, batch_size // group) * group
+
+    def passes(n_rows: int) -> int:
+        return -(-n_rows // rows_batch)
+
+    if ablation == "mean" and n < prompts.n_positive:  # the mean is over ALL the task's prompts
+        clean_tok, clean_mask = prompts.positive, prompts.positive_mask
+        if rows.suffix is not None:
+            clean_tok, clean_mask = expand_with_suffixes(clean_tok, clean_mask, rows.suffix)
+    else:
+        clean_tok, clean_mask = rows.pos_tok, rows.pos_mask
+    clean_cache = cache_heads(model, clean_tok, attention_mask=clean_mask, positions=positions,
+                              with_z=ablation == "mean", batch_size=batch_size, group=group, prefix=prefix)
+    stats.forward_passes += passes(clean_tok.shape[0])
+    stats.rows += clean_tok.shape[0]
+    corrupt_cache = None
+    if ablation != "zero":
+        corrupt_cache = cache_heads(model, rows.neg, attention_mask=rows.neg_mask, positions=positions,
+                                    with_logits=ablation == "corrupt", batch_size=batch_size, group=group,
+                                    prefix=prefix)
+        stats.forward_passes += passes(rows.neg.shape[0])
+        stats.rows += rows.neg.shape[0]
+    if ablation == "corrupt":
+        source = AblationSource("corrupt", cache=corrupt_cache)
+    elif ablation == "mean":
+        source = AblationSource("mean", z=_mean_of_caches([(clean_cache, clean_mask), (corrupt_cache, rows.neg_mask)]))
+    else:
+        source = AblationSource("zero")
+    return clean_cache, corrupt_cache, source
+
+
+@dataclass
+class CircuitEvaluator:
+    """Per-example task metrics of many circuits, batched, against clean and ablated baselines.
+
+    Build with :meth:`build`. :meth:`evaluate` takes a ``[C, n_heads_total]`` mask and
+    returns, per metric, ``[C, n]`` per-example values on the first ``n`` positive
+    prompts. Identical circuits are run once.
+
+    Some metrics read more than one forward pass per example: the greater-than metrics
+    on a tokenizer that splits years into digits need P(d1) P(d2 | d1), so each prompt is
+    run ``group = 10`` times, followed by each digit (the corrupted prompts likewise, so
+    ablated heads see the same suffix). ``group`` is 1 otherwise.
+
+    Attributes:
+        clean: metric values of the unablated model (every head kept).
+        empty: metric values with every head ablated (``m(∅)``).
+        corrupted_input: metric values of the model run on the corrupted prompts
+            (``corrupt`` ablation only), scored against the clean prompts' answers.
+        stats: forward passes and rows spent so far (the baseline passes included).
+        shared: corrupt ablation: per row, how many first positions the prompt shares
+            with its corrupted partner (tokens and mask). No circuit can change the
+            model there (every ablated head's replacement equals its clean value), so
+            :meth:`evaluate` runs those positions once per batch of prompts, unhooked,
+            and each circuit only on the rest (Hugging Face models; ``prefix_sharing``
+            False turns it off).
+    """
+
+    model: ModelHandle
+    prompts: PromptSet
+    ablation: str
+    metrics: list[str]
+    source: AblationSource
+    n: int
+    max_rows: int
+    positions: Int[Tensor, " P"]
+    last: int
+    group: int
+    tokens: Int[Tensor, "rows seq"]
+    mask: Int[Tensor, "rows seq"] | None
+    reference_logprobs: Float[Tensor, "n vocab"] | None
+    clean: dict[str, Tensor] = field(default_factory=dict)
+    empty: dict[str, Tensor] = field(default_factory=dict)
+    corrupted_input: dict[str, Tensor] | None = None
+    stats: EvaluatorStats = field(default_factory=EvaluatorStats)
+    progress: bool | None = None
+    shared: Int[Tensor, " rows"] | None = None
+    prefix_sharing: bool = True
+
+    @classmethod
+    def build(
+        cls,
+        model: ModelHandle,
+        prompts: PromptSet,
+        *,
+        ablation: str = "corrupt",
+        metrics: Sequence[str] | None = None,
+        n_examples: int | None = None,
+        max_rows: int = 256,
+        batch_size: int = 64,
+        progress: bool | None = None,
+    ) -> CircuitEvaluator:
+        """Check inputs, cache the ablation source and run the clean and empty baselines.
+
+        Args:
+            model: a loaded model.
+            prompts: the task's prompts; circuits are scored on the positives.
+            ablation: ``"corrupt"``, ``"mean"`` or ``"zero"``.
+            metrics: metric names (default: :func:`~circuitscan.evaluation.metrics.table_metrics`).
+            n_examples: score on the first n positive prompts only (default: all).
+            max_rows: most token rows per forward pass (circuits x prompts x group); fewer
+                when the logits kept would pass :data:`LOGITS_BUDGET` (all-position metrics).
+            batch_size: prompts per pass when caching.
+            progress: progress bar for long evaluations (default: on a terminal).
+        """
+        import time
+
+        import torch
+
+        t0 = time.perf_counter()
+        names, metric_objs, n = _checked_metrics(model, prompts, ablation, metrics, n_examples, max_rows)
+        rows = _EvalRows.of(prompts, metric_objs, names, n, ablation)
+        stats = EvaluatorStats()
+        clean_cache, corrupt_cache, source = _baselines(model, prompts, rows, ablation, n, batch_size, stats)
+        group, last = rows.group, rows.last
+        clean_logits = clean_cache.logits[: n * group]
+        needs_ref = any(m.needs_reference for m in metric_objs)
+        ref = clean_logits[::group, last].log_softmax(-1) if needs_ref else None
+        shared = (shared_prefix_lengths(rows.pos_tok, rows.neg, rows.pos_mask, rows.neg_mask)
+                  if ablation == "corrupt" else None)
+        ev = cls(model=model, prompts=prompts, ablation=ablation, metrics=names, source=source, n=n,
+                 max_rows=max_rows, positions=rows.positions, last=last, group=group, tokens=rows.pos_tok,
+                 mask=rows.pos_mask, reference_logprobs=ref, stats=stats, progress=progress, shared=shared)
+        index = torch.arange(n)
+        ev.clean = ev._score(clean_logits, index)
+        if ablation == "corrupt":
+            ev.corrupted_input = ev._score(corrupt_cache.logits, index)
+        none = torch.zeros(1, model.layout.n_total, dtype=torch.bool)
+        ev.empty = {k: v[0] for k, v in ev.evaluate(none).items()}
+        ev.stats.seconds += time.perf_counter() - t0
+        return ev
+
+    # ------------------------------------------------------------------ scoring
+
+    def _score(self, logits: Tensor, index: Tensor) -> dict[str, Tensor]:
+        """Metric values of the examples ``index`` from their rows' logits ``[len(index) * group, P, V]``."""
+        from .metrics import MetricBatch, get_metric
+
+        ref = None if self.reference_logprobs is None else self.reference_logprobs[index]
+        batch = MetricBatch(prompts=self.prompts, index=index, positions=self.positions, last=self.last,
+                            group=self.group, reference_logprobs=ref)
+        return {name: get_metric(name)(logits, batch).detach().float().cpu() for name in self.metrics}
+
+    def evaluate(self, keep: Bool[Tensor, "C n_heads_total"]) -> dict[str, Float[Tensor, "C n"]]:
+        """Per-example metric values of each circuit in ``keep`` (True = head kept clean)."""
+        import time
+
+        import torch
+
+        from ..progress import bar
+
+        t0 = time.perf_counter()
+        keep = _as_keep(keep, self.model.layout).bool()
+        unique, inverse = torch.unique(keep, dim=0, return_inverse=True)
+        n_unique = unique.shape[0]
+        out = {name: torch.empty(n_unique, self.n) for name in self.metrics}
+        g = self.group
+        # rows per pass: max_rows, and at most LOGITS_BUDGET logits (all-position metrics)
+        vocab = int(self.model.bridge.cfg.d_vocab)
+        budget = max(g, min(self.max_rows, LOGITS_BUDGET // (len(self.positions) * vocab)))
+        chunk = max(1, min(self.n, budget // g))  # examples per pass
+        per_pass = max(1, budget // (chunk * g))  # circuits per pass
+        n_passes = -(-self.n // chunk) * -(-n_unique // per_pass)
+        show = self.progress if self.progress is not None else None
+        with torch.inference_mode(), bar("evaluating circuits", n_passes,
+                                         show=show if n_passes > 4 else False) as advance:
+            for lo in range(0, self.n, chunk):
+                hi = min(self.n, lo + chunk)
+                index = torch.arange(lo, hi)
+                rows = torch.arange(lo * g, hi * g)
+                tokens = self.tokens[lo * g : hi * g]
+                mask = None if self.mask is None else self.mask[lo * g : hi * g]
+                past = self._prefix(tokens, mask, rows)
+                for c0 in range(0, n_unique, per_pass):
+                    c1 = min(n_unique, c0 + per_pass)
+                    logits = run_with_heads(self.model, tokens, unique[c0:c1], self.source, rows=rows,
+                                            positions=self.positions, attention_mask=mask, past=past)
+                    for c in range(c1 - c0):
+                        for name, values in self._score(logits[c], index).items():
+                            out[name][c0 + c, lo:hi] = values
+                    self.stats.forward_passes += 1
+                    self.stats.rows += (c1 - c0) * (hi - lo) * g
+                    advance()
+        self.stats.circuits += n_unique
+        self.stats.seconds += time.perf_counter() - t0
+        return {name: values[inverse] for name, values in out.items()}
+
+    def _prefix(self, tokens: Tensor, mask: Tensor | None, rows: Tensor) -> Prefix | None:
+        """The cached first positions these rows share with their partners, or None."""
+        from ..models.hf import prefix_keys_values
+
+        if self.shared is None or not self.prefix_sharing:
+            return None
+        length = min(int(self.shared[rows].min()), int(self.positions.min()))
+        if length < 1:
+            return None
+        past = prefix_keys_values(self.model, tokens[:, :length], None if mask is None else mask[:, :length])
+        if past is not None:
+            self.stats.forward_passes += 1
+            self.stats.rows += tokens.shape[0]
+        return past
+
+    # ------------------------------------------------------------------ summaries
+
+    def mean_clean(self, metric: str) -> float:
+        return float(self.clean[metric].mean())
+
+    def mean_empty(self, metric: str) -> float:
+        return float(self.empty[metric].mean())
+
+    def faithfulness(self, values: Float[Tensor, "C n"], metric: str) -> Float[Tensor, " C"]:
+        """(m(C) - m(∅)) / (m(M) - m(∅)) of each circuit, on example means (NaN if M and ∅ agree)."""
+        import torch
+
+        from .metrics import normalise
+
+        clean, empty = self.mean_clean(metric), self.mean_empty(metric)
+        means = values.mean(-1)
+        return torch.tensor([normalise(float(v), clean, empty) for v in means])
+
+    def describe(self) -> dict[str, Any]:
+        return {"ablation": self.ablation, "metrics": list(self.metrics), "n_examples": self.n,
+                "max_rows": self.max_rows, "group": self.group}
