@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ._timings import merge_wall_clock, split_wall_clock
 from .errors import CircuitscanError
 
 CONFIG = "config.json"
@@ -31,7 +32,6 @@ TIMINGS = "timings.json"
 """Every wall-clock figure of the run's JSON files, so that those files are byte-identical
 for the same seed: ``{file name: the subtree of that file's timed keys}``."""
 TIMED_FILES = ("scores.json", "metrics.json")
-WALL_CLOCK_KEYS = frozenset({"wall_time_s", "timings_s", "seconds", "total_seconds", "graph_seconds"})
 # every directory circuitscan writes (run, SAE set, sweep) holds this file; --overwrite
 # replaces a directory only when it does
 MARKER = "circuitscan.json"
@@ -146,33 +146,6 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(_clean(data), indent=2) + "\n")
 
 
-def split_wall_clock(data: Any) -> tuple[Any, Any]:
-    """``(data without its wall-clock keys, the subtree of those keys)``; the subtree is None
-    when there are none. Keys in :data:`WALL_CLOCK_KEYS` are moved wherever they are."""
-    if not isinstance(data, dict):
-        return data, None
-    kept, timed = {}, {}
-    for k, v in data.items():
-        if k in WALL_CLOCK_KEYS:
-            timed[k] = v
-            continue
-        kept[k], t = split_wall_clock(v)
-        if t is not None:
-            timed[k] = t
-    return kept, (timed or None)
-
-
-def _merge(into: Any, timed: Any) -> Any:
-    if not isinstance(into, dict) or not isinstance(timed, dict):
-        return into
-    for k, v in timed.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict) and k not in WALL_CLOCK_KEYS:
-            _merge(into[k], v)
-        elif k in WALL_CLOCK_KEYS or k not in into:
-            into[k] = v
-    return into
-
-
 def write_run_json(run_dir: Path, name: str, data: Any) -> None:
     """Write one JSON file of a run; for scores.json and metrics.json, the wall times go to
     timings.json (replaced atomically, the other files' entries kept)."""
@@ -202,7 +175,7 @@ def read_run_json(run_dir: Path, name: str, what: str = "a circuitscan run direc
         except (OSError, json.JSONDecodeError):
             timings = {}  # the times are a courtesy: a damaged timings.json loses only them
         if isinstance(timings, dict):
-            _merge(data, timings.get(name))
+            merge_wall_clock(data, timings.get(name))
     return data
 
 
