@@ -153,3 +153,26 @@ def test_bad_min_effect_is_refused(capsys):
         ScoringConfig(min_effect="0.1")
     assert main(["discover", "--model", "toy-planted", "--task", "planted", "--min-effect", "-1", "--out", "x"]) == 2
     assert "min_effect" in capsys.readouterr().err
+    # a floor without the FDR circuit would be silently ignored: refused instead
+    with pytest.raises(CircuitscanError, match="needs circuit='fdr'"):
+        ScoringConfig(min_effect=0.05)
+    assert main(["discover", "--model", "toy-planted", "--task", "planted", "--compat", "paper", "--min-effect",
+                 "0.1", "--out", "x"]) == 2
+    assert "needs circuit='fdr'" in capsys.readouterr().err
+
+
+def test_circuit_above_uniform_on_the_default_drops_the_presets_floor():
+    import argparse
+
+    from circuitscan.cli import build_parser
+    from circuitscan.commands.discover import configs_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["discover", "--model", "toy-planted", "--task", "planted", "--circuit", "above-uniform",
+                              "--out", "x"])
+    assert isinstance(args, argparse.Namespace)
+    _, scoring = configs_from_args(args)
+    assert scoring.circuit == "above-uniform" and scoring.min_effect == 0.0
+    _, default = configs_from_args(parser.parse_args(["discover", "--model", "toy-planted", "--task", "planted",
+                                                        "--out", "x"]))
+    assert default.circuit == "fdr" and default.min_effect == 0.05

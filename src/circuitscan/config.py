@@ -214,6 +214,9 @@ class ScoringConfig:
                f"fdr (the false-discovery rate) must be in (0, 1), got {self.fdr}")
         _check(math.isfinite(self.min_effect) and self.min_effect >= 0,
                f"min_effect must be a finite number >= 0, got {self.min_effect}")
+        _check(self.min_effect == 0 or self.circuit == "fdr",
+               f"min_effect ({self.min_effect:g}) is a floor on the FDR circuit: it needs circuit='fdr' "
+               f"(got circuit={self.circuit!r}); set min_effect=0 or circuit='fdr'")
         _check(self.node_score in ("softmax", "count", "z"),
                f"node_score must be 'softmax', 'count' or 'z', got {self.node_score!r}")
         _check(self.combine in ("mean", "median"), f"combine must be 'mean' or 'median', got {self.combine!r}")

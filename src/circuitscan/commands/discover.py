@@ -125,6 +125,8 @@ def configs_from_args(args: argparse.Namespace):
         scoring = replace(scoring, count_on=args.count_on if args.count_on != "held-out" else "all")
     sae = replace(sae, **{f: getattr(args, a) for a, f in BEYOND_PAPER_SAE.items() if getattr(args, a) is not None})
     given = {f: getattr(args, a) for a, f in BEYOND_PAPER_SCORING.items() if getattr(args, a) is not None}
+    if given.get("circuit", "fdr") != "fdr":  # the preset's effect floor belongs to its FDR circuit
+        given.setdefault("min_effect", 0.0)
     if given.get("circuit") == "fdr" or given.get("node_score") == "z":
         given.setdefault("permutations", scoring.permutations or 1000)
     return sae, replace(scoring, **given)
