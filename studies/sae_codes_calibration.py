@@ -96,6 +96,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "sc-center-tvz-last-fdr": {"sae": _C, "scoring": {**_TV, "permutations": 1000, "circuit": "fdr", "node_score": "z"},
                                "top": {"aggregation": "last"}},
     "sc-preset": {"_compat": {}},  # --compat circuitscan (config.CIRCUITSCAN_COMPAT as the tree has it)
+    "sc-preset-last": {"_compat": {}, "top": {"aggregation": "last"}},
+    "sc-preset-ml": {"_compat": {}, "top": {"aggregation": "mean+last"}},  # two codes per head, one test
 }
 
 
@@ -167,6 +169,12 @@ class Bed:
             path = self.cache / "acts" / self.name / f"seed{self.seed}-n{self.tb.n}-{aggregation}.pt"
             if path.exists():
                 self._acts[aggregation] = torch.load(path, weights_only=False)
+            elif aggregation == "mean+last":  # the two cached aggregations side by side (what the hook computes)
+                from circuitscan.types import HeadActivations
+
+                m, last = self.activations("mean"), self.activations("last")
+                self._acts[aggregation] = HeadActivations(x=torch.stack([m.x, last.x], 1), labels=m.labels,
+                                                          layout=m.layout, aggregation=aggregation)
             else:
                 acts = head_outputs(self.model, self.prompts, aggregation=aggregation, batch_size=64)
                 path.parent.mkdir(parents=True, exist_ok=True)

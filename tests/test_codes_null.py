@@ -133,6 +133,36 @@ def test_per_position_codes_count_position_code_pairs(planted, planted_prompts, 
         _discover(acts, level="edge")
 
 
+def test_mean_and_last_codes_are_scored_together(planted, planted_prompts, single_thread):
+    """aggregation mean+last: two codes per head; its statistic and null are the slots' sum,
+    the edge level sums the pair counts of the four slot blocks, each slot is centred alone."""
+    from circuitscan.activations import head_outputs
+    from circuitscan.circuits import for_model
+    from circuitscan.codes import code_statistic
+    from circuitscan.codes.edge import cooccurrence_both
+    from circuitscan.methods.sae_codes import head_normalised
+    from circuitscan.run import predicted_circuit
+
+    acts = head_outputs(planted, planted_prompts, aggregation="mean+last")
+    H = acts.layout.n_total
+    centred = head_normalised(acts, "center").x
+    assert torch.allclose(centred.mean(0), torch.zeros_like(centred[0]), atol=1e-4)
+    sc = ScoringConfig(statistic="tv", permutations=200, circuit="fdr")
+    d = _discover(acts, level="both", permutations=200, statistic="tv", circuit="fdr", head_norm="center",
+                  input_scale="d_model")
+    assert d.codes.codes.shape == (acts.n_examples, 2 * H)
+    per_slot = code_statistic(d.codes, "tv", normalise=False, mask=d.count_mask).reshape(2, H)
+    assert torch.allclose(d.node.stats["code_distance"].reshape(-1), per_slot.sum(0))
+    assert torch.allclose(d.null.observed, per_slot.sum(0))
+    U, _ = cooccurrence_both(d.codes, mask=d.count_mask)
+    folded = sum(U[a * H:(a + 1) * H, b * H:(b + 1) * H] for a in range(2) for b in range(2))
+    assert torch.equal(d.edge.pairs, folded)
+    truth = sorted(h.name for h in for_model(None, planted, "planted").heads)
+    assert sorted(predicted_circuit(d.node, None, None, sc)["heads"]) == truth
+    with pytest.raises(CircuitscanError, match="mean\\+last"):
+        _discover(head_outputs(planted, planted_prompts, aggregation="all"), level="edge")
+
+
 def test_cli_circuitscan_preset_and_bad_settings_exit_2(tmp_path, capsys):
     from circuitscan.cli import main
 

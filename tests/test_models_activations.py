@@ -34,14 +34,16 @@ def test_planted_layout_and_per_head_outputs_sum_to_attention_output(planted, pl
         assert torch.allclose(heads, cache[f"blocks.{layer}.hook_attn_out"], atol=1e-5)
 
 
-@pytest.mark.parametrize("aggregation", ["mean", "last", "all"])
+@pytest.mark.parametrize("aggregation", ["mean", "last", "mean+last", "all"])
 def test_head_outputs_equal_brute_force(planted, planted_prompts, aggregation):
     acts = head_outputs(planted, planted_prompts, aggregation=aggregation, batch_size=7)
     tokens, labels = planted_prompts.all_tokens()
     with torch.no_grad():
         full, _ = _brute_force(planted, tokens)
-    expected = {"mean": full.mean(1), "last": full[:, -1], "all": full}[aggregation]
+    expected = {"mean": full.mean(1), "last": full[:, -1], "all": full,
+                "mean+last": torch.stack([full.mean(1), full[:, -1]], 1)}[aggregation]
     assert torch.allclose(acts.x, expected, atol=1e-5)
+    assert acts.n_slots == {"mean+last": 2, "all": full.shape[1]}.get(aggregation, 1)
     assert torch.equal(acts.labels, labels)
 
 
@@ -186,7 +188,7 @@ def _hf_vs_bridge(model, prompts, aggregation):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("aggregation", ["mean", "last", "all"])
+@pytest.mark.parametrize("aggregation", ["mean", "last", "mean+last", "all"])
 def test_gpt2_random_hf_path_equals_bridge_path(gpt2_random, aggregation):
     prompts = build_task("ioi", gpt2_random, 6, seed=0)
     _hf_vs_bridge(gpt2_random, prompts, aggregation)

@@ -27,7 +27,12 @@ if TYPE_CHECKING:
 
     from .models import ModelHandle
 
-AGGREGATIONS = ("mean", "last", "all")
+AGGREGATIONS = ("mean", "last", "mean+last", "all")
+"""Over positions: the mean over real tokens (the paper), the last position, both side by side
+(``x[e, 0]`` mean, ``x[e, 1]`` last: two codes per head, scored together), or every position."""
+
+SLOTTED = ("mean+last", "all")
+"""Aggregations that keep a slot axis: ``x`` is [examples, slots, heads, d_model]."""
 
 
 class _StopForward(Exception):
@@ -35,7 +40,11 @@ class _StopForward(Exception):
 
 
 def _aggregate(z: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
-    """[b, p, h, d] -> [b, h, d] (mean / last) or [b, p, h, d] (all)."""
+    """[b, p, h, d] -> [b, h, d] (mean / last), [b, 2, h, d] (mean+last) or [b, p, h, d] (all)."""
+    if how == "mean+last":
+        import torch
+
+        return torch.stack([_aggregate(z, mask, "mean"), _aggregate(z, mask, "last")], dim=1)
     if how == "all":
         return z if mask is None else z * mask[:, :, None, None].to(z.dtype)
     if mask is None:
@@ -45,6 +54,28 @@ def _aggregate(z: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Te
         return (z * m[:, :, None, None]).sum(1) / m.sum(1).clamp_min(1)[:, None, None]
     # last real token: padding is on the left, so the last position is real
     return z[:, -1]
+
+
+def _make_hook(layer: int, layout, w_o: torch.Tensor, out: torch.Tensor, state: dict, aggregation: str):
+    """The hook on layer ``layer``'s z: aggregate, map through ``w_o`` [H, d_head, d_model],
+    write rows ``state["lo"]:state["hi"]`` of ``out``."""
+    import torch
+
+    n_heads = layout.n_heads
+    cols = slice(layer * n_heads, (layer + 1) * n_heads)
+
+    def hook(z_in: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
+        z = z_in
+        if z.ndim == 3:  # concatenated heads (the Hugging Face path, some adapters)
+            z = z.reshape(z.shape[0], z.shape[1], n_heads, -1)
+        agg = _aggregate(z, state.get("mask"), aggregation)
+        res = torch.einsum("...hd,hdm->...hm", agg.to(w_o.dtype), w_o)
+        out[state["lo"]:state["hi"], ..., cols, :] = res.float()
+        if layer == layout.n_layers - 1:
+            raise _StopForward
+        return z_in
+
+    return hook
 
 
 def head_outputs(
@@ -60,8 +91,9 @@ def head_outputs(
     Args:
         model: a loaded model.
         prompts: positives and negatives of one task, equal lengths.
-        aggregation: ``"mean"`` over real tokens (the paper), ``"last"`` position, or
-            ``"all"`` positions kept.
+        aggregation: ``"mean"`` over real tokens (the paper), ``"last"`` position,
+            ``"mean+last"`` (both: x is [examples, 2, heads, d_model]) or ``"all"``
+            positions kept ([examples, seq, heads, d_model]).
         batch_size: prompts per forward pass.
         progress: show a progress bar (default: on a terminal, for long runs).
 
@@ -86,33 +118,13 @@ def head_outputs(
         raise CircuitscanError(
             f"task {prompts.task!r} has token ids outside the model's vocabulary 0..{vocab - 1}"
         )
-    n_layers, n_heads, d_model = layout.n_layers, layout.n_heads, model.d_model
-    w_o = model.bridge.W_O.detach()  # [L, H, d_head, d_model]
-    shape = (n, seq, layout.n_total, d_model) if aggregation == "all" else (n, layout.n_total, d_model)
-    out = torch.empty(shape, dtype=torch.float32)
-
+    n_layers, d_model = layout.n_layers, model.d_model
+    slots = {"mean+last": (2,), "all": (seq,)}.get(aggregation, ())
+    out = torch.empty((n, *slots, layout.n_total, d_model), dtype=torch.float32)
     state: dict[str, object] = {}
-
-    def make_hook(layer: int):
-        def hook(z_in: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
-            z = z_in
-            if z.ndim == 3:  # concatenated heads (the Hugging Face path, some adapters)
-                z = z.reshape(z.shape[0], z.shape[1], n_heads, -1)
-            agg = _aggregate(z, state.get("mask"), aggregation)
-            res = torch.einsum("...hd,hdm->...hm", agg.to(w_o.dtype), w_o[layer])
-            lo, hi = state["lo"], state["hi"]
-            cols = slice(layer * n_heads, (layer + 1) * n_heads)
-            if aggregation == "all":
-                out[lo:hi, :, cols] = res.float()
-            else:
-                out[lo:hi, cols] = res.float()
-            if layer == n_layers - 1:
-                raise _StopForward
-            return z_in
-
-        return hook
-
-    hooks = [(model.hook_z(layer), make_hook(layer)) for layer in range(n_layers)]
+    w_o = model.bridge.W_O.detach()  # [L, H, d_head, d_model]
+    hooks = [(model.hook_z(layer), _make_hook(layer, layout, w_o[layer], out, state, aggregation))
+             for layer in range(n_layers)]
     n_batches = (n + batch_size - 1) // batch_size
     show = progress if progress is not None else None
     with torch.inference_mode(), bar("caching head outputs", n_batches, show=show if n_batches > 4 else False) as advance:

@@ -245,7 +245,7 @@ def _write_run(writer: RunWriter, result: RunResult, cfg: SAECodesConfig, extra:
         },
     }
     writer.json(METRICS, metrics)
-    if cfg.aggregation == "all":  # codes per (position, head): not the [examples, heads] file the report reads
+    if d.codes.codes.shape[1] != result.model.layout.n_total:  # codes per (slot, head), not [examples, heads]
         save_sae(d.train.sae, cfg.sae, writer.path(SAE))
         return
     save_file(

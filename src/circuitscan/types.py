@@ -167,7 +167,8 @@ class HeadActivations:
     """Per-example, per-head outputs into the residual stream, aggregated over positions.
 
     ``x[e, i]`` is head ``layout.head(i)``'s output (z_h . W_O^h, no bias) on example e;
-    with ``aggregation == "all"`` a position axis is kept: ``x[e, p, i]``.
+    with ``aggregation`` ``"mean+last"`` or ``"all"`` a slot axis is kept: ``x[e, s, i]``
+    (s = 0 the mean and 1 the last position; or s = the position).
     """
 
     x: Float[Tensor, "n_examples n_heads_total d_model"] | Float[Tensor, "n_examples seq n_heads_total d_model"]
@@ -182,6 +183,11 @@ class HeadActivations:
     @property
     def d_model(self) -> int:
         return int(self.x.shape[-1])
+
+    @property
+    def n_slots(self) -> int:
+        """Codes per head per example: 1, or the slot axis' length (``mean+last``, ``all``)."""
+        return int(self.x.shape[1]) if self.x.ndim == 4 else 1
 
 
 @dataclass(frozen=True)

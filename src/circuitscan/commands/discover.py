@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..activations import AGGREGATIONS
 from .common import add_model_args, add_task_args, finite_float, positive_int
 
 
@@ -57,9 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(METHOD.md section 3); flags given override the preset")
     add_beyond_paper_args(p)
     x = p.add_argument_group("activations")
-    x.add_argument("--aggregation", choices=("mean", "last", "all"), default="mean",
-                   help="over positions (default: mean over real tokens); 'all' = a code per head per position, "
-                   "counting (position, code) pairs (node level only)")
+    x.add_argument("--aggregation", choices=AGGREGATIONS, default="mean",
+                   help="over positions (default: mean over real tokens); 'mean+last' = two codes per head (the "
+                   "mean and the last position) scored together; 'all' = a code per head per position "
+                   "(edge level: 'mean+last' sums the pair counts over the two slots; 'all' has none)")
     x.add_argument("--batch-size", type=positive_int, default=64)
     from .evaluate import add_intervention_args
 

@@ -3,9 +3,11 @@
 Beyond the paper (all off by default, see docs/METHODS.md): an ensemble of SAEs whose
 per-seed counts are combined, a label-swap permutation null giving every head a z-score,
 a p-value and a Benjamini-Hochberg decision, an edge rule that keeps the head pairs
-significant under the same null, and per-position codes (``aggregation="all"``: a code
-per head per position; a head's count is the number of (position, code) pairs seen only
-on positives).
+significant under the same null, and several codes per head (``aggregation="mean+last"``:
+one of the mean over positions and one of the last position; ``"all"``: one per position).
+With several, a head's statistic is the sum over its slots (for the count: the number of
+(slot, code) pairs seen only on positives; for TV: the sum of the slots' distances), and
+the label-swap null is computed on that sum, so a head gets one p-value.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class SAECodesConfig:
     sae: SAEConfig = field(default_factory=default_sae)
     scoring: ScoringConfig = field(default_factory=default_scoring)
     level: str = "node"  # node | edge | both
-    aggregation: str = "mean"  # mean | last | all (per-position codes)
+    aggregation: str = "mean"  # mean | last | mean+last (two codes per head) | all (per-position codes)
     batch_size: int = 64
 
 
@@ -78,13 +80,13 @@ def rank_agreement(per_seed: torch.Tensor) -> float | None:
 
 def _codes_of(sae, acts: HeadActivations, silent: str) -> Codes:
     x = acts.x
-    if acts.aggregation == "all":  # [n, pos, heads, d] -> virtual heads (pos, head), column pos * H + h
+    if acts.n_slots > 1:  # [n, slots, heads, d] -> virtual heads (slot, head), column slot * H + h
         x = x.reshape(x.shape[0], -1, x.shape[-1])
     return discretise(sae, x, acts.labels, acts.layout, silent=silent)
 
 
 def _groups(acts: HeadActivations) -> torch.Tensor:
-    V = acts.layout.n_total * (acts.x.shape[1] if acts.aggregation == "all" else 1)
+    V = acts.layout.n_total * acts.n_slots
     return torch.arange(V) % acts.layout.n_total
 
 
@@ -156,10 +158,19 @@ def _z(obs: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
     return torch.where((std == 0) & (diff > 0), torch.full_like(z, 50.0), z).clamp(-50, 50)
 
 
-def _pair_counts(members, masks, labels, how: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _fold(m: torch.Tensor, groups: torch.Tensor, n: int) -> torch.Tensor:
+    """[V, V] over virtual heads (slot, head) -> [heads, heads]: the sum over slot pairs."""
+    if m.shape[0] == n:
+        return m
+    g = torch.nn.functional.one_hot(groups, n).to(m.dtype)
+    return g.T @ m @ g
+
+
+def _pair_counts(members, masks, labels, how: str, groups: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     per = [cooccurrence_both(Codes(c.codes, labels, c.layout, c.n_codes), mask=m)
            for c, m in zip(members, masks, strict=True)]
-    return combine(torch.stack([u for u, _ in per]), how), combine(torch.stack([j for _, j in per]), how)
+    return (combine(torch.stack([_fold(u, groups, n) for u, _ in per]), how),
+            combine(torch.stack([_fold(j, groups, n) for _, j in per]), how))
 
 
 def _edge_level(acts, members, masks, sc: ScoringConfig) -> Scores:
@@ -172,10 +183,11 @@ def _edge_level(acts, members, masks, sc: ScoringConfig) -> Scores:
     """
     layout = acts.layout
     if acts.aggregation == "all":
-        raise CircuitscanError("the edge level needs one code per head per example: use aggregation 'mean' or 'last'")
+        raise CircuitscanError("the edge level needs at most two codes per head per example, aggregation 'all' "
+                               f"gives {acts.n_slots}: use aggregation 'mean', 'last' or 'mean+last'")
     H, shape = layout.n_total, (layout.n_layers, layout.n_heads)
-    labels = members[0].labels
-    U, J = _pair_counts(members, masks, labels, sc.combine)
+    labels, groups = members[0].labels, _groups(acts)
+    U, J = _pair_counts(members, masks, labels, sc.combine, groups, H)
     stats: dict[str, Any] = {"level": "edge (head-level score from head pairs)"}
     if sc.edge_rule == "top-k":
         pairs = top_pairs(U, sc.edge_k)
@@ -184,7 +196,7 @@ def _edge_level(acts, members, masks, sc: ScoringConfig) -> Scores:
 
         union = torch.stack(masks).any(0)
         L, _ = label_matrix(labels, union, sc.edge_permutations, torch.Generator().manual_seed(sc.null_seed + 1))
-        null = [_pair_counts(members, masks, L[:, b].clone(), sc.combine) for b in range(L.shape[1])]
+        null = [_pair_counts(members, masks, L[:, b].clone(), sc.combine, groups, H) for b in range(L.shape[1])]
         zu = _z(U, torch.stack([u for u, _ in null])).fill_diagonal_(0)
         zj = _z(J, torch.stack([j for _, j in null]))
         iu = torch.triu_indices(H, H, offset=1)
@@ -208,7 +220,8 @@ def head_normalised(acts: HeadActivations, how: str) -> HeadActivations:
     if how == "none":
         return acts
     x = acts.x.float()
-    dims = tuple(range(x.ndim - 2))  # examples (and positions): keep heads and d_model
+    # over examples (and positions, for "all"); "mean+last" centres each slot on its own mean
+    dims = (0,) if acts.aggregation == "mean+last" else tuple(range(x.ndim - 2))
     x = x - x.mean(dims, keepdim=True)
     if how == "standardise":
         rms = x.square().sum(-1, keepdim=True).mean(dims, keepdim=True).sqrt()
