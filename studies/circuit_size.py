@@ -27,9 +27,6 @@ import sae_codes_calibration as st  # noqa: E402
 
 DELTAS = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
 AGGREGATIONS = {"mean": "sc-preset", "last": "sc-center-tv-last-fdr"}
-# the demo's prompt count (make demo): does the circuit grow with -n?
-st.TESTBEDS["smollm2-ioi-250"] = st.Testbed("smollm2-135m", "ioi", 250, st.TESTBEDS["smollm2-ioi"].gt, 16,
-                                            st.SMOL_BASE, 16)
 
 
 def circuits_of(bed) -> dict[str, list[str]]:

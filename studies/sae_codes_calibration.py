@@ -62,9 +62,13 @@ TESTBEDS: dict[str, Testbed] = {
     **{f"smollm2-{t}": Testbed("smollm2-135m", t, 50, str(REFS / f"smollm2-135m-{t}-patching.json"), 16,
                                SMOL_BASE, 16)
        for t in ("ioi", "greater-than", "docstring")},
+    # the demo's prompt count (make demo), for how the circuit and the AUC grow with -n
+    "smollm2-ioi-250": Testbed("smollm2-135m", "ioi", 250, str(REFS / "smollm2-135m-ioi-patching.json"), 16,
+                               SMOL_BASE, 16),
 }
 GROUPS = {"toy": [k for k in TESTBEDS if not k.startswith("smollm2")],
-          "smollm2": [k for k in TESTBEDS if k.startswith("smollm2")], "all": list(TESTBEDS)}
+          "smollm2": [k for k in TESTBEDS if k.startswith("smollm2") and not k.endswith("-250")],
+          "all": list(TESTBEDS)}
 
 # sae-codes variants: overrides of SAECodesConfig's parts. A variant whose fields this
 # tree's config does not have yet is skipped (the issue-13 mechanisms land in pieces).
