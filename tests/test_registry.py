@@ -110,3 +110,65 @@ def test_methods_command_lists_the_registry(capsys):
     assert main(["methods"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listed] == methods.names()
+
+
+class DummyEdgeScorer:
+    """Scores edges too and predicts one circuit per threshold: every edge between planted nodes
+    (and the planted heads) scores 1, everything else a little (a known answer: AUCs of 1)."""
+
+    name = "dummy-edges"
+
+    def score(self, model, prompts, cfg=None):
+        from circuitscan.methods._setup import PassCounter, finish_scores
+        from circuitscan.methods.edges import EdgeGraph, contract, planted_true_edges
+
+        layout = model.layout
+        node = torch.full((layout.n_layers, layout.n_heads), 0.01)
+        for h in PLANTED_HEADS:
+            node[h.layer, h.head] = 1.0
+        graph = EdgeGraph.for_model(model)
+        truth = planted_true_edges()
+        edges = {e: 1.0 if set(contract(graph, {e: 1.0})) <= truth else 0.01 for e in graph.edge_names()}
+        planted = sorted(h.name for h in PLANTED_HEADS)
+        sweep = [{"threshold": 0.5, "heads": planted, "edges": [e for e, v in edges.items() if v == 1.0]},
+                 {"threshold": 0.0, "heads": layout.names(), "edges": list(edges)}]
+        return finish_scores(self.name, node, None, PassCounter(), edges=edges, layout=layout, stats={"sweep": sweep})
+
+
+@pytest.fixture
+def dummy_edges():
+    spec = methods.register(MethodSpec(name="dummy-edges", scorer=DummyEdgeScorer, config=DummyConfig, cost=_cost,
+                                       settings={"batch_size": "batch_size"}, edges=True, threshold_sweep=True,
+                                       default=True, summary="a test's edge-scoring dummy"))
+    yield spec
+    methods.unregister("dummy-edges")
+
+
+def test_a_registered_edge_method_is_listed_scored_on_edges_and_read_back(dummy_edges, tmp_path, capsys):
+    """One MethodSpec and one register call: the method is in every list, its edges and its
+    threshold sweep are evaluated, the run directory keeps them and evaluate / report read them."""
+    from circuitscan.compare import parse_methods
+    from circuitscan.report.rundata import load_run
+
+    assert "dummy-edges" in parse_methods("all") and "dummy-edges" in methods.default_names()
+    out = tmp_path / "run"
+    assert main(["compare", "--model", "toy-planted", "--task", "planted", "-n", "12", "--methods", "dummy-edges",
+                 "--faithfulness-samples", "1", "--out", str(out)]) == 0
+    assert "dummy-edges" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    edge = metrics["edge_ground_truth"]["dummy-edges"]
+    assert edge["ground_truth"] == "planted" and edge["roc_source"] == "threshold sweep"
+    assert edge["auc"] == pytest.approx(1.0) and edge["ranking_auc"] == pytest.approx(1.0)
+    assert metrics["ground_truth"]["dummy-edges"]["sweep"]["auc"] == pytest.approx(1.0)
+    (row,) = metrics["comparison"]["rows"]
+    assert row["roc_source"] == "threshold sweep (2 values)" and row["edge_auc"] == pytest.approx(1.0)
+    assert metrics["estimates"]["dummy-edges"]["what"] == "nothing at all"
+    written = json.loads((out / "scores.json").read_text())["methods"]["dummy-edges"]
+    assert sum(v == 1.0 for v in written["edges"].values()) > 0
+    assert main(["evaluate", str(out), "--random-samples", "1", "--faithfulness", "--faithfulness-samples", "1"]) == 0
+    capsys.readouterr()
+    faith = json.loads((out / "metrics.json").read_text())["faithfulness"]
+    assert "dummy-edges" in faith["cpr"] and "dummy-edges" in faith["edge_level"]["curves"]
+    assert load_run(out).methods["dummy-edges"].edges == written["edges"]
+    assert main(["report", str(out)]) == 0
+    assert "dummy-edges" in (out / "report.html").read_text()

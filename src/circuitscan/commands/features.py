@@ -32,7 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     fsub = p.add_subparsers(dest="features_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    _add_train(fsub)
+    _add_graph(fsub)
 
+
+def _add_train(fsub: argparse._SubParsersAction) -> None:
     t = fsub.add_parser(
         "train", help="train SAEs on sublayers of a model (streamed, on an offline corpus)",
         description="Train one standard SAE per site on an offline corpus (the model's own generated text, text "
@@ -65,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=seed_int, default=0, help="seed of the corpus, sampling and training (default 0)")
     t.set_defaults(func=run_train)
 
+
+def _add_graph(fsub: argparse._SubParsersAction) -> None:
     g = fsub.add_parser(
         "graph", help="attribution graph of a prompt or a task, checked by ablation",
         description="Build the attribution graph of a prompt's next token (or a task's metric over its prompts) "

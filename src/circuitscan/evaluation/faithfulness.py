@@ -31,69 +31,25 @@ patching, :mod:`circuitscan.evaluation.edges`); no pruning of dangling edges.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from .curve_stats import (
+    MIB_FRACTIONS,
+    cmd,
+    cpr,
+    curve_sizes,
+    mib_sizes,
+    random_band,
+)
+from .edge_faithfulness import EdgeFaithfulnessCurve, edge_faithfulness_curves
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
     from ..types import PromptSet, Scores
     from .intervention import CircuitEvaluator
-
-MIB_FRACTIONS: tuple[float, ...] = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-
-
-def mib_sizes(n_total: int) -> list[int]:
-    """Circuit sizes (heads) at :data:`MIB_FRACTIONS`: ``floor(x * n_total)``."""
-    return [int(math.floor(x * n_total + 1e-9)) for x in MIB_FRACTIONS]
-
-
-def curve_sizes(n_total: int, max_points: int = 20) -> list[int]:
-    """Circuit sizes for a curve: every size when there are few heads, else a grid.
-
-    The grid holds 0, the MIB sizes and sizes spaced evenly on a log scale from 1 to
-    ``n_total``, about ``max_points`` in all (more only when the MIB sizes alone exceed it).
-    """
-    if n_total < 1:
-        raise CircuitscanError(f"a model needs at least one head, got {n_total}")
-    if max_points < 2:
-        raise CircuitscanError(f"a curve needs at least 2 points, got {max_points}")
-    if n_total + 1 <= max_points:
-        return list(range(n_total + 1))
-    base = set(mib_sizes(n_total)) | {0, n_total}
-    sizes = set(base)
-    for m in range(2, n_total + 1):
-        grid = {round(math.exp(math.log(n_total) * i / (m - 1))) for i in range(m)}
-        if len(base | grid) > max_points:
-            break
-        sizes = base | grid
-    return sorted(sizes)
-
-
-def _trapezoid(x: Sequence[float], y: Sequence[float]) -> float:
-    return float(sum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(x) - 1)))
-
-
-def cpr(values: Sequence[float], fractions: Sequence[float] = MIB_FRACTIONS) -> float:
-    """Circuit performance ratio: area under the faithfulness curve (trapezoids, linear x)."""
-    _check_curve(values, fractions)
-    return _trapezoid(fractions, values)
-
-
-def cmd(values: Sequence[float], fractions: Sequence[float] = MIB_FRACTIONS) -> float:
-    """Circuit-model difference: area between the faithfulness curve and 1."""
-    _check_curve(values, fractions)
-    return _trapezoid(fractions, [abs(1.0 - v) for v in values])
-
-
-def _check_curve(values: Sequence[float], fractions: Sequence[float]) -> None:
-    if len(values) != len(fractions) or len(values) < 2:
-        raise ValueError(f"need one value per fraction (>= 2), got {len(values)} values, {len(fractions)} fractions")
-    if any(b < a for a, b in zip(fractions, fractions[1:], strict=False)):
-        raise ValueError("fractions must be ascending")
 
 
 @dataclass(frozen=True)
@@ -163,25 +119,9 @@ def faithfulness_curves(
 
     from .intervention import random_masks, top_k_masks
 
-    scores_list = [scores] if not isinstance(scores, Sequence) else list(scores)
-    if not scores_list:
-        raise CircuitscanError("give at least one method's scores")
+    scores_list, metric = _checked(evaluator, scores, metric, random_samples)
     layout = evaluator.model.layout
     n_total = layout.n_total
-    metric = metric or evaluator.metrics[0]
-    if metric not in evaluator.metrics:
-        raise CircuitscanError(f"metric {metric!r} was not computed; the evaluator has {', '.join(evaluator.metrics)}")
-    if random_samples < 0:
-        raise CircuitscanError(f"random_samples must be >= 0, got {random_samples}")
-    for s in scores_list:
-        if s.layout != layout:
-            raise CircuitscanError(
-                f"scores of {s.method!r} are for {s.layout.n_layers}x{s.layout.n_heads} heads, the model has "
-                f"{layout.n_layers}x{layout.n_heads}"
-            )
-    names = [s.method for s in scores_list]
-    if len(set(names)) != len(names):
-        raise CircuitscanError(f"method names must be distinct, got {names}")
     mib = mib_sizes(n_total)
     chosen = sorted(set(curve_sizes(n_total) if sizes is None else sizes) | set(mib))
     if any(not 0 <= k <= n_total for k in chosen):
@@ -200,11 +140,7 @@ def faithfulness_curves(
     means = values.mean(-1)
 
     n_sizes = len(chosen)
-    rand = faith[len(blocks) * n_sizes :].reshape(n_sizes, random_samples) if random_samples else None
-    r_mean = rand.mean(-1).tolist() if rand is not None else [float("nan")] * n_sizes
-    r_std = (rand.std(-1) if random_samples > 1 else torch.zeros(n_sizes)).tolist() if rand is not None else [
-        float("nan")
-    ] * n_sizes
+    r_mean, r_std = random_band(faith[len(blocks) * n_sizes :] if random_samples else None, n_sizes, random_samples)
     at = {k: i for i, k in enumerate(chosen)}
     fractions = [k / n_total for k in chosen]
     out: dict[str, FaithfulnessCurve] = {}
@@ -234,6 +170,31 @@ def faithfulness_curves(
             order=[layout.head(i).name for i in order],
         )
     return out
+
+
+def _checked(
+    evaluator: CircuitEvaluator, scores: Scores | Sequence[Scores], metric: str | None, random_samples: int
+) -> tuple[list[Scores], str]:
+    """The scores as a list and the metric, every argument of :func:`faithfulness_curves` checked."""
+    scores_list = [scores] if not isinstance(scores, Sequence) else list(scores)
+    if not scores_list:
+        raise CircuitscanError("give at least one method's scores")
+    layout = evaluator.model.layout
+    metric = metric or evaluator.metrics[0]
+    if metric not in evaluator.metrics:
+        raise CircuitscanError(f"metric {metric!r} was not computed; the evaluator has {', '.join(evaluator.metrics)}")
+    if random_samples < 0:
+        raise CircuitscanError(f"random_samples must be >= 0, got {random_samples}")
+    for s in scores_list:
+        if s.layout != layout:
+            raise CircuitscanError(
+                f"scores of {s.method!r} are for {s.layout.n_layers}x{s.layout.n_heads} heads, the model has "
+                f"{layout.n_layers}x{layout.n_heads}"
+            )
+    names = [s.method for s in scores_list]
+    if len(set(names)) != len(names):
+        raise CircuitscanError(f"method names must be distinct, got {names}")
+    return scores_list, metric
 
 
 def curves_summary(ev, curves: dict[str, FaithfulnessCurve]) -> dict[str, Any]:
@@ -277,128 +238,5 @@ def faithfulness_curve(
                                seed=seed)[scores.method]
 
 
-@dataclass(frozen=True)
-class EdgeFaithfulnessCurve:
-    """One method's faithfulness over edge counts (MIB's edge-level CPR/CMD)."""
-
-    method: str
-    metric: str
-    ablation: str
-    n_edges: int
-    fractions: list[float]
-    sizes: list[int]
-    values: list[float]
-    random_mean: list[float]
-    random_std: list[float]
-    random_samples: int
-    cpr: float
-    cmd: float
-    cpr_random: float
-    cmd_random: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def edge_faithfulness_curves(
-    model: ModelHandle,
-    prompts: PromptSet,
-    scores: Scores | Sequence[Scores],
-    *,
-    ablation: str = "corrupt",
-    metric: str | None = None,
-    random_samples: int = 10,
-    seed: int = 0,
-    n_examples: int | None = None,
-    max_rows: int = 32,
-) -> dict[str, EdgeFaithfulnessCurve]:
-    """Faithfulness at the MIB fractions of EDGES, for every method with edge scores.
-
-    Args:
-        model, prompts: the model and the task.
-        scores: methods' :class:`Scores`; those without ``edges`` are skipped.
-        ablation, metric: as for node level (default metric: the task's own).
-        random_samples: random edge sets per size (uniform over the graph's edges).
-        n_examples: the first n positive prompts (default: all).
-        max_rows: token rows per edge-patched pass; each row holds every sender's
-            difference (senders x seq x d_model floats), so this bounds memory.
-
-    Returns:
-        ``{method: EdgeFaithfulnessCurve}`` (empty when no method has edge scores).
-    """
-    import torch
-
-    from .edges import EdgeForward, EdgeGraph, run_edges
-    from .objective import ObjectiveConfig, build_objective
-
-    scores_list = [scores] if not isinstance(scores, Sequence) else list(scores)
-    with_edges = [s for s in scores_list if s.edges]
-    if not with_edges:
-        return {}
-    if random_samples < 0:
-        raise CircuitscanError(f"random_samples must be >= 0, got {random_samples}")
-    graph = EdgeGraph.for_model(model)
-    pairs = graph.edge_index()
-    index = {graph.edge_name(s, r): i for i, (s, r) in enumerate(pairs)}
-    n_edges = len(pairs)
-    for sc in with_edges:
-        unknown = [e for e in sc.edges if e not in index]
-        if unknown:
-            raise CircuitscanError(
-                f"method {sc.method!r} scores {len(unknown)} edges this model's graph does not have "
-                f"(e.g. {unknown[0]!r}); edge names look like 'L1H0->L3H2.q', 'input->L0H1.v', 'L2H0->logits'"
-            )
-    sizes = [int(math.floor(x * n_edges + 1e-9)) for x in MIB_FRACTIONS]
-    src = torch.tensor([p[0] for p in pairs])
-    dst = torch.tensor([p[1] for p in pairs])
-
-    def removed_for(kept: torch.Tensor) -> torch.Tensor:
-        """[n_edges] kept flags -> [n_senders, n_receivers] removed flags."""
-        removed = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.bool)
-        removed[src[~kept], dst[~kept]] = True
-        return removed
-
-    configs = [removed_for(torch.ones(n_edges, dtype=torch.bool)), removed_for(torch.zeros(n_edges, dtype=torch.bool))]
-    for sc in with_edges:
-        score = torch.full((n_edges,), float("-inf"))
-        for name, v in sc.edges.items():
-            score[index[name]] = float(v)
-        order = torch.sort(-score, stable=True).indices
-        for k in sizes:
-            kept = torch.zeros(n_edges, dtype=torch.bool)
-            kept[order[:k]] = True
-            configs.append(removed_for(kept))
-    g = torch.Generator().manual_seed(seed)
-    for k in sizes:
-        for _ in range(random_samples):
-            kept = torch.zeros(n_edges, dtype=torch.bool)
-            kept[torch.randperm(n_edges, generator=g)[:k]] = True
-            configs.append(removed_for(kept))
-    obj = build_objective(model, prompts, ObjectiveConfig(metric=metric, ablation=ablation, n_examples=n_examples))
-    removed = torch.stack(configs)
-    unique, inverse = torch.unique(removed.reshape(removed.shape[0], -1), dim=0, return_inverse=True)
-    good = run_edges(obj, EdgeForward(model, graph), unique.reshape(-1, *removed.shape[1:]), max_rows=max_rows)
-    means = good.mean(-1)[inverse]
-    clean, empty = float(means[0]), float(means[1])
-    from .metrics import normalise
-
-    faith = [normalise(float(v), clean, empty) for v in means]
-    n_s = len(sizes)
-    offset = 2 + n_s * len(with_edges)
-    if random_samples:
-        rand = torch.tensor(faith[offset:]).reshape(n_s, random_samples)
-        r_mean = rand.mean(-1).tolist()
-        r_std = (rand.std(-1) if random_samples > 1 else torch.zeros(n_s)).tolist()
-    else:
-        r_mean = r_std = [float("nan")] * n_s
-    out = {}
-    for b, sc in enumerate(with_edges):
-        values = faith[2 + b * n_s : 2 + (b + 1) * n_s]
-        out[sc.method] = EdgeFaithfulnessCurve(
-            method=sc.method, metric=obj.metric_name, ablation=ablation, n_edges=n_edges,
-            fractions=list(MIB_FRACTIONS), sizes=sizes, values=values, random_mean=r_mean, random_std=r_std,
-            random_samples=random_samples, cpr=cpr(values), cmd=cmd(values),
-            cpr_random=cpr(r_mean) if random_samples else float("nan"),
-            cmd_random=cmd(r_mean) if random_samples else float("nan"),
-        )
-    return out
+__all__ = ["MIB_FRACTIONS", "EdgeFaithfulnessCurve", "FaithfulnessCurve", "cmd", "cpr", "curve_sizes", "curves_summary",
+           "edge_faithfulness_curves", "faithfulness_curve", "faithfulness_curves", "mib_sizes"]

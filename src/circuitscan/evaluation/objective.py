@@ -14,12 +14,12 @@ faithfulness both patch against.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from .capture import PassCounter, _clean_pass, _masked_mean, capture, split_heads
 
 if TYPE_CHECKING:
     from jaxtyping import Float, Int
@@ -29,9 +29,6 @@ if TYPE_CHECKING:
     from ..types import PromptSet
     from .intervention import AblationSource
     from .metrics import Metric
-
-_RESID0 = "blocks.0.hook_resid_pre"
-
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
@@ -62,107 +59,6 @@ class ObjectiveConfig:
             raise CircuitscanError(f"n_examples must be >= 1, got {self.n_examples}")
         if self.batch_size < 1:
             raise CircuitscanError(f"batch_size must be >= 1, got {self.batch_size}")
-
-
-@dataclass
-class PassCounter:
-    """Model calls spent: forward and backward passes, and the prompt rows they carried."""
-
-    forward: int = 0
-    backward: int = 0
-    rows_forward: int = 0
-    rows_backward: int = 0
-    embedding_lookups: int = 0
-    started: float = field(default_factory=time.perf_counter)
-
-    def fwd(self, rows: int, n: int = 1) -> None:
-        self.forward += n
-        self.rows_forward += rows
-
-    def bwd(self, rows: int, n: int = 1) -> None:
-        self.backward += n
-        self.rows_backward += rows
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.started
-
-    def stats(self) -> dict[str, int]:
-        return {"rows_forward": self.rows_forward, "rows_backward": self.rows_backward,
-                "embedding_lookups": self.embedding_lookups}
-
-
-class _Stop(Exception):
-    """Raised in a hook once everything needed from a forward pass has been seen."""
-
-
-def split_heads(z: Tensor, n_heads: int) -> Tensor:
-    """[b, p, H, d] stays; [b, p, H*d] -> [b, p, H, d]."""
-    return z if z.ndim == 4 else z.reshape(z.shape[0], z.shape[1], n_heads, -1)
-
-
-def capture(
-    model: ModelHandle,
-    tokens: Int[Tensor, "n seq"],
-    mask: Int[Tensor, "n seq"] | None,
-    *,
-    batch_rows: int,
-    counter: PassCounter,
-    with_z: bool = True,
-) -> tuple[Float[Tensor, "n layers seq heads d_head"] | None, Float[Tensor, "n seq d_model"]]:
-    """Every head's z and the input embedding (``blocks.0.hook_resid_pre``) on ``tokens``.
-
-    The pass stops after the last layer's z (or right after the embedding when
-    ``with_z`` is False; that counts as an embedding lookup, not a forward pass).
-    """
-    import torch
-
-    layout = model.layout
-    n, seq = tokens.shape
-    z_out = torch.empty(n, layout.n_layers, seq, layout.n_heads, model.d_head) if with_z else None
-    e_out = torch.empty(n, seq, model.d_model)
-    state: dict[str, int] = {}
-
-    def grab_e(x: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-        e_out[state["lo"] : state["hi"]] = x.detach().float()
-        if not with_z:
-            raise _Stop
-        return x
-
-    def make(layer: int):
-        def grab(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-            z_out[state["lo"] : state["hi"], layer] = split_heads(z, layout.n_heads).detach().float()
-            if layer == layout.n_layers - 1:
-                raise _Stop
-            return z
-
-        return grab
-
-    hooks = [(_RESID0, grab_e)]
-    if with_z:
-        hooks += [(model.hook_z(layer), make(layer)) for layer in range(layout.n_layers)]
-    with torch.inference_mode():
-        for lo in range(0, n, batch_rows):
-            hi = min(n, lo + batch_rows)
-            state["lo"], state["hi"] = lo, hi
-            kwargs = {} if mask is None else {"attention_mask": mask[lo:hi]}
-            try:
-                model.bridge.run_with_hooks(tokens[lo:hi], fwd_hooks=hooks, **kwargs)
-            except _Stop:
-                pass
-            if with_z:
-                counter.fwd(hi - lo)
-            else:  # stopped right after the embedding: not a pass through the model
-                counter.embedding_lookups += 1
-    return z_out, e_out
-
-
-def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean over rows at each position (axis 1 of x is the position), real tokens only."""
-    if mask is None:
-        return x.mean(0)
-    m = mask.to(x.dtype).reshape(mask.shape[0], mask.shape[1], *([1] * (x.ndim - 2)))
-    return (x * m).sum(0) / m.sum(0).clamp_min(1)
 
 
 @dataclass
@@ -275,8 +171,6 @@ def build_objective(
     import torch
 
     from .intervention import (
-        AblationSource,
-        HeadCache,
         expand_with_suffixes,
         paired_negatives,
     )
@@ -313,12 +207,30 @@ def build_objective(
     reference, clean_input, clean_z = _clean_pass(model, tok, mask, positions, last, group, batch_rows, counter,
                                                   need_reference=metric.needs_reference, need_z=keep_clean_z)
 
+    source, input_source = _ablation_source(model, prompts, cfg.ablation, neg, neg_mask, suffixes, batch_rows, counter)
+    return Objective(
+        model=model, prompts=prompts, metric=metric, metric_name=name,
+        sign=1.0 if metric.higher_is_better else -1.0, ablation=cfg.ablation, n=n, group=group,
+        positions=positions, last=last, tokens=tok, mask=mask, corrupt_tokens=neg, corrupt_mask=neg_mask,
+        batch_rows=batch_rows, source=source, input_source=input_source, clean_input=clean_input,
+        reference=reference, counter=counter, clean_z=clean_z,
+    )
+
+
+def _ablation_source(model: ModelHandle, prompts: PromptSet, ablation: str, neg: Tensor | None,
+                     neg_mask: Tensor | None, suffixes: Any, batch_rows: int,
+                     counter: PassCounter) -> tuple[AblationSource, Tensor | None]:
+    """What a removed head and the input embedding carry: (the heads' source, the input's)."""
+    import torch
+
+    from .intervention import AblationSource, HeadCache, expand_with_suffixes
+
     input_source = None
-    if cfg.ablation == "corrupt":
+    if ablation == "corrupt":
         z, e = capture(model, neg, neg_mask, batch_rows=batch_rows, counter=counter)
         source = AblationSource("corrupt", cache=HeadCache(z=z, logits=None, positions=None))
         input_source = e
-    elif cfg.ablation == "mean":
+    elif ablation == "mean":
         # the mean over ALL the task's prompts, positives and negatives, per position
         parts = []
         for t, m in ((prompts.positive, prompts.positive_mask), (prompts.negative, prompts.negative_mask)):
@@ -335,63 +247,7 @@ def build_objective(
         input_source = _masked_mean(e_all, m_all)[None]
     else:
         source = AblationSource("zero")
-    return Objective(
-        model=model, prompts=prompts, metric=metric, metric_name=name,
-        sign=1.0 if metric.higher_is_better else -1.0, ablation=cfg.ablation, n=n, group=group,
-        positions=positions, last=last, tokens=tok, mask=mask, corrupt_tokens=neg, corrupt_mask=neg_mask,
-        batch_rows=batch_rows, source=source, input_source=input_source, clean_input=clean_input,
-        reference=reference, counter=counter, clean_z=clean_z,
-    )
+    return source, input_source
 
 
-def _clean_pass(
-    model: ModelHandle,
-    tok: Tensor,
-    mask: Tensor | None,
-    positions: Tensor,
-    last: int,
-    group: int,
-    batch_rows: int,
-    counter: PassCounter,
-    *,
-    need_reference: bool,
-    need_z: bool,
-) -> tuple[Tensor | None, Tensor, Tensor | None]:
-    """(reference log-probs or None, input embedding, z or None) on the clean rows."""
-    import torch
-
-    from .intervention import logits_at
-
-    if not need_reference:
-        z, e = capture(model, tok, mask, batch_rows=batch_rows, counter=counter, with_z=need_z)
-        return None, e, z
-    layout = model.layout
-    refs, embeds, zs = [], [], []
-    cur: dict[str, Any] = {}
-
-    def grab_e(x: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-        embeds.append(x.detach().float())
-        return x
-
-    def make(layer: int):
-        def grab(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-            cur["z"][:, layer] = split_heads(z, layout.n_heads).detach().float()
-            return z
-
-        return grab
-
-    hooks = [(_RESID0, grab_e)]
-    if need_z:
-        hooks += [(model.hook_z(layer), make(layer)) for layer in range(layout.n_layers)]
-    with torch.inference_mode():
-        for lo in range(0, tok.shape[0], batch_rows):
-            hi = min(tok.shape[0], lo + batch_rows)
-            if need_z:
-                cur["z"] = torch.empty(hi - lo, layout.n_layers, tok.shape[1], layout.n_heads, model.d_head)
-            out = logits_at(model, tok[lo:hi], positions, hooks=hooks,
-                            attention_mask=None if mask is None else mask[lo:hi])
-            refs.append(out[::group, last].float().log_softmax(-1))
-            if need_z:
-                zs.append(cur["z"])
-            counter.fwd(hi - lo)
-    return torch.cat(refs), torch.cat(embeds), torch.cat(zs) if need_z else None
+__all__ = ["Objective", "ObjectiveConfig", "PassCounter", "build_objective", "capture", "split_heads"]

@@ -1,166 +1,27 @@
-"""Circuit performance (the paper's Table 2) and the ``evaluate`` step of a run directory.
-
-The table measures each circuit with every head outside it ablated:
-
-=====================  ==================================================================
-``clean model``        every head kept (the model itself, M)
-``all heads ablated``  no head kept (∅); the paper's "corrupted" row
-``corrupted input``    the model run on the corrupted prompts (corrupt ablation only),
-                       scored against the clean prompts' answers
-``ground truth``       the reference circuit, where one exists
-``<method>``           a method's predicted circuit (best-F1 threshold, a given θ or size)
-``<method> complement`` every head except that circuit
-``random k heads``     k heads drawn uniformly, mean and std over ``random_samples`` draws
-=====================  ==================================================================
-
-``normalised`` values are (m - m(∅)) / (m(M) - m(∅)): 0 = all heads ablated, 1 = the
-clean model (the paper's normalised logit difference). Where the task metric is a
-logit difference, ``prob_multiplier`` = exp(mean logit difference) is added (for the
-random row: the mean and std over draws of each draw's multiplier).
-"""
+"""The ``evaluate`` step of a run directory: every method's circuit measured by intervention
+(the circuit performance table of :mod:`.performance_table`, which this module re-exports)
+and, optionally, faithfulness curves at node and edge level; written into metrics.json."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
-
-RANDOM_SAMPLES = 30
-"""Default random circuits per circuit size in the table. The row reports their mean and
-std; with 30 draws the mean's standard error is std / 5.5 and the std itself is known
-to about 13%, which on SmolLM2 IOI (std 0.27 in normalised logit difference at 48
-heads) separates any circuit more than ~0.15 from random; 100 (the earlier default)
-cost 3.3x the passes for a standard error of std / 10."""
+from .performance_table import (
+    RANDOM_SAMPLES,
+    PerformanceRow,
+    PerformanceTable,
+    circuit_performance,
+)
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
-    from ..types import GroundTruth, HeadId, PromptSet, Scores
-    from .intervention import CircuitEvaluator
-
-
-@dataclass(frozen=True)
-class PerformanceRow:
-    """One row of the table: a circuit and its metric means."""
-
-    name: str
-    kind: str  # clean | ablated | corrupted_input | ground_truth | circuit | complement | random
-    n_heads: int | None
-    metrics: dict[str, float]
-    normalised: dict[str, float]
-    std: dict[str, float] = field(default_factory=dict)
-    samples: int | None = None
-    heads: list[str] | None = None
-
-
-@dataclass(frozen=True)
-class PerformanceTable:
-    ablation: str
-    metric: str
-    metrics: list[str]
-    n_examples: int
-    rows: list[PerformanceRow]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def row(self, name: str) -> PerformanceRow:
-        for r in self.rows:
-            if r.name == name:
-                return r
-        raise KeyError(f"no row {name!r}; rows: {[r.name for r in self.rows]}")
-
-
-def _with_multiplier(means: dict[str, float]) -> dict[str, float]:
-    from .metrics import probability_multiplier
-
-    if "logit_diff" in means:
-        means = {**means, "prob_multiplier": probability_multiplier(means["logit_diff"])}
-    return means
-
-
-def circuit_performance(
-    evaluator: CircuitEvaluator,
-    circuits: Mapping[str, Sequence[HeadId | str]],
-    *,
-    ground_truth: GroundTruth | None = None,
-    random_samples: int = RANDOM_SAMPLES,
-    complements: bool = True,
-    seed: int = 0,
-) -> PerformanceTable:
-    """The performance table for ``circuits`` ({name: heads}), all circuits in one batch.
-
-    Random rows are drawn for each distinct circuit size (uniformly over all heads).
-    """
-    import torch
-
-    from .intervention import circuit_mask, random_masks
-    from .metrics import normalise, probability_multiplier
-
-    layout = evaluator.model.layout
-    if random_samples < 0:
-        raise CircuitscanError(f"random_samples must be >= 0, got {random_samples}")
-    named: list[tuple[str, str, torch.Tensor, list[str]]] = []  # (row name, kind, mask, heads)
-    if ground_truth is not None:
-        gt_mask = ground_truth.mask(layout)
-        named.append((f"ground truth ({ground_truth.name})", "ground_truth", gt_mask,
-                      sorted(h.name for h in ground_truth.heads)))
-    for name, heads in circuits.items():
-        m = circuit_mask(layout, heads)
-        names = [layout.head(i).name for i in m.nonzero().flatten().tolist()]
-        named.append((name, "circuit", m, names))
-        if complements:
-            named.append((f"{name} complement", "complement", ~m, None))
-    sizes = sorted({int(m.sum()) for _, kind, m, _ in named if kind == "circuit"}) if random_samples else []
-    g = torch.Generator().manual_seed(seed)
-    rand = [random_masks(layout.n_total, k, random_samples, generator=g) for k in sizes]
-    fixed = torch.stack([m for _, _, m, _ in named]) if named else torch.zeros(0, layout.n_total, dtype=torch.bool)
-    values = evaluator.evaluate(torch.cat([fixed, *rand])) if (named or rand) else {}
-
-    metric_names = list(evaluator.metrics)
-    clean = {k: evaluator.mean_clean(k) for k in metric_names}
-    empty = {k: evaluator.mean_empty(k) for k in metric_names}
-
-    def norm(means: dict[str, float]) -> dict[str, float]:
-        return {k: normalise(means[k], clean[k], empty[k]) for k in metric_names}
-
-    rows = [
-        PerformanceRow("clean model", "clean", layout.n_total, _with_multiplier(clean), norm(clean)),
-        PerformanceRow("all heads ablated", "ablated", 0, _with_multiplier(empty), norm(empty)),
-    ]
-    if evaluator.corrupted_input is not None:
-        ci = {k: float(v.mean()) for k, v in evaluator.corrupted_input.items()}
-        rows.append(PerformanceRow("corrupted input", "corrupted_input", None, _with_multiplier(ci), norm(ci)))
-    for i, (name, kind, m, heads) in enumerate(named):
-        means = {k: float(values[k][i].mean()) for k in metric_names}
-        rows.append(PerformanceRow(name, kind, int(m.sum()), _with_multiplier(means), norm(means), heads=heads))
-    offset = len(named)
-    for k, block in zip(sizes, rand, strict=True):
-        per = {name: values[name][offset : offset + block.shape[0]].mean(-1) for name in metric_names}
-        offset += block.shape[0]
-        means = {name: float(v.mean()) for name, v in per.items()}
-        std = {name: float(v.std()) if v.numel() > 1 else 0.0 for name, v in per.items()}
-        normed = norm(means)
-        for name in metric_names:
-            span = clean[name] - empty[name]
-            normed_std = std[name] / abs(span) if span else float("nan")
-            std[f"normalised_{name}"] = normed_std
-        if "logit_diff" in per:
-            mult = torch.tensor([probability_multiplier(float(v)) for v in per["logit_diff"]])
-            means["prob_multiplier"] = float(mult.mean())
-            std["prob_multiplier"] = float(mult.std()) if mult.numel() > 1 else 0.0
-        rows.append(PerformanceRow(f"random {k} heads", "random", k, means, normed, std=std, samples=block.shape[0]))
-    return PerformanceTable(
-        ablation=evaluator.ablation,
-        metric=metric_names[0],
-        metrics=metric_names + (["prob_multiplier"] if "logit_diff" in metric_names else []),
-        n_examples=evaluator.n,
-        rows=rows,
-    )
+    from ..types import GroundTruth, PromptSet, Scores
 
 
 # --------------------------------------------------------------------------- run directories
@@ -284,6 +145,68 @@ class RunEvaluation:
     metrics_json: dict[str, Any]
 
 
+def _read_run(run: Path, threshold: float | None, size: int | None) -> tuple[dict[str, Any], ...]:
+    """config.json, scores.json and metrics.json of a run directory, checked (and the circuit rule)."""
+    from ..rundir import CONFIG, METRICS, SCORES, read_json, read_run_json
+
+    if not run.is_dir():
+        raise CircuitscanError(f"run directory {str(run)!r} does not exist")
+    if threshold is not None and size is not None:
+        raise CircuitscanError("give either a threshold or a circuit size, not both")
+    if threshold is not None and not math.isfinite(threshold):
+        raise CircuitscanError(f"threshold must be a finite number, got {threshold}")
+    config = read_json(run / CONFIG)
+    scores_json = read_run_json(run, SCORES)
+    metrics_json = read_run_json(run, METRICS)
+    for name, data in ((CONFIG, config), (SCORES, scores_json), (METRICS, metrics_json)):
+        if not isinstance(data, dict):
+            raise CircuitscanError(f"{str(run / name)!r} must hold a JSON object, not {type(data).__name__}; "
+                                   "is this a circuitscan run directory?")
+    return config, scores_json, metrics_json
+
+
+def _faithfulness(ev: Any, model: ModelHandle, prompts: PromptSet, scores: list[Scores], *, ablation: str,
+                  points: int, samples: int, seed: int, n_examples: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Node-level curves and the ``faithfulness`` block, with the edge-level curves under ``edge_level``."""
+    from .faithfulness import (
+        curve_sizes,
+        curves_summary,
+        edge_faithfulness_curves,
+        faithfulness_curves,
+    )
+
+    sizes = curve_sizes(model.layout.n_total, points)
+    curves = faithfulness_curves(ev, scores, sizes=sizes, random_samples=samples, seed=seed)
+    faith_json = curves_summary(ev, curves)
+    edge_curves = edge_faithfulness_curves(model, prompts, scores, ablation=ablation, metric=ev.metrics[0],
+                                           random_samples=samples, seed=seed, n_examples=n_examples)
+    if edge_curves:
+        faith_json["edge_level"] = {
+            "n_edges": next(iter(edge_curves.values())).n_edges,
+            "rule": "top-k edges by score kept, every other edge patched (no pruning); sizes at the MIB "
+            "fractions of the model's head-graph edges",
+            "curves": {m: c.to_dict() for m, c in edge_curves.items()},
+            "cpr": {m: c.cpr for m, c in edge_curves.items()},
+            "cmd": {m: c.cmd for m, c in edge_curves.items()},
+        }
+    return curves, faith_json
+
+
+def _updated(metrics_json: dict[str, Any], perf_json: dict[str, Any], faith_json: dict[str, Any] | None,
+             imported_json: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+    """metrics.json with the evaluation's blocks and its time added."""
+    updated = dict(metrics_json)
+    updated["circuit_performance"] = perf_json
+    if faith_json is not None:
+        updated["faithfulness"] = faith_json
+    if imported_json is not None:
+        updated["imported_circuit"] = imported_json
+    timings = dict(updated.get("timings_s") or {})
+    timings["evaluate_interventions"] = seconds
+    updated["timings_s"] = timings
+    return updated
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -312,31 +235,13 @@ def evaluate_run(
     ``circuit`` is an EAP-IG / MIB graph file: its heads become a row of the table and its
     edges are measured as an edge circuit (``imported_circuit``).
     """
-    from ..rundir import CONFIG, METRICS, SCORES, read_json, read_run_json, write_run_json
-    from .faithfulness import (
-        curve_sizes,
-        curves_summary,
-        edge_faithfulness_curves,
-        faithfulness_curves,
-    )
+    from ..rundir import METRICS, write_run_json
     from .intervention import CircuitEvaluator
     from .metrics import table_metrics
 
     t0 = time.perf_counter()
     run = Path(run_dir)
-    if not run.is_dir():
-        raise CircuitscanError(f"run directory {str(run)!r} does not exist")
-    if threshold is not None and size is not None:
-        raise CircuitscanError("give either a threshold or a circuit size, not both")
-    if threshold is not None and not math.isfinite(threshold):
-        raise CircuitscanError(f"threshold must be a finite number, got {threshold}")
-    config = read_json(run / CONFIG)
-    scores_json = read_run_json(run, SCORES)
-    metrics_json = read_run_json(run, METRICS)
-    for name, data in ((CONFIG, config), (SCORES, scores_json), (METRICS, metrics_json)):
-        if not isinstance(data, dict):
-            raise CircuitscanError(f"{str(run / name)!r} must hold a JSON object, not {type(data).__name__}; "
-                                   "is this a circuitscan run directory?")
+    config, scores_json, metrics_json = _read_run(run, threshold, size)
     if model is None or prompts is None:
         model, prompts = _rebuild(config)
     _check_prompts(prompts, config)
@@ -356,21 +261,8 @@ def evaluate_run(
     curves: dict[str, Any] = {}
     faith_json = None
     if faithfulness:
-        sizes = curve_sizes(model.layout.n_total, faithfulness_points)
-        curves = faithfulness_curves(ev, scores, sizes=sizes, random_samples=faithfulness_samples, seed=seed)
-        faith_json = curves_summary(ev, curves)
-        edge_curves = edge_faithfulness_curves(model, prompts, scores, ablation=ablation, metric=ev.metrics[0],
-                                               random_samples=faithfulness_samples, seed=seed,
-                                               n_examples=n_examples)
-        if edge_curves:
-            faith_json["edge_level"] = {
-                "n_edges": next(iter(edge_curves.values())).n_edges,
-                "rule": "top-k edges by score kept, every other edge patched (no pruning); sizes at the MIB "
-                "fractions of the model's head-graph edges",
-                "curves": {m: c.to_dict() for m, c in edge_curves.items()},
-                "cpr": {m: c.cpr for m, c in edge_curves.items()},
-                "cmd": {m: c.cmd for m, c in edge_curves.items()},
-            }
+        curves, faith_json = _faithfulness(ev, model, prompts, scores, ablation=ablation, points=faithfulness_points,
+                                           samples=faithfulness_samples, seed=seed, n_examples=n_examples)
     mib_json, imported_json = mib_blocks(model, prompts, scores if faithfulness else [], imported,
                                          ablation=ablation, metric=ev.metrics[0], n_examples=n_examples)
     if mib_json:
@@ -384,15 +276,11 @@ def evaluate_run(
         else "the run's circuits (metrics.json 'circuits')",
         "cost": stats,
     }
-    updated = dict(metrics_json)
-    updated["circuit_performance"] = perf_json
-    if faith_json is not None:
-        updated["faithfulness"] = faith_json
-    if imported_json is not None:
-        updated["imported_circuit"] = imported_json
-    timings = dict(updated.get("timings_s") or {})
-    timings["evaluate_interventions"] = stats["total_seconds"]
-    updated["timings_s"] = timings
+    updated = _updated(metrics_json, perf_json, faith_json, imported_json, stats["total_seconds"])
     write_run_json(run, METRICS, updated)
     return RunEvaluation(performance=table, faithfulness=faith_json, curves=curves, stats=stats,
                          circuits=chosen, metrics_json=updated)
+
+
+__all__ = ["RANDOM_SAMPLES", "PerformanceRow", "PerformanceTable", "RunEvaluation", "circuit_performance", "evaluate_run",
+           "scores_from_json"]

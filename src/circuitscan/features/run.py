@@ -120,7 +120,7 @@ def feature_graph_run(
 ) -> FeatureRun:
     """Build a feature graph for a prompt (``tokens``) or a task (``prompts``), check it by
     ablation, map it to heads, and optionally write a run directory (see the module docstring)."""
-    from ..rundir import CONFIG, METRICS, SCORES, open_run
+    from ..rundir import open_run
 
     if (tokens is None) == (prompts is None):
         raise CircuitscanError("give either a prompt or a task's prompts, not both")
@@ -130,25 +130,12 @@ def feature_graph_run(
         ground_truth.check_layout(model.layout)
     with open_run(out, overwrite=overwrite) as writer:
         timings = dict(timings or {})
-        mask = base_tokens = base_mask = baseline = None
-        if prompts is not None:
-            tokens = prompts.positive if n_prompts is None else prompts.positive[:n_prompts]
-            if prompts.positive_mask is not None:
-                mask = prompts.positive_mask[: tokens.shape[0]]
-            objective = task_objective(prompts, metric)
-            if cfg.baseline == "corrupt":
-                if not prompts.paired:
-                    raise CircuitscanError(f"task {prompts.task!r} has no paired negatives; use baseline 'zero'")
-                base_tokens = prompts.negative[: tokens.shape[0]]
-                base_mask = None if prompts.negative_mask is None else prompts.negative_mask[: tokens.shape[0]]
-        else:
-            if cfg.baseline == "corrupt":
-                raise CircuitscanError("baseline 'corrupt' needs a task with paired counterfactual prompts, not --prompt")
-            objective = next_token_objective(model, tokens, target)
+        tokens, objective, mask, base_tokens, base_mask = _inputs(model, tokens, target, prompts, metric, n_prompts, cfg)
         t = time.perf_counter()
         graph = attribution_graph(model, saes, tokens, objective, cfg, attention_mask=mask, sites=sites,
                                   baseline_tokens=base_tokens, baseline_mask=base_mask)
         timings["graph"] = time.perf_counter() - t
+        baseline = None
         if base_tokens is not None:
             from .sites import parse_sites
 
@@ -162,69 +149,110 @@ def feature_graph_run(
         timings["interpret"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        kw = {"attention_mask": mask, "baseline": baseline}
-        abl: dict[str, Any] = {
-            "mode": "patched to the counterfactual prompt's value" if baseline is not None else "zero-ablated",
-            "single_nodes": validate_nodes(model, saes, tokens, objective, graph, top=validate, **kw)
-            if validate > 0 else {"nodes": [], "summary": {"n": 0}},
-            "thread": thread_ablation(model, saes, tokens, objective, graph, **kw),
-            "faithfulness": graph_faithfulness(model, saes, tokens, objective, graph, **kw),
-        }
-        if ablation is not None:
-            abl["user"] = {"nodes": ablate, **_ablation_effect(model, saes, tokens, objective, ablation, **kw)}
-            abl["user"]["naive_predicted_delta"] = -sum(
-                graph.nodes[n].score for n in _ids(ablation) if n in graph.nodes)
+        abl = _ablations(model, saes, tokens, objective, graph, validate, ablate, ablation,
+                         {"attention_mask": mask, "baseline": baseline})
         timings["ablations"] = time.perf_counter() - t
 
         result = FeatureRun(graph=graph, objective=objective, tokens=tokens, cards=cards, ablations=abl,
                             timings=timings)
-        if graph.head_scores:
-            from .heads import scores_from_graph
-
-            result.scores.append(scores_from_graph(graph, model.layout))
-        if prompts is not None and sae_codes:
-            from ..methods.sae_codes import SAECodesConfig, run_sae_codes
-
-            t = time.perf_counter()
-            result.scores.append(run_sae_codes(model, prompts, SAECodesConfig()).node)
-            timings["sae_codes"] = time.perf_counter() - t
+        _head_scores(result, model, prompts, sae_codes)
         _evaluate(result, model, prompts, ground_truth, faithfulness)
-
         if writer is not None:
-            config = {
-                "circuitscan_version": __version__,
-                "command": "features graph",
-                "model": model.describe(),
-                "graph": asdict(cfg),
-                "saes": {"sites": graph.sites, **{k: v for k, v in saes.info.items() if k in ("corpus", "config")}},
-                "ground_truth": None if ground_truth is None else {
-                    "name": ground_truth.name, "model": ground_truth.model,
-                    "heads": sorted(h.name for h in ground_truth.heads)},
-                **(extra_config or {}),
-            }
-            if prompts is not None:
-                config["task"] = {"name": prompts.task, "n_positive": prompts.n_positive,
-                                  "n_negative": prompts.n_negative, "seq_len": prompts.seq_len,
-                                  "graph_prompts": int(tokens.shape[0])}
-            else:
-                config["prompt"] = {"text": token_text(model, tokens[0]), "token_ids": tokens[0].tolist(),
-                                    "target": objective.targets[0] if objective.targets else None,
-                                    "target_text": token_text(model, objective.targets[:1]) if objective.targets else None}
-            writer.json(CONFIG, config)
-            from ..run import scores_to_json
-
-            if result.scores:
-                writer.json(SCORES, {"layout": model.layout.to_dict(),
-                                     "methods": {s.method: scores_to_json(s) for s in result.scores}})
-            writer.json(METRICS, {"timings_s": timings, **result.metrics, "feature_graph": summary(result)})
-            writer.json(GRAPH, graph.to_json())
-            writer.json(CARDS, cards)
-            writer.json(ABLATIONS, abl)
-            from ..report.feature_figures import write_feature_report
-
-            write_feature_report(writer.tmp)
+            _write(writer, result, model, saes, cfg, prompts, ground_truth, extra_config)
             result.out = writer.commit()
     return result
+
+
+def _inputs(model: ModelHandle, tokens: torch.Tensor | None, target: int | None, prompts: PromptSet | None,
+            metric: str | None, n_prompts: int | None, cfg: GraphConfig) -> tuple[Any, ...]:
+    """(tokens, objective, attention mask, baseline tokens, baseline mask) of a prompt or a task."""
+    mask = base_tokens = base_mask = None
+    if prompts is not None:
+        tokens = prompts.positive if n_prompts is None else prompts.positive[:n_prompts]
+        if prompts.positive_mask is not None:
+            mask = prompts.positive_mask[: tokens.shape[0]]
+        objective = task_objective(prompts, metric)
+        if cfg.baseline == "corrupt":
+            if not prompts.paired:
+                raise CircuitscanError(f"task {prompts.task!r} has no paired negatives; use baseline 'zero'")
+            base_tokens = prompts.negative[: tokens.shape[0]]
+            base_mask = None if prompts.negative_mask is None else prompts.negative_mask[: tokens.shape[0]]
+    else:
+        if cfg.baseline == "corrupt":
+            raise CircuitscanError("baseline 'corrupt' needs a task with paired counterfactual prompts, not --prompt")
+        objective = next_token_objective(model, tokens, target)
+    return tokens, objective, mask, base_tokens, base_mask
+
+
+def _ablations(model: ModelHandle, saes: SublayerSAEs, tokens: torch.Tensor, objective: Objective,
+               graph: AttributionGraph, validate: int, ablate: str | None, ablation: Any,
+               kw: dict[str, Any]) -> dict[str, Any]:
+    """``ablations.json``: single nodes against the graph's predictions, the strongest thread, the
+    graph's faithfulness and the user's ablation."""
+    abl: dict[str, Any] = {
+        "mode": "patched to the counterfactual prompt's value" if kw["baseline"] is not None else "zero-ablated",
+        "single_nodes": validate_nodes(model, saes, tokens, objective, graph, top=validate, **kw)
+        if validate > 0 else {"nodes": [], "summary": {"n": 0}},
+        "thread": thread_ablation(model, saes, tokens, objective, graph, **kw),
+        "faithfulness": graph_faithfulness(model, saes, tokens, objective, graph, **kw),
+    }
+    if ablation is not None:
+        abl["user"] = {"nodes": ablate, **_ablation_effect(model, saes, tokens, objective, ablation, **kw)}
+        abl["user"]["naive_predicted_delta"] = -sum(
+            graph.nodes[n].score for n in _ids(ablation) if n in graph.nodes)
+    return abl
+
+
+def _head_scores(result: FeatureRun, model: ModelHandle, prompts: PromptSet | None, sae_codes: bool) -> None:
+    """The graph's head view and, for a task, sae-codes' node scores, as Scores."""
+    if result.graph.head_scores:
+        from .heads import scores_from_graph
+
+        result.scores.append(scores_from_graph(result.graph, model.layout))
+    if prompts is not None and sae_codes:
+        from ..methods.sae_codes import SAECodesConfig, run_sae_codes
+
+        t = time.perf_counter()
+        result.scores.append(run_sae_codes(model, prompts, SAECodesConfig()).node)
+        result.timings["sae_codes"] = time.perf_counter() - t
+
+
+def _write(writer: Any, result: FeatureRun, model: ModelHandle, saes: SublayerSAEs, cfg: GraphConfig,
+           prompts: PromptSet | None, ground_truth: GroundTruth | None, extra_config: dict[str, Any] | None) -> None:
+    """The run directory's files (see the module docstring), the page included."""
+    from ..report.feature_figures import write_feature_report
+    from ..run import scores_to_json
+    from ..rundir import CONFIG, METRICS, SCORES
+
+    graph, tokens, objective = result.graph, result.tokens, result.objective
+    config = {
+        "circuitscan_version": __version__,
+        "command": "features graph",
+        "model": model.describe(),
+        "graph": asdict(cfg),
+        "saes": {"sites": graph.sites, **{k: v for k, v in saes.info.items() if k in ("corpus", "config")}},
+        "ground_truth": None if ground_truth is None else {
+            "name": ground_truth.name, "model": ground_truth.model,
+            "heads": sorted(h.name for h in ground_truth.heads)},
+        **(extra_config or {}),
+    }
+    if prompts is not None:
+        config["task"] = {"name": prompts.task, "n_positive": prompts.n_positive,
+                          "n_negative": prompts.n_negative, "seq_len": prompts.seq_len,
+                          "graph_prompts": int(tokens.shape[0])}
+    else:
+        config["prompt"] = {"text": token_text(model, tokens[0]), "token_ids": tokens[0].tolist(),
+                            "target": objective.targets[0] if objective.targets else None,
+                            "target_text": token_text(model, objective.targets[:1]) if objective.targets else None}
+    writer.json(CONFIG, config)
+    if result.scores:
+        writer.json(SCORES, {"layout": model.layout.to_dict(),
+                             "methods": {s.method: scores_to_json(s) for s in result.scores}})
+    writer.json(METRICS, {"timings_s": result.timings, **result.metrics, "feature_graph": summary(result)})
+    writer.json(GRAPH, graph.to_json())
+    writer.json(CARDS, result.cards)
+    writer.json(ABLATIONS, result.ablations)
+    write_feature_report(writer.tmp)
 
 
 def _ids(ab) -> list[str]:

@@ -44,6 +44,7 @@ from ..models.handle import ModelHandle
 from ..sae.model import SparseAutoencoder
 from .corpus import Corpus
 from .interpret import top_contexts
+from .sae_eval import evaluate_saes, site_rows
 from .saes import FORMAT, SublayerSAEConfig, SublayerSAEs
 from .sites import Site, capture_sites, check_sites_exist, parse_sites
 
@@ -121,12 +122,139 @@ def _resample(st: _SiteState, x: Tensor, dead: Tensor, g: torch.Generator) -> in
     return int(idx.numel())
 
 
-def _rows(acts: Tensor, skip: int, mask: Tensor | None = None) -> Tensor:
-    """[b, T, d] -> [rows, d], without the first ``skip`` positions (and masked ones)."""
-    a = acts[:, skip:]
-    if mask is not None:
-        return a[mask[:, skip:].bool()]
-    return a.reshape(-1, a.shape[-1])
+@dataclass
+class _Stream:
+    """The training chunks in shuffled order, one model batch at a time (reshuffled each epoch)."""
+
+    chunks: Tensor
+    batch: int
+    g: torch.Generator
+    order: Tensor = field(init=False)
+    cursor: int = 0
+    epochs: int = 0
+
+    def __post_init__(self) -> None:
+        self.order = torch.randperm(self.chunks.shape[0], generator=self.g)
+
+    def next(self) -> Tensor:
+        if self.cursor + self.batch > self.order.numel():
+            self.order = torch.randperm(self.chunks.shape[0], generator=self.g)
+            self.cursor = 0
+            self.epochs += 1
+        idx = self.order[self.cursor : self.cursor + self.batch]
+        self.cursor += self.batch
+        return self.chunks[idx]
+
+
+def _fill_pool(model: ModelHandle, stream: _Stream, sites: list[Site], cfg: SublayerSAEConfig) -> dict[str, Tensor]:
+    """Each site's activation rows of ``buffer_batches`` forward batches."""
+    pool: dict[str, list[Tensor]] = {s.name: [] for s in sites}
+    with torch.no_grad():
+        for _ in range(cfg.buffer_batches):
+            acts = capture_sites(model, stream.next(), sites)
+            for s in sites:
+                pool[s.name].append(site_rows(acts[s.name], cfg.skip_positions))
+    return {k: torch.cat(v) for k, v in pool.items()}
+
+
+def _init_states(sites: list[Site], buffers: dict[str, Tensor], cfg: SublayerSAEConfig,
+                 g: torch.Generator) -> dict[str, _SiteState]:
+    """One fresh SAE per site, its input scale estimated on the first pool."""
+    states = {}
+    for s in sites:
+        x = buffers[s.name]
+        if not torch.isfinite(x).all():
+            raise TrainingError(f"site {s.name}: the model's activations contain NaN or inf")
+        scale = math.sqrt(x.shape[1] / float(x.square().sum(1).mean().clamp_min(1e-12)))
+        sae = _init_sae(x.shape[1], cfg.n_features, (x * scale).mean(0), g)
+        states[s.name] = _SiteState(
+            site=s, sae=sae, opt=torch.optim.Adam(sae.parameters(), lr=cfg.lr), scale=scale,
+            last_fired=torch.zeros(cfg.n_features, dtype=torch.long),
+            log={k: [] for k in ("step", "tokens", "mse", "fvu", "l0", "dead_fraction", "l1")},
+        )
+    return states
+
+
+@dataclass
+class _Schedule:
+    """When to stop, resample, call a feature dead and log; the l1 ramp."""
+
+    cfg: SublayerSAEConfig
+    total_steps: int
+    log_every: int
+    on_log: Callable[[int, dict[str, Any]], None] | None
+    resample_steps: set[int] = field(init=False)
+    dead_steps: int = field(init=False)
+    step: int = 0
+    tokens_seen: int = 0
+
+    def __post_init__(self) -> None:
+        self.resample_steps = {max(1, int(f * self.total_steps)) for f in self.cfg.resample_at}
+        self.dead_steps = max(1, self.cfg.dead_window // self.cfg.batch_rows)
+
+    def l1(self) -> float:
+        warm = self.cfg.l1_warmup * self.total_steps
+        return self.cfg.l1 * min(1.0, (self.step + 1) / warm) if warm >= 1 else self.cfg.l1
+
+
+def _site_step(st: _SiteState, x: Tensor, l1: float, sched: _Schedule, g: torch.Generator) -> None:
+    """One optimiser step of one site's SAE: the dead-feature bookkeeping, resampling and logging."""
+    step = sched.step
+    out = _step(st, x, l1)
+    if not math.isfinite(out["mse"]):
+        raise TrainingError(f"site {st.site.name}: SAE training diverged at step {step}; lower --lr (now {sched.cfg.lr})")
+    st.last_fired[out.pop("fired")] = step
+    for k, v in out.items():
+        st.acc[k] = st.acc.get(k, 0.0) + v
+    st.acc["n"] = st.acc.get("n", 0.0) + 1
+    if step in sched.resample_steps:
+        dead = (step - st.last_fired) >= min(sched.dead_steps, step)
+        st.resampled.append(_resample(st, x, dead, g))
+    if step % sched.log_every == 0 or step == sched.total_steps:
+        n = st.acc.pop("n")
+        dead_steps = sched.dead_steps
+        dead_frac = float(((step - st.last_fired) >= dead_steps).float().mean()) if step >= dead_steps else float("nan")
+        entry = {"step": step, "tokens": sched.tokens_seen, "l1": l1, "dead_fraction": dead_frac,
+                 **{k: st.acc[k] / n for k in ("mse", "fvu", "l0")}}
+        for k, v in entry.items():
+            st.log[k].append(v)
+        st.acc.clear()
+        if sched.on_log is not None:
+            sched.on_log(step, {"site": st.site.name, **entry})
+
+
+def _train_on_pool(states: dict[str, _SiteState], buffers: dict[str, Tensor], sched: _Schedule,
+                   g: torch.Generator, advance: Callable[[], None]) -> None:
+    """``buffer_epochs`` shuffled passes over one pool in minibatches, every site stepping alike."""
+    cfg = sched.cfg
+    n_rows = min(b.shape[0] for b in buffers.values())
+    perm = torch.cat([torch.randperm(n_rows, generator=g) for _ in range(cfg.buffer_epochs)])
+    for lo in range(0, perm.numel() - cfg.batch_rows + 1, cfg.batch_rows):
+        if sched.step >= sched.total_steps:
+            break
+        rows = perm[lo : lo + cfg.batch_rows]
+        l1 = sched.l1()
+        sched.step += 1
+        sched.tokens_seen += cfg.batch_rows
+        for st in states.values():
+            _site_step(st, buffers[st.site.name][rows] * st.scale, l1, sched, g)
+        advance()
+
+
+def _check_training_input(model: ModelHandle, sites: list[Site]) -> None:
+    if not sites:
+        raise CircuitscanError("give at least one site to train an SAE on")
+    parse_sites([s.name for s in sites], model.layout.n_layers)
+    check_sites_exist(sites, model.bridge.hook_dict, model.spec)
+
+
+def _add_training_metrics(metrics: dict[str, dict[str, Any]], states: dict[str, _SiteState]) -> None:
+    """Each site's input scale, resampled counts and last logged training numbers."""
+    for name, st in states.items():
+        m = metrics.setdefault(name, {})
+        m["scale"] = st.scale
+        m["resampled"] = st.resampled
+        m["final_train"] = {k: st.log[k][-1] for k in ("mse", "fvu", "l0", "dead_fraction") if st.log[k]}
 
 
 def train_sublayer_saes(
@@ -147,10 +275,7 @@ def train_sublayer_saes(
     from ..progress import bar
 
     cfg = cfg or SublayerSAEConfig()
-    if not sites:
-        raise CircuitscanError("give at least one site to train an SAE on")
-    parse_sites([s.name for s in sites], model.layout.n_layers)
-    check_sites_exist(sites, model.bridge.hook_dict, model.spec)
+    _check_training_input(model, sites)
     t_start = time.perf_counter()
     g = torch.Generator().manual_seed(cfg.seed)
     n_eval = min(cfg.eval_chunks, max(0, corpus.chunks.shape[0] // 5))
@@ -159,30 +284,12 @@ def train_sublayer_saes(
     rows_per_chunk = seq_len - cfg.skip_positions
     if rows_per_chunk < 1:
         raise CircuitscanError(f"skip_positions={cfg.skip_positions} leaves no positions of {seq_len}-token chunks")
-    total_steps = max(1, cfg.train_tokens // cfg.batch_rows)
-    resample_steps = {max(1, int(f * total_steps)) for f in cfg.resample_at}
-    dead_steps = max(1, cfg.dead_window // cfg.batch_rows)
+    sched = _Schedule(cfg, max(1, cfg.train_tokens // cfg.batch_rows), log_every, on_log)
     states: dict[str, _SiteState] = {}
-    order = torch.randperm(train.chunks.shape[0], generator=g)
-    cursor = 0
-    epochs = 0
-    step = 0
-    tokens_seen = 0
-    t_model = 0.0
-    t_sae = 0.0
-    n_buffers = -(-total_steps * cfg.batch_rows // (cfg.buffer_batches * cfg.model_batch * rows_per_chunk
-                                                    * cfg.buffer_epochs))
-
-    def next_chunks() -> Tensor:
-        nonlocal cursor, order, epochs
-        if cursor + cfg.model_batch > order.numel():
-            order = torch.randperm(train.chunks.shape[0], generator=g)
-            cursor = 0
-            epochs += 1
-        idx = order[cursor : cursor + cfg.model_batch]
-        cursor += cfg.model_batch
-        return train.chunks[idx]
-
+    stream = _Stream(train.chunks, cfg.model_batch, g)
+    timings = {"model_forward": 0.0, "sae_steps": 0.0}
+    n_buffers = -(-sched.total_steps * cfg.batch_rows // (cfg.buffer_batches * cfg.model_batch * rows_per_chunk
+                                                          * cfg.buffer_epochs))
     if train.chunks.shape[0] < cfg.model_batch:
         raise CircuitscanError(
             f"the training corpus has {train.chunks.shape[0]} chunks, fewer than one model batch "
@@ -190,86 +297,27 @@ def train_sublayer_saes(
         )
     was_training = model.bridge.training
     model.bridge.eval()
-    with bar("training sublayer SAEs", total_steps, show=progress) as advance:
-        while step < total_steps:
+    with bar("training sublayer SAEs", sched.total_steps, show=progress) as advance:
+        while sched.step < sched.total_steps:
             t0 = time.perf_counter()
-            pool: dict[str, list[Tensor]] = {s.name: [] for s in sites}
-            with torch.no_grad():
-                for _ in range(cfg.buffer_batches):
-                    acts = capture_sites(model, next_chunks(), sites)
-                    for s in sites:
-                        pool[s.name].append(_rows(acts[s.name], cfg.skip_positions))
-            buffers = {k: torch.cat(v) for k, v in pool.items()}
-            t_model += time.perf_counter() - t0
+            buffers = _fill_pool(model, stream, sites, cfg)
+            timings["model_forward"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             if not states:
-                for s in sites:
-                    x = buffers[s.name]
-                    if not torch.isfinite(x).all():
-                        raise TrainingError(f"site {s.name}: the model's activations contain NaN or inf")
-                    scale = math.sqrt(x.shape[1] / float(x.square().sum(1).mean().clamp_min(1e-12)))
-                    sae = _init_sae(x.shape[1], cfg.n_features, (x * scale).mean(0), g)
-                    states[s.name] = _SiteState(
-                        site=s, sae=sae, opt=torch.optim.Adam(sae.parameters(), lr=cfg.lr), scale=scale,
-                        last_fired=torch.zeros(cfg.n_features, dtype=torch.long),
-                        log={k: [] for k in ("step", "tokens", "mse", "fvu", "l0", "dead_fraction", "l1")},
-                    )
-            n_rows = min(b.shape[0] for b in buffers.values())
-            perm = torch.cat([torch.randperm(n_rows, generator=g) for _ in range(cfg.buffer_epochs)])
-            for lo in range(0, perm.numel() - cfg.batch_rows + 1, cfg.batch_rows):
-                if step >= total_steps:
-                    break
-                rows = perm[lo : lo + cfg.batch_rows]
-                warm = cfg.l1_warmup * total_steps
-                l1 = cfg.l1 * min(1.0, (step + 1) / warm) if warm >= 1 else cfg.l1
-                step += 1
-                tokens_seen += cfg.batch_rows
-                for st in states.values():
-                    x = buffers[st.site.name][rows] * st.scale
-                    out = _step(st, x, l1)
-                    if not math.isfinite(out["mse"]):
-                        raise TrainingError(
-                            f"site {st.site.name}: SAE training diverged at step {step}; lower --lr (now {cfg.lr})"
-                        )
-                    st.last_fired[out.pop("fired")] = step
-                    for k, v in out.items():
-                        st.acc[k] = st.acc.get(k, 0.0) + v
-                    st.acc["n"] = st.acc.get("n", 0.0) + 1
-                    if step in resample_steps:
-                        dead = (step - st.last_fired) >= min(dead_steps, step)
-                        st.resampled.append(_resample(st, x, dead, g))
-                    if step % log_every == 0 or step == total_steps:
-                        n = st.acc.pop("n")
-                        dead_frac = float(((step - st.last_fired) >= dead_steps).float().mean()) if step >= dead_steps else float("nan")
-                        entry = {"step": step, "tokens": tokens_seen, "l1": l1, "dead_fraction": dead_frac,
-                                 **{k: st.acc[k] / n for k in ("mse", "fvu", "l0")}}
-                        for k, v in entry.items():
-                            st.log[k].append(v)
-                        st.acc.clear()
-                        if on_log is not None:
-                            on_log(step, {"site": st.site.name, **entry})
-                advance()
-            t_sae += time.perf_counter() - t0
-    t_train = time.perf_counter() - t_start
-    saes = {}
-    for name, st in states.items():
-        saes[name] = _fold_scale(st.sae, st.scale)
-    result = SublayerSAEs(saes=saes)
+                states = _init_states(sites, buffers, cfg, g)
+            _train_on_pool(states, buffers, sched, g, advance)
+            timings["sae_steps"] += time.perf_counter() - t0
+    timings["train"] = time.perf_counter() - t_start
+    result = SublayerSAEs(saes={name: _fold_scale(st.sae, st.scale) for name, st in states.items()})
     result.curves = {name: st.log for name, st in states.items()}
     t0 = time.perf_counter()
     metrics = evaluate_saes(model, result, held, cfg) if held is not None else {}
-    t_eval = time.perf_counter() - t0
+    timings["eval"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-
-    ctx_chunks = corpus.chunks[: cfg.context_chunks]
-    result.contexts = top_contexts(model, result, ctx_chunks, k=cfg.contexts_per_feature,
+    result.contexts = top_contexts(model, result, corpus.chunks[: cfg.context_chunks], k=cfg.contexts_per_feature,
                                    skip_positions=cfg.skip_positions, batch=cfg.model_batch)
-    t_ctx = time.perf_counter() - t0
-    for name, st in states.items():
-        m = metrics.setdefault(name, {})
-        m["scale"] = st.scale
-        m["resampled"] = st.resampled
-        m["final_train"] = {k: st.log[k][-1] for k in ("mse", "fvu", "l0", "dead_fraction") if st.log[k]}
+    timings["contexts"] = time.perf_counter() - t0
+    _add_training_metrics(metrics, states)
     result.info = {
         "format": FORMAT,
         "circuitscan_version": __version__,
@@ -279,11 +327,13 @@ def train_sublayer_saes(
         "config": asdict(cfg),
         "corpus": {"sources": corpus.source_names, "summary": corpus.summary, "seq_len": seq_len,
                    "train_chunks": int(train.chunks.shape[0]), "eval_chunks": n_eval},
-        "training": {"steps": step, "tokens_per_site": tokens_seen, "corpus_epochs": epochs + cursor / max(1, order.numel()),
+        "training": {"steps": sched.step, "tokens_per_site": sched.tokens_seen,
+                     "corpus_epochs": stream.epochs + stream.cursor / max(1, stream.order.numel()),
                      "buffers": n_buffers},
         "metrics": metrics,
-        "timings_s": {"total": time.perf_counter() - t_start, "train": t_train, "model_forward": t_model,
-                      "sae_steps": t_sae, "eval": t_eval, "contexts": t_ctx},
+        "timings_s": {"total": time.perf_counter() - t_start, "train": timings["train"],
+                      "model_forward": timings["model_forward"], "sae_steps": timings["sae_steps"],
+                      "eval": timings["eval"], "contexts": timings["contexts"]},
     }
     model.bridge.train(was_training)
     return result
@@ -305,86 +355,4 @@ def _fold_scale(sae: SparseAutoencoder, scale: float) -> SparseAutoencoder:
     return out
 
 
-@torch.no_grad()
-def evaluate_saes(
-    model: ModelHandle, saes: SublayerSAEs, held: Corpus, cfg: SublayerSAEConfig
-) -> dict[str, dict[str, Any]]:
-    """Reconstruction, sparsity and (optionally) spliced cross-entropy on held-out chunks."""
-    sites = saes.sites
-    chunks = held.chunks
-    per_site_x: dict[str, list[Tensor]] = {s.name: [] for s in sites}
-    for lo in range(0, chunks.shape[0], cfg.model_batch):
-        acts = capture_sites(model, chunks[lo : lo + cfg.model_batch], sites)
-        for s in sites:
-            per_site_x[s.name].append(_rows(acts[s.name], cfg.skip_positions))
-    out: dict[str, dict[str, Any]] = {}
-    for s in sites:
-        x = torch.cat(per_site_x[s.name])
-        sae = saes[s]
-        z = sae.encode(x)
-        r = sae.decode(z) - x
-        fired = (z > 0).any(0)
-        out[s.name] = {
-            "rows": int(x.shape[0]),
-            "mse": float(r.square().sum(-1).mean()),
-            "fvu": float(r.square().sum() / (x - x.mean(0)).square().sum().clamp_min(1e-12)),
-            "l0": float((z > 0).float().sum(-1).mean()),
-            "dead_fraction_eval": float((~fired).float().mean()),
-            "mean_norm": float(x.norm(dim=-1).mean()),
-        }
-        mean = x.mean(0)
-        out[s.name]["_mean"] = mean
-    if cfg.ce_eval and chunks.shape[0] > 0:
-        ce = _spliced_ce(model, saes, chunks, {n: v.pop("_mean") for n, v in out.items()}, cfg)
-        for name, v in ce.items():
-            out[name].update(v)
-    for v in out.values():
-        v.pop("_mean", None)
-    return out
-
-
-def _spliced_ce(model, saes: SublayerSAEs, chunks: Tensor, means: dict[str, Tensor], cfg) -> dict[str, dict[str, float]]:
-    """Next-token CE: clean; each site -> its reconstruction; each site -> its mean."""
-    def ce(logits: Tensor, toks: Tensor) -> Tensor:
-        lp = logits[:, cfg.skip_positions : -1].float().log_softmax(-1)
-        tgt = toks[:, cfg.skip_positions + 1 :]
-        return -lp.gather(-1, tgt[..., None])[..., 0].sum()
-
-    totals: dict[str, float] = {"clean": 0.0}
-    n = 0
-    for lo in range(0, chunks.shape[0], cfg.model_batch):
-        toks = chunks[lo : lo + cfg.model_batch]
-        n += toks.shape[0] * (toks.shape[1] - cfg.skip_positions - 1)
-        totals["clean"] += float(ce(model.bridge(toks), toks))
-        for s in saes.sites:
-            sae = saes[s]
-
-            k = cfg.skip_positions  # the positions the SAE was trained on are replaced, the sink is not
-
-            def recon(x, hook, sae=sae, k=k):  # noqa: ARG001
-                y = x.clone()
-                y[:, k:] = sae.decode(sae.encode(x[:, k:].float())).to(x.dtype)
-                return y
-
-            def ablate(x, hook, m=means[s.name], k=k):  # noqa: ARG001
-                y = x.clone()
-                y[:, k:] = m.to(x.dtype)
-                return y
-
-            for tag, fn in (("sae", recon), ("mean", ablate)):
-                logits = model.bridge.run_with_hooks(toks, fwd_hooks=[(s.hook, fn)])
-                key = f"{s.name}/{tag}"
-                totals[key] = totals.get(key, 0.0) + float(ce(logits, toks))
-    clean = totals["clean"] / max(n, 1)
-    out = {}
-    for s in saes.sites:
-        ce_sae = totals[f"{s.name}/sae"] / max(n, 1)
-        ce_mean = totals[f"{s.name}/mean"] / max(n, 1)
-        span = ce_mean - clean
-        out[s.name] = {
-            "ce_clean": clean,
-            "ce_spliced": ce_sae,
-            "ce_mean_ablated": ce_mean,
-            "loss_recovered": (ce_mean - ce_sae) / span if abs(span) > 1e-9 else float("nan"),
-        }
-    return out
+__all__ = ["evaluate_saes", "train_sublayer_saes"]

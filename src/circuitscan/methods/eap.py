@@ -125,43 +125,13 @@ def attribute(
     edge_sum = torch.zeros(graph.n_senders, graph.n_receivers) if edges else None
     steps = alphas if alphas is not None else (None,)
     n_batches = -(-obj.n // obj.examples_per_batch)
-    counter = obj.counter
     with frozen_params(model), bar(f"{label}: gradients", n_batches * len(steps), show=progress) as advance:
         for index, sl in obj.batches():
-            rows = sl.stop - sl.start
-            tok = obj.tokens[sl]
-            mask = None if obj.mask is None else obj.mask[sl]
             src_z = [obj.source_z(layer, sl) for layer in range(L)]
             src_in = obj.source_input(sl)
             clean_in = obj.clean_input[sl]
-            g_z = [None] * L
-            g_leaf: dict[Any, Any] = {}
-            z_clean = None if obj.clean_z is None else obj.clean_z[sl].transpose(0, 1)  # [L, r, p, H, d]
-            for alpha in steps:
-                hooks, z_seen = _gradient_hooks(obj, src_z, src_in, clean_in, gradient_at=gradient_at, alpha=alpha)
-                leaf_state = None
-                if fwd is not None:
-                    edge_hooks, leaf_state = fwd.hooks(leaves=True, verify=not fwd.checked)
-                    hooks = hooks + edge_hooks
-                with torch.enable_grad():
-                    logits = obj.logits(tok, mask, hooks)
-                    total = obj.goodness(logits, index).sum()
-                    grads_of = [z_seen[layer] for layer in range(L)]
-                    leaves = _leaf_list(leaf_state, L) if leaf_state is not None else []
-                    grads = torch.autograd.grad(total, grads_of + leaves, allow_unused=True)
-                counter.fwd(rows)
-                counter.bwd(rows)
-                for layer in range(L):
-                    gz = _zeros_if_none(grads[layer], z_seen[layer]).detach()
-                    g_z[layer] = gz if g_z[layer] is None else g_z[layer] + gz
-                for key, g, like in zip(_leaf_keys(L) if leaves else [], grads[L:], leaves, strict=True):
-                    g = _zeros_if_none(g, like).detach()
-                    g_leaf[key] = g if key not in g_leaf else g_leaf[key] + g
-                if z_clean is None and gradient_at == "clean" and alpha in (None, 1.0):
-                    z_clean = torch.stack([z_seen[layer].detach().float() for layer in range(L)])
-                advance()
-            if z_clean is None:
-                raise CircuitscanError("integrated gradients need alpha = 1 among their steps (the clean input)")
+            g_z, g_leaf, z_clean = _batch_gradients(obj, fwd, index, sl, src_z, src_in, clean_in, steps,
+                                                    gradient_at, advance)
             k = len(steps)
             # delta z of each head: ablated - clean, [L, r, p, H, d]
             dz = torch.stack([
@@ -177,6 +147,57 @@ def attribute(
                 g_leaf = {key: v.float() / k for key, v in g_leaf.items()}
                 _edge_scores(edge_sum, graph, dz, w_o, src_in, clean_in, g_leaf)
     return Attribution(node=node, edges=edge_sum, graph=graph, gradient_at=gradient_at)
+
+
+def _batch_gradients(
+    obj: Objective,
+    fwd: Any,
+    index: Any,
+    sl: slice,
+    src_z: list[Any],
+    src_in: Tensor,
+    clean_in: Tensor,
+    steps: tuple[float | None, ...],
+    gradient_at: str,
+    advance: Any,
+) -> tuple[list[Any], dict[Any, Any], Tensor]:
+    """One batch's gradients, summed over the integration steps: (per-layer head gradients,
+    edge-leaf gradients, the clean head values [L, r, p, H, d])."""
+    import torch
+
+    L = obj.model.layout.n_layers
+    rows = sl.stop - sl.start
+    tok = obj.tokens[sl]
+    mask = None if obj.mask is None else obj.mask[sl]
+    g_z: list[Any] = [None] * L
+    g_leaf: dict[Any, Any] = {}
+    z_clean = None if obj.clean_z is None else obj.clean_z[sl].transpose(0, 1)  # [L, r, p, H, d]
+    for alpha in steps:
+        hooks, z_seen = _gradient_hooks(obj, src_z, src_in, clean_in, gradient_at=gradient_at, alpha=alpha)
+        leaf_state = None
+        if fwd is not None:
+            edge_hooks, leaf_state = fwd.hooks(leaves=True, verify=not fwd.checked)
+            hooks = hooks + edge_hooks
+        with torch.enable_grad():
+            logits = obj.logits(tok, mask, hooks)
+            total = obj.goodness(logits, index).sum()
+            grads_of = [z_seen[layer] for layer in range(L)]
+            leaves = _leaf_list(leaf_state, L) if leaf_state is not None else []
+            grads = torch.autograd.grad(total, grads_of + leaves, allow_unused=True)
+        obj.counter.fwd(rows)
+        obj.counter.bwd(rows)
+        for layer in range(L):
+            gz = _zeros_if_none(grads[layer], z_seen[layer]).detach()
+            g_z[layer] = gz if g_z[layer] is None else g_z[layer] + gz
+        for key, g, like in zip(_leaf_keys(L) if leaves else [], grads[L:], leaves, strict=True):
+            g = _zeros_if_none(g, like).detach()
+            g_leaf[key] = g if key not in g_leaf else g_leaf[key] + g
+        if z_clean is None and gradient_at == "clean" and alpha in (None, 1.0):
+            z_clean = torch.stack([z_seen[layer].detach().float() for layer in range(L)])
+        advance()
+    if z_clean is None:
+        raise CircuitscanError("integrated gradients need alpha = 1 among their steps (the clean input)")
+    return g_z, g_leaf, z_clean
 
 
 def _zeros_if_none(g: Tensor | None, like: Tensor) -> Tensor:

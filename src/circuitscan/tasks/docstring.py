@@ -144,6 +144,22 @@ def generate(
     return DocstringPrompt(clean=r(clean_def, clean_doc), corrupt=corrupt, answer=" " + answer, wrong=wrong)
 
 
+def _check_args(negative: str, style: str, n_matching_args: int, n_def_prefix_args: int, n_def_suffix_args: int,
+                n_doc_prefix_args: int, met_desc_len: int, arg_desc_len: int) -> None:
+    if negative not in NEGATIVES:
+        raise TaskError(f"docstring: unknown negative {negative!r}; valid: {', '.join(NEGATIVES)}")
+    if style not in STYLES:
+        raise TaskError(f"docstring: unknown style {style!r}; valid: {', '.join(STYLES)}")
+    if n_matching_args < 2:
+        raise TaskError(f"docstring: n_matching_args must be >= 2 (one documented, one to predict), got {n_matching_args}")
+    for name, v in (("n_def_prefix_args", n_def_prefix_args), ("n_def_suffix_args", n_def_suffix_args),
+                    ("n_doc_prefix_args", n_doc_prefix_args), ("met_desc_len", met_desc_len)):
+        if v < 0:
+            raise TaskError(f"docstring: {name} must be >= 0, got {v}")
+    if arg_desc_len < 1:
+        raise TaskError(f"docstring: arg_desc_len must be >= 1, got {arg_desc_len}")
+
+
 def build_docstring(
     model: ModelHandle,
     n: int = 250,
@@ -176,18 +192,8 @@ def build_docstring(
     """
     import torch
 
-    if negative not in NEGATIVES:
-        raise TaskError(f"docstring: unknown negative {negative!r}; valid: {', '.join(NEGATIVES)}")
-    if style not in STYLES:
-        raise TaskError(f"docstring: unknown style {style!r}; valid: {', '.join(STYLES)}")
-    if n_matching_args < 2:
-        raise TaskError(f"docstring: n_matching_args must be >= 2 (one documented, one to predict), got {n_matching_args}")
-    for name, v in (("n_def_prefix_args", n_def_prefix_args), ("n_def_suffix_args", n_def_suffix_args),
-                    ("n_doc_prefix_args", n_doc_prefix_args), ("met_desc_len", met_desc_len)):
-        if v < 0:
-            raise TaskError(f"docstring: {name} must be >= 0, got {v}")
-    if arg_desc_len < 1:
-        raise TaskError(f"docstring: arg_desc_len must be >= 1, got {arg_desc_len}")
+    _check_args(negative, style, n_matching_args, n_def_prefix_args, n_def_suffix_args, n_doc_prefix_args,
+                met_desc_len, arg_desc_len)
     require_tokenizer(model, "docstring")
     names = single_token_words(model, word_list("docstring_args.txt"))
     words = single_token_words(model, word_list("docstring_words.txt"))

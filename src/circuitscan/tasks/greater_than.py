@@ -125,6 +125,67 @@ def _check_reading_in_context(model: ModelHandle, reading: str, ids: list[int], 
         )
 
 
+def _usable_years(model: ModelHandle, reading: str, ids: list[int], lo: int, hi: int,
+                  negative: str) -> tuple[dict[int, list[int]], list[int]]:
+    """The centuries valid for each start year YY, and the start years with at least one."""
+    valid = _valid_years(model, reading, ids, range(lo, hi + 1))
+    if negative == "year":  # the corrupted start year XX01 must split like the others
+        ok01 = {xx for xx in range(lo, hi + 1) if _encode(model, f" {xx}01") == _encode(model, f" {xx}") + _continuation(reading, ids, 1)}
+        valid = {yy: [xx for xx in v if xx in ok01] for yy, v in valid.items()}
+    usable = [yy for yy in YY_RANGE if valid[yy]]
+    if not usable:
+        raise TaskError(
+            f"task 'greater-than' cannot be built for model {model.spec!r}: no year {lo}02..{hi}98 "
+            "tokenises as the century followed by its two-digit part"
+        )
+    return valid, usable
+
+
+def _negative_prompt(model: ModelHandle, negative: str, rng: random.Random, noun: str, xx: int, yy: int, pos: str,
+                     valid: dict[int, list[int]], usable: list[int]) -> str | None:
+    """The corrupted partner of ``pos`` (None: a ``copy`` negative has no other year to use)."""
+    if negative == "range":
+        return TEMPLATE.format(noun=noun, start=f"{xx}{yy:02d}", century=xx - 1)
+    if negative == "year":
+        return TEMPLATE.format(noun=noun, start=f"{xx}01", century=xx)
+    if negative == "random":
+        letters = string.ascii_uppercase
+        n_pos = len(_encode(model, pos))
+        for _ in range(50):  # letter pairs that keep the token count
+            neg = TEMPLATE.format(noun=noun, start=f"{xx}{rng.choice(letters)}{rng.choice(letters)}", century=xx)
+            if len(_encode(model, neg)) == n_pos:
+                break
+        return neg
+    if negative == "unrelated":
+        return UNRELATED_TEMPLATE.format(noun=noun)
+    # copy: same form, another century and start year
+    others = [y for y in usable if y != yy and any(x != xx for x in valid[y])]
+    if not others:
+        return None
+    yy2 = rng.choice(others)
+    xx2 = rng.choice([x for x in valid[yy2] if x != xx])
+    return TEMPLATE.format(noun=noun, start=f"{xx2}{yy2:02d}", century=xx2)
+
+
+def _prompt_pool(model: ModelHandle, n: int, seed: int, negative: str, nouns: list[str],
+                 valid: dict[int, list[int]], usable: list[int]) -> list[tuple[str, str, int, int]]:
+    """(positive, negative, yy, century) candidates, more than ``n`` (some are dropped for length)."""
+    rng = random.Random(seed)
+    pool: list[tuple[str, str, int, int]] = []
+    size = n + max(n // 2, 50)
+    while len(pool) < size:
+        block = list(usable)
+        rng.shuffle(block)
+        for yy in block:
+            xx = rng.choice(valid[yy])
+            noun = rng.choice(nouns)
+            pos = TEMPLATE.format(noun=noun, start=f"{xx}{yy:02d}", century=xx)
+            neg = _negative_prompt(model, negative, rng, noun, xx, yy, pos, valid, usable)
+            if neg is not None:
+                pool.append((pos, neg, yy, xx))
+    return pool
+
+
 def build_greater_than(
     model: ModelHandle,
     n: int = 250,
@@ -160,49 +221,9 @@ def build_greater_than(
     reading, ids = year_reading(model)
     nouns = single_token_words(model, word_list("greater_than_nouns.txt"))
     require(nouns, 1, "duration nouns", model, "greater-than")
-    valid = _valid_years(model, reading, ids, range(lo, hi + 1))
-    if negative == "year":  # the corrupted start year XX01 must split like the others
-        ok01 = {xx for xx in range(lo, hi + 1) if _encode(model, f" {xx}01") == _encode(model, f" {xx}") + _continuation(reading, ids, 1)}
-        valid = {yy: [xx for xx in v if xx in ok01] for yy, v in valid.items()}
-    usable = [yy for yy in YY_RANGE if valid[yy]]
-    if not usable:
-        raise TaskError(
-            f"task 'greater-than' cannot be built for model {model.spec!r}: no year {lo}02..{hi}98 "
-            "tokenises as the century followed by its two-digit part"
-        )
+    valid, usable = _usable_years(model, reading, ids, lo, hi, negative)
     _check_reading_in_context(model, reading, ids, TEMPLATE.format(noun=nouns[0], start=f"{lo}32", century=lo))
-
-    rng = random.Random(seed)
-    letters = string.ascii_uppercase
-    pool: list[tuple[str, str, int, int]] = []
-    size = n + max(n // 2, 50)
-    while len(pool) < size:
-        block = list(usable)
-        rng.shuffle(block)
-        for yy in block:
-            xx = rng.choice(valid[yy])
-            noun = rng.choice(nouns)
-            pos = TEMPLATE.format(noun=noun, start=f"{xx}{yy:02d}", century=xx)
-            if negative == "range":
-                neg = TEMPLATE.format(noun=noun, start=f"{xx}{yy:02d}", century=xx - 1)
-            elif negative == "year":
-                neg = TEMPLATE.format(noun=noun, start=f"{xx}01", century=xx)
-            elif negative == "random":
-                n_pos = len(_encode(model, pos))
-                for _ in range(50):  # letter pairs that keep the token count
-                    neg = TEMPLATE.format(noun=noun, start=f"{xx}{rng.choice(letters)}{rng.choice(letters)}", century=xx)
-                    if len(_encode(model, neg)) == n_pos:
-                        break
-            elif negative == "unrelated":
-                neg = UNRELATED_TEMPLATE.format(noun=noun)
-            else:  # copy: same form, another century and start year
-                others = [y for y in usable if y != yy and any(x != xx for x in valid[y])]
-                if not others:
-                    continue
-                yy2 = rng.choice(others)
-                xx2 = rng.choice([x for x in valid[yy2] if x != xx])
-                neg = TEMPLATE.format(noun=noun, start=f"{xx2}{yy2:02d}", century=xx2)
-            pool.append((pos, neg, yy, xx))
+    pool = _prompt_pool(model, n, seed, negative, nouns, valid, usable)
     keep, toks_pos, toks_neg, length = keep_equal_length(
         model,
         [p[0] for p in pool],

@@ -91,6 +91,21 @@ class HeadScores:
         raise CircuitscanError(f"unknown head score {kind!r}; valid: induction, previous_token")
 
 
+def _pattern_hooks(model: ModelHandle, tokens: Tensor, length: int) -> dict[str, int]:
+    """The attention-pattern hook of each layer, checked to exist (and the sequences to fit the context)."""
+    n_ctx = int(getattr(model.bridge.cfg, "n_ctx", 0) or 0)
+    if n_ctx and tokens.shape[1] > n_ctx:
+        raise CircuitscanError(
+            f"head scores: sequences of 2 x {length} tokens do not fit model {model.spec!r}'s context of "
+            f"{n_ctx} tokens; use a smaller length"
+        )
+    names = {f"blocks.{layer}.attn.hook_pattern": layer for layer in range(model.layout.n_layers)}
+    missing = [k for k in names if k not in model.bridge.hook_dict]
+    if missing:
+        raise CircuitscanError(f"model {model.spec!r} has no attention-pattern hook {missing[0]!r}")
+    return names
+
+
 def head_scores(
     model: ModelHandle,
     *,
@@ -123,19 +138,10 @@ def head_scores(
         )
     prompts = build_induction(model, n, seed=seed, length=length, vocab=vocab)
     tokens = prompts.positive
-    n_ctx = int(getattr(model.bridge.cfg, "n_ctx", 0) or 0)
-    if n_ctx and tokens.shape[1] > n_ctx:
-        raise CircuitscanError(
-            f"head scores: sequences of 2 x {length} tokens do not fit model {model.spec!r}'s context of "
-            f"{n_ctx} tokens; use a smaller length"
-        )
+    names = _pattern_hooks(model, tokens, length)
     start = int(prompts.metadata["repeat_start"])  # first position of the second copy
     seq = tokens.shape[1]
     layout = model.layout
-    names = {f"blocks.{layer}.attn.hook_pattern": layer for layer in range(layout.n_layers)}
-    missing = [k for k in names if k not in model.bridge.hook_dict]
-    if missing:
-        raise CircuitscanError(f"model {model.spec!r} has no attention-pattern hook {missing[0]!r}")
 
     q_ind = torch.arange(start, seq)
     k_ind = q_ind - length + 1

@@ -1,0 +1,84 @@
+"""What every faithfulness curve shares: the circuit sizes it is measured at (MIB's
+fractions of all heads or edges), its summary areas CPR and CMD (trapezoids on the linear
+fraction axis, see :mod:`circuitscan.evaluation.faithfulness`), and the mean and spread of
+its random baseline."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import CircuitscanError
+
+MIB_FRACTIONS: tuple[float, ...] = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def mib_sizes(n_total: int) -> list[int]:
+    """Circuit sizes (heads) at :data:`MIB_FRACTIONS`: ``floor(x * n_total)``."""
+    return [int(math.floor(x * n_total + 1e-9)) for x in MIB_FRACTIONS]
+
+
+def curve_sizes(n_total: int, max_points: int = 20) -> list[int]:
+    """Circuit sizes for a curve: every size when there are few heads, else a grid.
+
+    The grid holds 0, the MIB sizes and sizes spaced evenly on a log scale from 1 to
+    ``n_total``, about ``max_points`` in all (more only when the MIB sizes alone exceed it).
+    """
+    if n_total < 1:
+        raise CircuitscanError(f"a model needs at least one head, got {n_total}")
+    if max_points < 2:
+        raise CircuitscanError(f"a curve needs at least 2 points, got {max_points}")
+    if n_total + 1 <= max_points:
+        return list(range(n_total + 1))
+    base = set(mib_sizes(n_total)) | {0, n_total}
+    sizes = set(base)
+    for m in range(2, n_total + 1):
+        grid = {round(math.exp(math.log(n_total) * i / (m - 1))) for i in range(m)}
+        if len(base | grid) > max_points:
+            break
+        sizes = base | grid
+    return sorted(sizes)
+
+
+def _trapezoid(x: Sequence[float], y: Sequence[float]) -> float:
+    return float(sum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(x) - 1)))
+
+
+def cpr(values: Sequence[float], fractions: Sequence[float] = MIB_FRACTIONS) -> float:
+    """Circuit performance ratio: area under the faithfulness curve (trapezoids, linear x)."""
+    _check_curve(values, fractions)
+    return _trapezoid(fractions, values)
+
+
+def cmd(values: Sequence[float], fractions: Sequence[float] = MIB_FRACTIONS) -> float:
+    """Circuit-model difference: area between the faithfulness curve and 1."""
+    _check_curve(values, fractions)
+    return _trapezoid(fractions, [abs(1.0 - v) for v in values])
+
+
+def _check_curve(values: Sequence[float], fractions: Sequence[float]) -> None:
+    if len(values) != len(fractions) or len(values) < 2:
+        raise ValueError(f"need one value per fraction (>= 2), got {len(values)} values, {len(fractions)} fractions")
+    if any(b < a for a, b in zip(fractions, fractions[1:], strict=False)):
+        raise ValueError("fractions must be ascending")
+
+
+def random_band(rand: Any, n_sizes: int, samples: int) -> tuple[list[float], list[float]]:
+    """Mean and std (Bessel's correction; 0 for one sample) over the random circuits of each size.
+
+    Args:
+        rand: faithfulness of the random circuits, ``[n_sizes * samples]`` (size-major), or
+            None when there are none.
+        n_sizes: circuit sizes on the curve.
+        samples: random circuits per size.
+
+    Returns:
+        Two lists of ``n_sizes`` floats (NaN when there are no random circuits).
+    """
+    import torch
+
+    if rand is None or not samples:
+        return [float("nan")] * n_sizes, [float("nan")] * n_sizes
+    rand = rand.reshape(n_sizes, samples)
+    return rand.mean(-1).tolist(), (rand.std(-1) if samples > 1 else torch.zeros(n_sizes)).tolist()
