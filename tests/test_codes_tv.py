@@ -175,4 +175,34 @@ def test_circuit_above_uniform_on_the_default_drops_the_presets_floor():
     assert scoring.circuit == "above-uniform" and scoring.min_effect == 0.0
     _, default = configs_from_args(parser.parse_args(["discover", "--model", "toy-planted", "--task", "planted",
                                                         "--out", "x"]))
-    assert default.circuit == "fdr" and default.min_effect == 0.05
+    assert default.circuit == "fdr-top" and default.min_effect == 0.05
+    _, fdr = configs_from_args(parser.parse_args(["discover", "--model", "toy-planted", "--task", "planted",
+                                                    "--circuit", "fdr", "--out", "x"]))
+    assert fdr.circuit == "fdr" and fdr.min_effect == 0.05  # the floor belongs to both FDR rules
+
+
+def test_fdr_top_takes_as_many_heads_as_are_significant_from_the_top_of_the_ranking():
+    """circuit='fdr-top': the null fixes the size, the score the members (ties by head index)."""
+    from circuitscan.run import predicted_circuit
+    from circuitscan.types import Scores
+
+    layout = HeadLayout(2, 3)
+    score = torch.tensor([[0.9, 0.1, 0.5], [0.5, 0.8, 0.0]])
+    # significant: the low-scoring L0H1 and L1H2 (a head can be significant with a small score)
+    significant = torch.tensor([[False, True, False], [False, False, True]])
+    s = Scores(method="sae-codes", node=score, layout=layout, stats={"significant": significant})
+    sc = ScoringConfig(statistic="tv", permutations=10, circuit="fdr-top", min_effect=0.05)
+    c = predicted_circuit(s, None, None, sc)
+    assert c["heads"] == ["L0H0", "L1H1"] and c["size"] == 2
+    assert c["rule"].startswith("the top 2 heads by score") and "effect (statistic - null mean) >= 0.05" in c["rule"]
+    fdr = predicted_circuit(s, None, None, ScoringConfig(statistic="tv", permutations=10, circuit="fdr"))
+    assert sorted(fdr["heads"]) == ["L0H1", "L1H2"]
+    three = Scores(method="sae-codes", node=score, layout=layout,
+                   stats={"significant": torch.tensor([[True, True, True], [False, False, False]])})
+    assert predicted_circuit(three, None, None, sc)["heads"] == ["L0H0", "L1H1", "L0H2"]  # L0H2 ties L1H0: index
+    none = Scores(method="sae-codes", node=score, layout=layout, stats={"significant": torch.zeros(2, 3, dtype=bool)})
+    assert predicted_circuit(none, None, None, sc)["heads"] == []
+    with pytest.raises(CircuitscanError, match="circuit must be one of"):
+        ScoringConfig(circuit="top")
+    with pytest.raises(CircuitscanError, match="permutation null"):
+        ScoringConfig(circuit="fdr-top")

@@ -23,6 +23,7 @@ def test_default_discover_finds_the_planted_circuit(planted, planted_prompts):
     for method in ("sae-codes", "sae-codes-pairs"):
         assert result.metrics[method].auc == 1.0, method
     assert set(result.circuits["sae-codes"]["heads"]) == {"L0H1", "L1H2", "L2H0"}
+    assert result.circuits["sae-codes"]["rule"].startswith("the top 3 heads by score")
     assert "significant at FDR" in result.circuits["sae-codes"]["rule"]
     assert "effect (statistic - null mean) >= 0.05" in result.circuits["sae-codes"]["rule"]
     tv = result.discovery.node.stats["code_distance"].reshape(-1)

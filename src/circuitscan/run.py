@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .config import SAEConfig, ScoringConfig, default_sae, default_scoring
+from .config import FDR_RULES, SAEConfig, ScoringConfig, default_sae, default_scoring
 from .errors import CircuitscanError
 from .evaluation.ground_truth import GroundTruthMetrics, evaluate_against
 from .integrity import prompts_sha256
@@ -52,8 +52,8 @@ class RunResult:
 def predicted_circuit(
     scores: Scores, threshold: float | None, gt_metrics: GroundTruthMetrics | None, scoring: ScoringConfig | None = None
 ) -> dict[str, Any]:
-    """The circuit at a threshold: the given one, else the significant heads (``circuit="fdr"``),
-    else best-F1, else above uniform.
+    """The circuit at a threshold: the given one, else the significant heads (``circuit="fdr"``;
+    ``"fdr-top"``: as many heads from the top of the ranking), else best-F1, else above uniform.
 
     Without a ground truth or a threshold, the rule is "softmaxed score above the uniform
     level 1 / n_heads": heads with more positive-only evidence than average. With
@@ -61,13 +61,16 @@ def predicted_circuit(
     (node level: Benjamini-Hochberg on the heads' p-values; edge level: heads in a
     significant pair, or all heads of the node-level rule when ``edge_rule`` is top-k).
     """
-    if threshold is None and scoring is not None and scoring.circuit == "fdr" and "significant" in scores.stats:
+    if threshold is None and scoring is not None and scoring.circuit in FDR_RULES and "significant" in scores.stats:
         sig = scores.stats["significant"].reshape(-1)
         chosen = [scores.layout.head(i).name for i in sig.nonzero().flatten().tolist()]
         what = "heads" if scores.method == "sae-codes" else "heads in significant pairs"
         rule = f"{what} significant at FDR {scoring.fdr:g} (label-swap permutation null, Benjamini-Hochberg)"
         if scoring.min_effect > 0 and scores.method == "sae-codes":
             rule += f" with an effect (statistic - null mean) >= {scoring.min_effect:g}"
+        if scoring.circuit == "fdr-top" and scores.method == "sae-codes":
+            chosen = [h.name for h in scores.ranking()[:len(chosen)]]
+            rule = f"the top {len(chosen)} heads by score, as many as there are {rule}"
         if scores.method != "sae-codes" and scoring.edge_rule == "top-k":
             rule = f"heads in the top-k pairs (edge_rule top-k; FDR {scoring.fdr:g} applies to the node level)"
         return {"threshold": float(scoring.fdr), "rule": rule, "heads": chosen, "size": len(chosen)}

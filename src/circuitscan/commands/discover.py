@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..activations import AGGREGATIONS
+from ..config import CIRCUIT_RULES, FDR_RULES
 from .common import add_model_args, add_task_args, finite_float, positive_int
 
 
@@ -101,11 +102,12 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
     b.add_argument("--permutations", type=int, default=None,
                    help="label-swap permutations for each head's null distribution (paper: 0, none)")
     b.add_argument("--fdr", type=finite_float, default=None, help="false-discovery rate in (0, 1) (default 0.05)")
-    b.add_argument("--circuit", choices=("above-uniform", "fdr"), default=None,
-                   help="circuit rule without --threshold: 'fdr' = heads significant under the null")
+    b.add_argument("--circuit", choices=CIRCUIT_RULES, default=None,
+                   help="circuit rule without --threshold: 'fdr' = heads significant under the null; 'fdr-top' = "
+                   "as many heads as 'fdr' finds, from the top of the ranking")
     b.add_argument("--min-effect", type=finite_float, default=None,
-                   help="with --circuit fdr: keep a significant head only if its statistic exceeds its null mean "
-                   "by at least this (TV: in [0, 1]; 0 = significance alone)")
+                   help="with --circuit fdr or fdr-top: count a significant head only if its statistic exceeds its "
+                   "null mean by at least this (TV: in [0, 1]; 0 = significance alone)")
     b.add_argument("--node-score", choices=("softmax", "count", "z"), default=None,
                    help="per-head score: softmax of the count (paper), the count, or its z under the null")
     b.add_argument("--combine", choices=("mean", "median"), default=None, help="over the ensemble's SAEs")
@@ -127,9 +129,9 @@ def configs_from_args(args: argparse.Namespace):
         scoring = replace(scoring, count_on=args.count_on if args.count_on != "held-out" else "all")
     sae = replace(sae, **{f: getattr(args, a) for a, f in BEYOND_PAPER_SAE.items() if getattr(args, a) is not None})
     given = {f: getattr(args, a) for a, f in BEYOND_PAPER_SCORING.items() if getattr(args, a) is not None}
-    if given.get("circuit", "fdr") != "fdr":  # the preset's effect floor belongs to its FDR circuit
+    if given.get("circuit", "fdr") not in FDR_RULES:  # the preset's effect floor belongs to its FDR circuit
         given.setdefault("min_effect", 0.0)
-    if given.get("circuit") == "fdr" or given.get("node_score") == "z":
+    if given.get("circuit") in FDR_RULES or given.get("node_score") == "z":
         given.setdefault("permutations", scoring.permutations or 1000)
     return sae, replace(scoring, **given)
 
