@@ -86,7 +86,7 @@ def fit_all(name: str, seed: int, cache: Path, settings: list[str]) -> list[dict
 STRIDES = (5, 10, 25, 50)
 
 
-def trace(name: str, seed: int, cache: Path, every: int = 5) -> dict:
+def trace(name: str, seed: int, cache: Path, every: int = 5, lr: float | None = None) -> dict:
     """One full-length fit of the preset, the training rows' argmax codes looked at every ``every`` epochs.
 
     Per look: the fraction of rows whose code changed since the previous look, and the
@@ -97,7 +97,8 @@ def trace(name: str, seed: int, cache: Path, every: int = 5) -> dict:
 
     bed = st.load_bed(name, seed, cache)
     base = st.variant_config("sc-preset", seed)
-    cfg = replace(base, sae=replace(base.sae, stop="codes", check_every=every, stop_tol=0.0, stop_patience=10**9))
+    cfg = replace(base, sae=replace(base.sae, stop="codes", check_every=every, stop_tol=0.0, stop_patience=10**9,
+                                    lr=lr or base.sae.lr))
     seen: list = []
     orig = ens._argmax_codes
     ens._argmax_codes = lambda z, n: seen.append(orig(z, n)) or seen[-1]
@@ -112,7 +113,7 @@ def trace(name: str, seed: int, cache: Path, every: int = 5) -> dict:
         k = stride // every
         changed[stride] = {epochs[i]: float((seen[i] != seen[i - k]).float().mean()) if i >= k else 1.0
                            for i in range(k - 1, len(seen), k)}
-    return {"kind": "trace", "testbed": name, "seed": seed, "every": every, "rows": int(final.numel()),
+    return {"kind": "trace", "testbed": name, "seed": seed, "every": every, "lr": cfg.sae.lr, "rows": int(final.numel()),
             "changed": changed, "vs_final": {e: float((c != final).float().mean()) for e, c in zip(epochs, seen,
                                                                                               strict=True)}}
 
@@ -179,11 +180,11 @@ def main(argv: list[str]) -> None:
         argv = argv[1:]
         for name in [b for part in argv[0].split(",") for b in st.GROUPS.get(part, [part])]:
             for seed in st.parse_seeds(argv[1]):
-                r = trace(name, seed, cache)
+                r = trace(name, seed, cache, lr=float(argv[3]) if len(argv) > 3 else None)
                 with Path(argv[2]).open("a") as f:
                     f.write(json.dumps(r) + "\n")
                 marks = {e: (round(c, 4), round(r["vs_final"][e], 4)) for e, c in r["changed"][25].items()}
-                print(name, seed, r["rows"], "epoch: (changed in 25 epochs, differs from final)", marks, flush=True)
+                print(name, seed, f"lr {r['lr']:g}", r["rows"], "epoch: (changed in 25 epochs, differs from final)", marks, flush=True)
         return
     beds = [b for part in argv[0].split(",") for b in st.GROUPS.get(part, [part])]
     seeds, out = st.parse_seeds(argv[1]), Path(argv[2])
