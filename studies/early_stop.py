@@ -16,7 +16,11 @@ prints mean ± std over seeds (docs/CALIBRATION.md "Stopping rule (issue 14)").
     PYTHONPATH=src .venv/bin/python studies/early_stop.py smollm2-ioi 0-4 docs/references/early_stop.jsonl
     PYTHONPATH=src .venv/bin/python studies/early_stop.py --table docs/references/early_stop.jsonl
 
-``--cache DIR`` (default runs/study) is where the calibration study keeps its activations.
+``--trace TESTBEDS SEEDS OUT [LR]`` instead fits the preset once for the full ``epochs``
+and records how many of the training rows' argmax codes change over 5/10/25/50 epochs and
+how many differ from the last epoch's (lines with ``"kind": "trace"`` in the same file;
+the table skips them). ``--cache DIR`` (default runs/study) is where the calibration study
+keeps its activations.
 """
 
 from __future__ import annotations
