@@ -4,6 +4,7 @@ Prints, from one run on this machine:
   * the floor: a plain `transformers` forward (full model, logits) over the same prompts;
   * discover --level both, split by stage (activations, SAE, codes, node/edge scores);
   * the same SAE stage with bf16 training matmuls, and how far its ranking moves;
+  * the same SAE stage with the stopping rule (``stop="codes"``): epochs run, seconds ratio;
   * ratios to the floor, edge-scoring seconds, peak resident memory;
   * the activations stage on the Hugging Face path (a pre-hook on each attention output
     projection, the default) against the TransformerBridge hook_z path (the one before
@@ -63,6 +64,11 @@ def main() -> None:
     top32 = {h.name for h in result.discovery.node.ranking()[:20]}
     top16 = {h.name for h in bf.node.ranking()[:20]}
     print(f"  sae_train bf16 {bf.timings['sae_train']:7.2f} s   top-20 heads shared with fp32: {len(top32 & top16)}/20")
+    early = discover_from_activations(acts, SAECodesConfig(sae=replace(sae_cfg, stop="codes"), level="node"))
+    top_early = {h.name for h in early.node.ranking()[:20]}
+    print(f"  sae_train stop=codes {early.timings['sae_train']:7.2f} s   ({early.train.epochs_run} of {args.epochs} "
+          f"epochs; SAE seconds stop=codes / stop=epochs {early.timings['sae_train'] / t['sae_train']:.2f}; "
+          f"top-20 heads shared: {len(top32 & top_early)}/20; docs/CALIBRATION.md 'Stopping rule')")
     print()
     print(f"ratio discover / floor          {total / floor:5.2f}   (target <= 1.0; fp32 SAE, the default)")
     print(f"ratio discover / floor (bf16)   {total_bf / floor:5.2f}   (--precision bf16)")
