@@ -29,7 +29,6 @@ LAYERS: list[set[str]] = [
 
 #: imports from a higher layer that exist today (issue 15 removes them); do not add to this
 KNOWN_UPWARD = {
-    ("evaluation", "commands"),
     ("evaluation", "run"),
     ("methods", "features"),
     ("circuits", "testbeds"),
