@@ -31,7 +31,6 @@ LAYERS: list[set[str]] = [
 KNOWN_UPWARD = {
     ("evaluation", "run"),
     ("methods", "features"),
-    ("circuits", "testbeds"),
     ("evaluation", "interop"),  # evaluate --circuit FILE reads EAP-IG graphs (evaluation.mib)
     ("circuits", "interop"),  # --ground-truth FILE reads EAP-IG graphs through interop.eap_graph
 }
