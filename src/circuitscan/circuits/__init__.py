@@ -29,7 +29,13 @@ from .edges import (
     true_edges,
 )
 from .heads import DEFAULT_FOR_TASK, MLP_GROUPS, _registry, get, names
-from .registry import default_registered, register_source, resolve_registered
+from .registry import (
+    default_registered,
+    read_registered_file,
+    register_file_reader,
+    register_source,
+    resolve_registered,
+)
 
 
 def default_for(task: str, family: str, *, model=None) -> GroundTruth | None:
@@ -81,10 +87,9 @@ def resolve(spec: str, layout: HeadLayout, family: str, *, model=None) -> Ground
             raise CircuitscanError(f"ground-truth file {spec!r} is not valid JSON: {exc}") from exc
         except OSError as exc:
             raise CircuitscanError(f"cannot read ground-truth file {spec!r}: {exc.strerror or exc}") from exc
-        from ..interop.eap_graph import ground_truth_from_graph, is_graph_json
-
-        if is_graph_json(data):  # EAP-IG / MIB graph JSON: its in_graph heads
-            return ground_truth_from_graph(data, spec, layout, family, model)
+        graph_truth = read_registered_file(data, spec, layout, family, model)  # EAP-IG / MIB graph JSON
+        if graph_truth is not None:
+            return graph_truth
         gt = GroundTruth.from_heads(_json_heads(data, spec), name=path.name, model=family)
     else:
         parts = [p for p in spec.replace(";", ",").split(",") if p.strip()]
@@ -148,5 +153,5 @@ def for_model(spec: str | None, model, task: str | None = None) -> GroundTruth |
 
 
 __all__ = ["DEFAULT_FOR_TASK", "INPUT", "MLP_GROUPS", "OUTPUT", "PORTS", "ClassEdge", "EdgeGroundTruth", "default_for",
-           "edge_ground_truth", "edge_names", "for_model", "get", "names", "register_source", "resolve",
+           "edge_ground_truth", "edge_names", "for_model", "get", "names", "register_file_reader", "register_source", "resolve",
            "true_edges"]

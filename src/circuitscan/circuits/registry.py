@@ -5,6 +5,10 @@ own names, files and head lists, and :func:`circuitscan.circuits.default_for` as
 for the default of a task that has no hand-made circuit, so a higher layer such as
 :mod:`circuitscan.testbeds` adds ground truths without ``circuits`` ever importing it.
 ``circuitscan/__init__.py`` imports the testbeds once, which registers theirs.
+
+Ground-truth JSON files of another format (EAP-IG / MIB graphs, read by
+:mod:`circuitscan.evaluation.eap_read`) are read by the registered file readers;
+``circuitscan/__init__.py`` registers the graph reader.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ Resolver = Callable[[str, "HeadLayout", str, "ModelHandle | None"], "GroundTruth
 #: ``fn(task, family, model)``: the ground truth ``task`` uses on this model without ``--ground-truth``, or None
 Default = Callable[[str, str, "ModelHandle | None"], "GroundTruth | None"]
 
+#: ``fn(data, spec, layout, family, model)``: the ground truth of parsed JSON ``data`` read from file ``spec``,
+#: or None when the data is not of this reader's format
+FileReader = Callable[[object, str, "HeadLayout", str, "ModelHandle | None"], "GroundTruth | None"]
+
 _SOURCES: dict[str, tuple[Resolver, Default | None]] = {}
+_FILE_READERS: dict[str, FileReader] = {}
 
 
 def register_source(name: str, resolve: Resolver, default: Default | None = None) -> None:
@@ -42,6 +51,21 @@ def default_registered(task: str, family: str, model: ModelHandle | None) -> Gro
     """The default ground truth a registered source gives ``task`` on this model, or None."""
     for _, default in _SOURCES.values():
         gt = default(task, family, model) if default is not None else None
+        if gt is not None:
+            return gt
+    return None
+
+
+def register_file_reader(name: str, read: FileReader) -> None:
+    """Add the ground-truth file format ``name``; registering a name again replaces it."""
+    _FILE_READERS[name] = read
+
+
+def read_registered_file(data: object, spec: str, layout: HeadLayout, family: str,
+                         model: ModelHandle | None) -> GroundTruth | None:
+    """The ground truth a registered reader finds in a file's parsed JSON (the first), or None."""
+    for read in _FILE_READERS.values():
+        gt = read(data, spec, layout, family, model)
         if gt is not None:
             return gt
     return None
