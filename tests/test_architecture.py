@@ -29,12 +29,7 @@ LAYERS: list[set[str]] = [
 
 #: imports from a higher layer that exist today (issue 15 removes them); do not add to this
 KNOWN_UPWARD = {
-    ("evaluation", "commands"),
     ("evaluation", "run"),
-    ("methods", "features"),
-    ("circuits", "testbeds"),
-    ("evaluation", "interop"),  # evaluate --circuit FILE reads EAP-IG graphs (evaluation.mib)
-    ("circuits", "interop"),  # --ground-truth FILE reads EAP-IG graphs through interop.eap_graph
 }
 
 #: modules inside an import circle today (issue 15 removes them); do not add to this

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from circuitscan import methods
 from circuitscan.cli import main
+from circuitscan.compare import method_registry
 from circuitscan.errors import CircuitscanError
 from circuitscan.methods import MethodSpec
 from circuitscan.models.toy import PLANTED_HEADS
+
+methods = method_registry()  # every method, feature-attribution (registered by circuitscan.features) included
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,18 @@ from typing import Any
 
 from . import testbeds as _testbeds  # noqa: F401  (registers the testbed models and the tracr task)
 from ._version import __version__
+from .circuits.registry import register_file_reader
+
+
+def _graph_ground_truth(data: object, spec: str, layout: Any, family: str, model: Any) -> Any:
+    """``--ground-truth FILE`` of an EAP-IG / MIB graph: its in_graph heads (None for other JSON)."""
+    from .evaluation.eap_read import ground_truth_from_graph, is_graph_json
+
+    return ground_truth_from_graph(data, spec, layout, family, model) if is_graph_json(data) else None
+
+
+# circuits (a lower layer) reads graph files through this reader; evaluation is imported only when one is read
+register_file_reader("eap-graph", _graph_ground_truth)
 
 _EXPORTS = {
     "load_model": "circuitscan.models",

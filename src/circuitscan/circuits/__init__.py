@@ -29,19 +29,25 @@ from .edges import (
     true_edges,
 )
 from .heads import DEFAULT_FOR_TASK, MLP_GROUPS, _registry, get, names
+from .registry import (
+    default_registered,
+    read_registered_file,
+    register_file_reader,
+    register_source,
+    resolve_registered,
+)
 
 
 def default_for(task: str, family: str, *, model=None) -> GroundTruth | None:
     """The canonical circuit for ``task`` if one exists for this model family.
 
-    Testbed circuits (tracr, toy-induction, and induction heads measured on ``model``
-    when it is given) come from :mod:`circuitscan.testbeds.references`.
+    Other tasks ask the registered sources (:mod:`.registry`): the testbeds give tracr,
+    toy-induction, and induction heads measured on ``model`` when it is given
+    (:mod:`circuitscan.testbeds.references`).
     """
     name = DEFAULT_FOR_TASK.get(task)
     if name is None:
-        from ..testbeds.references import default as testbed_default
-
-        return testbed_default(task, family, model)
+        return default_registered(task, family, model)
     gt = get(name)
     return gt if gt.model == family else None
 
@@ -51,13 +57,11 @@ def resolve(spec: str, layout: HeadLayout, family: str, *, model=None) -> Ground
 
     A registry circuit used with a model of another family is an error: its head indices
     mean nothing there. Testbed names (``tracr-reverse``, ``toy-induction``,
-    ``induction-scores``, which measures ``model``) resolve through
-    :mod:`circuitscan.testbeds.references`.
+    ``induction-scores``, which measures ``model``) resolve through the sources registered
+    in :mod:`.registry` (:mod:`circuitscan.testbeds.references`), asked first.
     """
-    from ..testbeds.references import resolve as testbed_resolve
-
     spec = spec.strip()
-    testbed = testbed_resolve(spec, layout, family, model)
+    testbed = resolve_registered(spec, layout, family, model)
     if testbed is not None:
         testbed.check_layout(layout)
         return testbed
@@ -83,10 +87,9 @@ def resolve(spec: str, layout: HeadLayout, family: str, *, model=None) -> Ground
             raise CircuitscanError(f"ground-truth file {spec!r} is not valid JSON: {exc}") from exc
         except OSError as exc:
             raise CircuitscanError(f"cannot read ground-truth file {spec!r}: {exc.strerror or exc}") from exc
-        from ..interop.eap_graph import ground_truth_from_graph, is_graph_json
-
-        if is_graph_json(data):  # EAP-IG / MIB graph JSON: its in_graph heads
-            return ground_truth_from_graph(data, spec, layout, family, model)
+        graph_truth = read_registered_file(data, spec, layout, family, model)  # EAP-IG / MIB graph JSON
+        if graph_truth is not None:
+            return graph_truth
         gt = GroundTruth.from_heads(_json_heads(data, spec), name=path.name, model=family)
     else:
         parts = [p for p in spec.replace(";", ",").split(",") if p.strip()]
@@ -150,4 +153,5 @@ def for_model(spec: str | None, model, task: str | None = None) -> GroundTruth |
 
 
 __all__ = ["DEFAULT_FOR_TASK", "INPUT", "MLP_GROUPS", "OUTPUT", "PORTS", "ClassEdge", "EdgeGroundTruth", "default_for",
-           "edge_ground_truth", "edge_names", "for_model", "get", "names", "resolve", "true_edges"]
+           "edge_ground_truth", "edge_names", "for_model", "get", "names", "register_file_reader", "register_source", "resolve",
+           "true_edges"]

@@ -7,8 +7,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import CircuitscanError
-
 
 def positive_int(text: str) -> int:
     try:
@@ -78,22 +76,10 @@ def load_model_from_args(args: argparse.Namespace):
 
 
 def build_prompts_from_args(args: argparse.Namespace, model) -> Any:
-    from ..tasks import build_task
+    from ..tasks import build_prompts
 
-    if args.task_file and args.task:
-        raise CircuitscanError(
-            f"give --task {args.task} or --task-file {args.task_file}, not both (a task file is a task of its own)"
-        )
-    if args.task_file:
+    if args.task_file and not args.task:
         # stored absolute in config.json, so evaluate reads this file from any directory
         args.task_file = str(Path(args.task_file).resolve())
-        try:
-            from ..tasks.custom import load_task_file
-        except ModuleNotFoundError as exc:  # pragma: no cover - until custom tasks land
-            raise CircuitscanError("--task-file is not supported yet") from exc
-        return load_task_file(
-            Path(args.task_file), model, n=args.examples, unequal=args.unequal_lengths
-        )
-    if not args.task:
-        raise CircuitscanError("give a task: --task NAME (see `circuitscan tasks`) or --task-file FILE")
-    return build_task(args.task, model, args.examples, seed=args.seed)
+    return build_prompts(model, task=args.task, task_file=args.task_file, n=args.examples, seed=args.seed,
+                         unequal=args.unequal_lengths if args.task_file else "pad")

@@ -66,13 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import circuits
-    from .. import methods as registry
-    from ..compare import CompareSettings, compare, format_table, parse_methods
+    from ..compare import CompareSettings, compare, format_table, method_registry, parse_methods
     from ..errors import CircuitscanError
     from ..rundir import check_out_dir
     from .common import build_prompts_from_args, load_model_from_args
 
-    methods = parse_methods(args.methods) if args.methods is not None else registry.default_names()  # fail early
+    methods = parse_methods(args.methods) if args.methods is not None else method_registry().default_names()  # fail early
     out = Path(args.out)
     check_out_dir(out, overwrite=args.overwrite)
     if args.max_seconds is not None and args.max_seconds <= 0:

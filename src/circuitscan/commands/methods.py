@@ -19,8 +19,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 def method_list() -> str:
     """Every registered method: name, what it scores, one line on it, its source."""
-    from .. import methods as registry
+    from ..compare.settings import method_registry
 
+    registry = method_registry()
     lines = []
     for spec in registry.specs():
         tags = ["edges" if spec.edges else "heads"] + (["threshold sweep"] if spec.threshold_sweep else [])

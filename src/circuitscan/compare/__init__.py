@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from .evaluate import edge_truth_for, evaluate_methods, faithfulness_block, sweep_points
-from .settings import CompareSettings, method_configs, parse_methods
+from .settings import CompareSettings, method_configs, method_registry, parse_methods
 from .table import comparison_block, comparison_rows, format_table
 
 if TYPE_CHECKING:
@@ -45,9 +45,7 @@ _evaluate = evaluate_methods  # the name benchmarks/bench_compare.py imports
 def estimate_passes(method: str, cfg: Any, model: ModelHandle, prompts: PromptSet) -> tuple[float, float, str]:
     """(forward prompt-rows, backward prompt-rows, what dominates) a method will spend, roughly
     (the method's :attr:`MethodSpec.cost`; upper bounds where it can stop early)."""
-    from ..methods import spec
-
-    return spec(method).cost(cfg, model, prompts)
+    return method_registry().spec(method).cost(cfg, model, prompts)
 
 
 def seconds_per_row(model: ModelHandle, prompts: PromptSet, rows: int = 8) -> float:
@@ -171,8 +169,7 @@ def _plan(model: ModelHandle, prompts: PromptSet, methods: list[str], cfgs: dict
 def _run_methods(model: ModelHandle, prompts: PromptSet, methods: list[str], cfgs: dict[str, Any],
                  say: Callable[[str], None]) -> tuple[list[Scores], dict[str, float]]:
     """Every method's scores (``sae-codes`` gives two) and each method's wall time."""
-    from ..methods import run_method
-
+    run_method = method_registry().run_method
     all_scores: list[Scores] = []
     method_time: dict[str, float] = {}
     for m in methods:
@@ -249,4 +246,4 @@ def _write(writer: Any, result: CompareResult, model: ModelHandle) -> None:
 
 
 __all__ = ["CompareResult", "CompareSettings", "compare", "edge_truth_for", "estimate_passes", "format_table",
-           "method_configs", "parse_methods", "seconds_per_row", "sweep_points"]
+           "method_configs", "method_registry", "parse_methods", "seconds_per_row", "sweep_points"]

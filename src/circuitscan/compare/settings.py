@@ -10,13 +10,25 @@ from typing import Any
 from ..errors import CircuitscanError
 
 
+def method_registry():
+    """:mod:`circuitscan.methods` with every method registered.
+
+    ``methods`` registers its own; ``feature-attribution`` lives in
+    :mod:`circuitscan.features.heads`, which registers itself when imported (``methods``
+    never imports the higher ``features`` layer), so the pipelines ask for the registry here.
+    """
+    from .. import methods
+    from ..features import heads  # noqa: F401  (registers feature-attribution)
+
+    return methods
+
+
 def parse_methods(text: str | Sequence[str]) -> list[str]:
     """``"sae-codes,eap"`` or a list -> checked method names (``all`` = every method in ``--methods all``).
 
     Valid names are the registry's (:func:`circuitscan.methods.names`).
     """
-    from .. import methods as registry
-
+    registry = method_registry()
     items = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     if items == ["all"]:
         return registry.all_names()
@@ -62,6 +74,5 @@ class CompareSettings:
 
 def method_configs(settings: CompareSettings, methods: Sequence[str]) -> dict[str, Any]:
     """Each method's config built from the shared settings (:meth:`MethodSpec.config_from`)."""
-    from ..methods import spec
-
+    spec = method_registry().spec
     return {m: spec(m).config_from(settings) for m in methods}

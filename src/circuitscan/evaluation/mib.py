@@ -211,7 +211,7 @@ def imported_circuit(model: ModelHandle, path: str) -> tuple[str, list[str], Any
     """An EAP-IG / MIB graph file as a named head circuit for this model (and the graph read)."""
     from pathlib import Path
 
-    from ..interop.eap_graph import read_graph_file
+    from .eap_read import read_graph_file
     from .edges import EdgeGraph
 
     imp = read_graph_file(path, EdgeGraph.for_model(model), d_model=model.d_model)

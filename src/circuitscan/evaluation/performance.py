@@ -56,9 +56,8 @@ def scores_from_json(data: Mapping[str, Any], layout) -> list[Scores]:
 
 def _rebuild(config: Mapping[str, Any]) -> tuple[ModelHandle, PromptSet]:
     """Reload the model and rebuild the prompts a run was made with."""
-    import argparse
-
-    from ..commands.common import build_prompts_from_args, load_model_from_args
+    from ..models import load_model
+    from ..tasks import build_prompts
 
     model_cfg, task_cfg = config.get("model") or {}, config.get("task") or {}
     if not all(isinstance(v, Mapping) for v in (model_cfg, task_cfg, config.get("argv") or {})):
@@ -74,9 +73,9 @@ def _rebuild(config: Mapping[str, Any]) -> tuple[ModelHandle, PromptSet]:
     argv.setdefault("seed", task_cfg.get("seed", 0))
     if not argv["model"] or not (argv["task"] or argv["task_file"]) or not argv["examples"]:
         raise CircuitscanError("config.json does not say which model, task and number of prompts the run used")
-    args = argparse.Namespace(**argv)
-    model = load_model_from_args(args)
-    prompts = build_prompts_from_args(args, model)
+    model = load_model(argv["model"], device=argv["device"], tokenizer=argv["tokenizer"], seed=argv["seed"])
+    prompts = build_prompts(model, task=argv["task"], task_file=argv["task_file"], n=argv["examples"],
+                            seed=argv["seed"], unequal=argv["unequal_lengths"] if argv["task_file"] else "pad")
     return model, prompts
 
 

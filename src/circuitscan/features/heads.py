@@ -145,6 +145,6 @@ SPEC = MethodSpec(
     summary="head shares of a sparse-feature attribution graph (needs sublayer SAEs: circuitscan features train)",
     source="Marks et al. 2024, arXiv:2403.19647",
 )
-# registered here rather than by circuitscan.methods, so that the spec is complete whichever of the
-# two modules is imported first (methods/__init__ imports this module only to trigger this line)
+# registered here: circuitscan.methods never imports the higher features layer;
+# compare.settings.method_registry imports this module for the pipelines and the CLI
 register(SPEC)

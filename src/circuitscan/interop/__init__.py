@@ -1,7 +1,9 @@
 """The field's circuit formats, in and out (docs/INTEROP.md).
 
-* :mod:`.names` maps circuitscan's node and edge names to EAP-IG / MIB's.
-* :mod:`.eap_graph` writes and reads EAP-IG / MIB graph JSON.
+* :mod:`.names` maps circuitscan's node and edge names to EAP-IG / MIB's (re-exported from
+  :mod:`circuitscan.evaluation.eap_names`).
+* :mod:`.eap_graph` writes and reads EAP-IG / MIB graph JSON (the reader lives in
+  :mod:`circuitscan.evaluation.eap_read`, which ``evaluate`` and ground truths use).
 * :mod:`.export` turns a run directory into files of those formats (and auto-circuit's
   prune scores); ``circuitscan export`` is its command.
 """

@@ -3,6 +3,11 @@
 Adding a method: write ``methods/NAME.py`` with a config dataclass, a Scorer and a
 ``SPEC = MethodSpec(...)``, and add one ``register(...)`` line below. ``compare``, its
 table, the report and the CLI's method lists read the registry and nothing else.
+
+A method of a higher layer registers itself when imported (``feature-attribution``, the
+attribution graph's head-level view, in :mod:`circuitscan.features.heads`; it needs
+sublayer SAEs); the pipelines take the registry from
+:func:`circuitscan.compare.settings.method_registry`, which imports it.
 """
 
 from __future__ import annotations
@@ -50,9 +55,6 @@ register(norm_diff.SPEC)
 register(edge_pruning.SPEC)
 register(relp.SPEC)
 register(cd_t.SPEC)
-
-# feature-level circuits (docs/FEATURES.md): the attribution graph's head-level view; needs sublayer SAEs
-from ..features import heads as _feature_heads  # noqa: E402, F401  (it registers its SPEC itself)
 
 __all__ = [
     "ACDCConfig",

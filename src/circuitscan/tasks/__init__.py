@@ -175,6 +175,32 @@ def build_task(
     return prompts
 
 
+def build_prompts(
+    model: ModelHandle, *, task: str | None, task_file: str | None, n: int, seed: int = 0, unequal: str = "pad"
+) -> PromptSet:
+    """The prompts a run asks for: task ``task`` by name (:func:`build_task`) or the custom
+    task file ``task_file`` (:func:`circuitscan.tasks.custom.load_task_file`), never both.
+
+    What ``--task`` / ``--task-file`` choose on the command line, and what ``evaluate``
+    rebuilds from a run's config.json.
+    """
+    from pathlib import Path
+
+    from ..errors import CircuitscanError
+
+    if task_file and task:
+        raise CircuitscanError(
+            f"give --task {task} or --task-file {task_file}, not both (a task file is a task of its own)"
+        )
+    if task_file:
+        from .custom import load_task_file
+
+        return load_task_file(Path(task_file), model, n=n, unequal=unequal)
+    if not task:
+        raise CircuitscanError("give a task: --task NAME (see `circuitscan tasks`) or --task-file FILE")
+    return build_task(task, model, n, seed=seed)
+
+
 __all__ = [
     "TASKS",
     "TaskOption",
@@ -184,6 +210,7 @@ __all__ = [
     "build_ioi",
     "build_ioi_acdc",
     "build_planted",
+    "build_prompts",
     "build_task",
     "parse_options",
     "parse_task_spec",

@@ -17,7 +17,9 @@ Any model: :func:`.head_scores.head_scores` measures every head's induction and
 previous-token score, and ``--ground-truth induction-scores`` turns them into a
 reference circuit (:mod:`.references`).
 
-Importing this package registers the ``tracr`` task; loading a tracr model registers
+Importing this package registers the ``tracr`` task, the testbed models (with
+:mod:`circuitscan.models.registry`) and their ground truths (with
+:mod:`circuitscan.circuits.registry`); loading a tracr model registers
 the ``tracr_error`` metric. Nothing heavy is imported until a model is loaded.
 """
 
@@ -26,8 +28,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import tasks
+from ..circuits.registry import register_source
 from ..errors import ModelLoadError
 from ..models.registry import register_loader
+from . import references
 from .induction import load_induction_model
 from .tracr import build_tracr_task, load_tracr, register_metric
 
@@ -86,5 +90,6 @@ register_task()
 register_loader("tracr-", load_testbed, prefix=True,
                 descriptions={k: v for k, v in DESCRIPTIONS.items() if k.startswith("tracr-")})
 register_loader("toy-induction", load_testbed, descriptions={"toy-induction": DESCRIPTIONS["toy-induction"]})
+register_source("testbeds", references.resolve, references.default)
 
 __all__ = ["TESTBEDS", "is_testbed", "load_testbed", "register_task"]
