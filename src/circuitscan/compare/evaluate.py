@@ -55,10 +55,10 @@ def evaluate_methods(
     egt_name: str | None,
     egt_edges: frozenset[str] | None,
 ) -> dict[str, Any]:
+    from ..evaluation.circuit_rule import predicted_circuit
     from ..evaluation.ground_truth import evaluate_against
     from ..methods._setup import sweep_auc
     from ..methods.edges import EdgeGraph, contract, edge_auc, head_level_edges
-    from ..run import predicted_circuit
 
     layout = model.layout
     out: dict[str, Any] = {"ground_truth": {}, "edge_ground_truth": {}, "circuits": {}}

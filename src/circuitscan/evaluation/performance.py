@@ -99,7 +99,7 @@ def _check_prompts(prompts: PromptSet, config: Mapping[str, Any]) -> None:
 def _circuits_for(
     scores: Sequence[Scores], metrics: Mapping[str, Any], *, threshold: float | None, size: int | None
 ) -> dict[str, list[str]]:
-    from ..run import predicted_circuit
+    from .circuit_rule import predicted_circuit
 
     out: dict[str, list[str]] = {}
     saved = metrics.get("circuits") or {}

@@ -261,7 +261,7 @@ def _ids(ab) -> list[str]:
 
 
 def _evaluate(result: FeatureRun, model, prompts, gt, faithfulness: bool) -> None:
-    from ..run import predicted_circuit
+    from ..evaluation.circuit_rule import predicted_circuit
 
     metrics: dict[str, Any] = {"circuits": {}, "ground_truth": {}}
     if gt is not None:
