@@ -69,16 +69,49 @@ def test_cd_t_is_exact_on_the_linear_planted_model(planted, planted_prompts):
     from circuitscan.methods.cd_t import CDTConfig
     from circuitscan.methods.patching import PatchingConfig
 
+    n_total = planted.layout.n_total
     for ablation in ("corrupt", "zero"):
-        cdt = get("cd-t").score(planted, planted_prompts, CDTConfig(ablation=ablation))
         patch = get("patching").score(planted, planted_prompts, PatchingConfig(ablation=ablation))
-        # contribution of the head's relevant part = minus the change when it is ablated
-        torch.testing.assert_close(cdt.stats["signed"], -patch.stats["signed"], atol=1e-4, rtol=1e-4)
-        n_batches = -(-planted_prompts.n_positive // CDTConfig().batch_size)
-        # the objective's passes (the corrupted prompts' two batches; none for zero), then per
-        # batch a clean pass and one per source head
-        setup = {"corrupt": n_batches, "zero": 0}[ablation]
-        assert cdt.forward_passes == setup + n_batches * (1 + planted.layout.n_total)
+        for k, per_batch in ((1, n_total), (5, 3), (None, 2)):  # None: 256 // 32 rows = 8 heads a pass
+            cdt = get("cd-t").score(planted, planted_prompts, CDTConfig(ablation=ablation, heads_per_pass=k))
+            # contribution of the head's relevant part = minus the change when it is ablated
+            torch.testing.assert_close(cdt.stats["signed"], -patch.stats["signed"], atol=1e-4, rtol=1e-4)
+            n_batches = -(-planted_prompts.n_positive // CDTConfig().batch_size)
+            # the objective's passes (the corrupted prompts' two batches; none for zero), then per
+            # batch a clean pass and ceil(n_heads / heads_per_pass) decomposition passes
+            setup = {"corrupt": n_batches, "zero": 0}[ablation]
+            assert cdt.forward_passes == setup + n_batches * (1 + per_batch), (ablation, k)
+            assert cdt.stats["heads_per_pass"] == (k or 8)
+
+
+@pytest.mark.parametrize("k", [2, 5, 12, None])
+def test_cd_t_batched_heads_give_the_one_head_scores(planted, planted_prompts, k):
+    from circuitscan.methods.cd_t import CDTConfig
+
+    one = get("cd-t").score(planted, planted_prompts, CDTConfig(heads_per_pass=1))
+    many = get("cd-t").score(planted, planted_prompts, CDTConfig(heads_per_pass=k))
+    torch.testing.assert_close(many.stats["signed"], one.stats["signed"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(many.node, one.node, atol=1e-5, rtol=1e-5)
+    assert many.forward_passes < one.forward_passes
+
+
+def test_cd_t_batched_heads_on_toy_induction(induction):
+    """LayerNorm scales and attention patterns frozen, heads of both layers in one pass."""
+    from circuitscan.methods.cd_t import CDTConfig
+
+    model, prompts = induction
+    one = get("cd-t").score(model, prompts, CDTConfig(heads_per_pass=1))
+    many = get("cd-t").score(model, prompts, CDTConfig(heads_per_pass=3))
+    torch.testing.assert_close(many.stats["signed"], one.stats["signed"], atol=1e-5, rtol=1e-5)
+    assert many.forward_passes == one.forward_passes - (model.layout.n_total - 6)  # 16 heads: 6 passes
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_bad_heads_per_pass_is_named(bad):
+    from circuitscan.methods.cd_t import CDTConfig
+
+    with pytest.raises(CircuitscanError, match=r"heads_per_pass must be an integer >= 1.*got"):
+        CDTConfig(heads_per_pass=bad)
 
 
 def test_relp_without_rules_is_eap_and_its_rules_move_the_scores(induction):
@@ -163,6 +196,9 @@ def test_tracr_frac_prev_relp_and_cd_t(single_thread):
     torch.testing.assert_close(relp.node, eap.node)  # ReLU MLPs, no norm: the rules are the gradient
     assert relp.stats["rule_sites"] > 0  # the MLPs' hooks were in the pass
     cdt = get("cd-t").score(model, prompts, CDTConfig(ablation="mean"))
+    one = get("cd-t").score(model, prompts, CDTConfig(ablation="mean", heads_per_pass=1))  # a pass per head
+    torch.testing.assert_close(cdt.stats["signed"], one.stats["signed"], atol=1e-5, rtol=1e-5)
+    assert cdt.stats["heads_per_pass"] > 1 and cdt.forward_passes < one.forward_passes
     for s in (relp, cdt):
         assert evaluate_against(s, gt).auc == 1.0, s.method
         assert (s.flat[~gt.mask(model.layout)] == 0).all()  # W_O = 0: nothing relevant leaves them

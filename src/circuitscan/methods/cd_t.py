@@ -17,10 +17,14 @@ relevant part (what A's output contributes) and an irrelevant part, ``x = rel + 
 * a product (a gated MLP's ``act(g) * u``): only ``irrel * irrel`` is irrelevant, the
   cross terms are relevant.
 
-Only the irrelevant parts are propagated (one hooked forward pass per source head; the
+Only the irrelevant parts are propagated (one hooked decomposition per source head; the
 relevant part is the clean value minus it), so the cost is the ablation pass (the corrupted
-prompts; none for zero ablation), then per batch one clean pass (recording the frozen quantities) and ``n_heads``
-decomposition passes, with no backward pass. A head's score
+prompts; none for zero ablation), then per batch one clean pass (recording the frozen
+quantities) and ``n_heads`` decompositions, with no backward pass. The decompositions of
+``heads_per_pass`` heads share one forward pass: the batch is stacked once per head along
+the batch axis, each copy carrying its own head's parts, so the passes per batch are
+``ceil(n_heads / heads_per_pass)`` (the arithmetic, and so the scores, are those of one
+pass per head). A head's score
 is ``goodness(clean logits) - goodness(irrel logits)``, which for the logit difference is
 the logit difference of the relevant part of the logits -- the paper's score.
 
@@ -37,6 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import CircuitscanError
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores, split_heads
 from .base import MethodSpec, examples_used
 from .relp import _activation
@@ -48,9 +53,32 @@ if TYPE_CHECKING:
     from ..types import PromptSet, Scores
 
 
+#: sequences one decomposition pass carries at most when ``heads_per_pass`` is None
+ROWS_PER_PASS = 256
+
+
 @dataclass(frozen=True)
 class CDTConfig(BaselineConfig):
-    """CD-T settings: those every baseline takes (:class:`~circuitscan.methods._setup.BaselineConfig`)."""
+    """CD-T settings: those every baseline takes (:class:`~circuitscan.methods._setup.BaselineConfig`), and
+
+    Attributes:
+        heads_per_pass: source heads decomposed in one forward pass, the batch stacked once
+            per head along the batch axis (1: one pass per head); None: as many as keep a
+            pass at :data:`ROWS_PER_PASS` sequences (at least one head).
+    """
+
+    heads_per_pass: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        k = self.heads_per_pass
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise CircuitscanError(f"heads_per_pass must be an integer >= 1 (or None: automatic), got {k!r}")
+
+    def heads_in_pass(self, rows: int, n_heads: int) -> int:
+        """Heads per decomposition pass for a batch of ``rows`` sequences and ``n_heads`` source heads."""
+        k = self.heads_per_pass if self.heads_per_pass is not None else max(1, ROWS_PER_PASS // max(1, rows))
+        return max(1, min(k, n_heads))
 
 
 @dataclass
@@ -88,11 +116,16 @@ def _record(cache: dict[str, Tensor], names: list[str]) -> list[tuple[str, Any]]
 
 
 def _decomposition_hooks(model: ModelHandle, sites: _Sites, cache: dict[str, Tensor], act: Any,
-                         layer: int, head: int, source: Tensor | None) -> list[tuple[str, Any]]:
-    """Hooks of the pass that carries the irrelevant parts for source head (layer, head)."""
+                         heads: list[tuple[int, int]], sources: dict[int, Tensor | None]) -> list[tuple[str, Any]]:
+    """Hooks of the pass that carries the irrelevant parts for the source ``heads``.
+
+    The pass's batch is the prompts' rows stacked once per head (copy ``j`` belongs to
+    ``heads[j]``); ``cache`` holds the clean pass's frozen quantities stacked the same way,
+    ``sources[layer]`` the ablated z of each source layer (None: zero).
+    """
     import torch
 
-    H = model.layout.n_heads
+    H, k = model.layout.n_heads, len(heads)
 
     def frozen(name: str):
         def hook(x: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
@@ -100,13 +133,21 @@ def _decomposition_hooks(model: ModelHandle, sites: _Sites, cache: dict[str, Ten
 
         return hook
 
-    def at_source(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-        zz = split_heads(z, H).clone()
-        zz[:, :, head] = 0.0 if source is None else source[:, :, head].to(zz.dtype).expand_as(zz[:, :, head])
-        return zz.reshape(z.shape)
+    def at_source(layer: int):
+        picks = [(j, h) for j, (src_layer, h) in enumerate(heads) if src_layer == layer]
+        source = sources[layer]
+
+        def hook(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
+            zz = split_heads(z, H)
+            zz = zz.reshape(k, zz.shape[0] // k, *zz.shape[1:]).clone()  # [copy, rows, seq, H, d]
+            for j, h in picks:
+                zz[j, :, :, h] = 0.0 if source is None else source[:, :, h].to(zz.dtype).expand_as(zz[j, :, :, h])
+            return zz.reshape(z.shape)
+
+        return hook
 
     hooks = [(n, frozen(n)) for n in sites.scales + sites.patterns]
-    hooks.append((model.hook_z(layer), at_source))
+    hooks += [(model.hook_z(layer), at_source(layer)) for layer in sorted(sources)]
     seen: dict[str, Tensor] = {}
 
     def keep(name: str):
@@ -142,6 +183,11 @@ def _decomposition_hooks(model: ModelHandle, sites: _Sites, cache: dict[str, Ten
     return hooks
 
 
+def _stacked(cache: dict[str, Tensor], k: int) -> dict[str, Tensor]:
+    """The clean pass's recorded tensors, each repeated ``k`` times along the batch axis."""
+    return cache if k == 1 else {n: t.repeat(k, *([1] * (t.dim() - 1))) for n, t in cache.items()}
+
+
 def cd_t_scores(model: ModelHandle, prompts: PromptSet, cfg: CDTConfig) -> Scores:
     import torch
 
@@ -155,7 +201,9 @@ def cd_t_scores(model: ModelHandle, prompts: PromptSet, cfg: CDTConfig) -> Score
     act = _activation(getattr(model.bridge.cfg, "act_fn", None)) if sites.mlps else None
     recorded = sites.scales + sites.patterns + [pre for pre, _, _ in sites.mlps]
     effect = torch.zeros(obj.n, L, H)
+    every = [(layer, head) for layer in range(L) for head in range(H)]
     n_batches = -(-obj.n // obj.examples_per_batch)
+    k = cfg.heads_in_pass(obj.examples_per_batch * obj.group, len(every))  # a full batch's rows
     with torch.no_grad(), bridge_only(model), bar("cd-t", n_batches * L * H, show=cfg.progress) as advance:
         for index, sl in obj.batches():
             rows = sl.stop - sl.start
@@ -164,19 +212,24 @@ def cd_t_scores(model: ModelHandle, prompts: PromptSet, cfg: CDTConfig) -> Score
             cache: dict[str, Tensor] = {}
             clean = obj.goodness(obj.logits(tok, mask, _record(cache, recorded)), index)
             counter.fwd(rows)
-            for layer in range(L):
-                source = obj.source_z(layer, sl)
-                for head in range(H):
-                    hooks = _decomposition_hooks(model, sites, cache, act, layer, head, source)
-                    irrel = obj.goodness(obj.logits(tok, mask, hooks), index)
-                    counter.fwd(rows)
+            stacked = _stacked(cache, k)
+            for lo in range(0, len(every), k):
+                heads = every[lo:lo + k]
+                m = len(heads)
+                sources = {layer: obj.source_z(layer, sl) for layer in sorted({layer for layer, _ in heads})}
+                frozen = stacked if m == k else _stacked(cache, m)
+                hooks = _decomposition_hooks(model, sites, frozen, act, heads, sources)
+                logits = obj.logits(tok.repeat(m, 1), None if mask is None else mask.repeat(m, 1), hooks)
+                counter.fwd(rows * m)
+                for j, (layer, head) in enumerate(heads):
+                    irrel = obj.goodness(logits[j * rows:(j + 1) * rows], index)
                     effect[index, layer, head] = (clean - irrel).float().cpu()
-                    advance()
+                advance(m)
     mean = effect.mean(0)
     stats: dict[str, Any] = {"signed": mean, "level": "node",
                              "score": "goodness(clean) - goodness(irrelevant part): the relevant part's effect",
                              "frozen": {"norm_scales": len(sites.scales), "attention_patterns": len(sites.patterns)},
-                             "nonlinearities": len(sites.mlps)}
+                             "nonlinearities": len(sites.mlps), "heads_per_pass": k}
     return finish_scores("cd-t", mean.abs(), obj, counter, stats=stats)
 
 
@@ -191,7 +244,8 @@ class CDTScorer:
 
 def _cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
     n, n_total = examples_used(cfg, prompts), model.layout.n_total
-    return (2 + n_total) * n, 0, f"{n_total} decomposition passes (one per source head)"
+    k = cfg.heads_in_pass(cfg.batch_size, n_total) if isinstance(cfg, CDTConfig) else 1
+    return (2 + n_total) * n, 0, f"{n_total} source heads' decompositions ({-(-n_total // k)} passes per batch)"
 
 
 SPEC = MethodSpec(
