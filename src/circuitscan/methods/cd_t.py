@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 
 #: sequences one decomposition pass carries at most when ``heads_per_pass`` is None
-ROWS_PER_PASS = 256
+ROWS_PER_PASS = 128
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ def cd_t_scores(model: ModelHandle, prompts: PromptSet, cfg: CDTConfig) -> Score
     effect = torch.zeros(obj.n, L, H)
     every = [(layer, head) for layer in range(L) for head in range(H)]
     n_batches = -(-obj.n // obj.examples_per_batch)
-    k = cfg.heads_in_pass(obj.examples_per_batch * obj.group, len(every))  # a full batch's rows
+    k = cfg.heads_in_pass(min(obj.n, obj.examples_per_batch) * obj.group, len(every))  # the largest batch's rows
     with torch.no_grad(), bridge_only(model), bar("cd-t", n_batches * L * H, show=cfg.progress) as advance:
         for index, sl in obj.batches():
             rows = sl.stop - sl.start
@@ -244,7 +244,7 @@ class CDTScorer:
 
 def _cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
     n, n_total = examples_used(cfg, prompts), model.layout.n_total
-    k = cfg.heads_in_pass(cfg.batch_size, n_total) if isinstance(cfg, CDTConfig) else 1
+    k = cfg.heads_in_pass(min(cfg.batch_size, n), n_total) if isinstance(cfg, CDTConfig) else 1
     return (2 + n_total) * n, 0, f"{n_total} source heads' decompositions ({-(-n_total // k)} passes per batch)"
 
 
