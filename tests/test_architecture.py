@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "circuitscan"
 #: (without circles). "(root)" is ``circuitscan/__init__.py``.
 LAYERS: list[set[str]] = [
     {"errors", "types", "progress", "config", "data", "_version", "integrity", "_timings"},
-    {"rundir", "models", "tasks", "guards"},
+    {"rundir", "runfiles", "models", "tasks", "guards"},
     {"circuits", "activations", "sae", "codes"},
     {"evaluation"},
     {"methods"},

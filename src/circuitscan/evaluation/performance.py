@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..runfiles import RunFiles, read_run
 from .performance_table import (
     RANDOM_SAMPLES,
     PerformanceRow,
@@ -144,24 +145,18 @@ class RunEvaluation:
     metrics_json: dict[str, Any]
 
 
-def _read_run(run: Path, threshold: float | None, size: int | None) -> tuple[dict[str, Any], ...]:
-    """config.json, scores.json and metrics.json of a run directory, checked (and the circuit rule)."""
-    from ..rundir import CONFIG, METRICS, SCORES, read_json, read_run_json
-
-    if not run.is_dir():
-        raise CircuitscanError(f"run directory {str(run)!r} does not exist")
+def _read_run(run: Path, threshold: float | None, size: int | None) -> RunFiles:
+    """The run directory through the one run reader, checked for ``evaluate`` (and the circuit rule)."""
     if threshold is not None and size is not None:
         raise CircuitscanError("give either a threshold or a circuit size, not both")
     if threshold is not None and not math.isfinite(threshold):
         raise CircuitscanError(f"threshold must be a finite number, got {threshold}")
-    config = read_json(run / CONFIG)
-    scores_json = read_run_json(run, SCORES)
-    metrics_json = read_run_json(run, METRICS)
-    for name, data in ((CONFIG, config), (SCORES, scores_json), (METRICS, metrics_json)):
-        if not isinstance(data, dict):
-            raise CircuitscanError(f"{str(run / name)!r} must hold a JSON object, not {type(data).__name__}; "
-                                   "is this a circuitscan run directory?")
-    return config, scores_json, metrics_json
+    files = read_run(run)
+    if not files.has_task:
+        raise CircuitscanError(f"{str(run)!r} is a {files.kind} run of a single prompt, not of a task's prompt "
+                               "pairs: evaluate needs positive and negative prompts (make the graph with "
+                               "--task)")
+    return files
 
 
 def _faithfulness(ev: Any, model: ModelHandle, prompts: PromptSet, scores: list[Scores], *, ablation: str,
@@ -240,7 +235,8 @@ def evaluate_run(
 
     t0 = time.perf_counter()
     run = Path(run_dir)
-    config, scores_json, metrics_json = _read_run(run, threshold, size)
+    files = _read_run(run, threshold, size)
+    config, scores_json, metrics_json = files.config, files.scores, files.metrics
     if model is None or prompts is None:
         model, prompts = _rebuild(config)
     _check_prompts(prompts, config)

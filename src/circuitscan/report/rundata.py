@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import CircuitscanError
-from ..rundir import ACTIVATIONS, CODES, CONFIG, METRICS, SAE, SCORES, read_json, read_run_json
+from ..rundir import ACTIVATIONS, CODES, SAE, SCORES
+from ..runfiles import read_run
 from ..types import HeadId, HeadLayout
 
 # per-head extras that scores.json may carry, shown instead of a softmaxed score
@@ -89,6 +90,7 @@ class RunData:
     layout: HeadLayout
     methods: dict[str, MethodScores]
     metrics: dict[str, Any]
+    kind: str = "discover"  # the command that wrote the run (circuitscan.runfiles.RUN_KINDS)
 
     # ---- ground truth ---------------------------------------------------------------
     @cached_property
@@ -233,31 +235,17 @@ def _per_head(value: Any, n_total: int) -> np.ndarray | None:
     return None
 
 
-def _method(name: str, entry: Any, layout: HeadLayout, where: Path) -> MethodScores:
-    if not isinstance(entry, dict) or not isinstance(entry.get("scores"), list):
-        raise CircuitscanError(f"{str(where)!r}: method {name!r} has no 'scores' list")
-    n = layout.n_total
-    raw = entry["scores"]
-    heads = entry.get("heads")
-    if len(raw) != n:
-        raise CircuitscanError(
-            f"{str(where)!r}: method {name!r} has {len(raw)} scores but the layout has {n} heads "
-            f"({layout.n_layers} layers x {layout.n_heads})"
-        )
-    order = np.arange(n)
-    if isinstance(heads, list) and len(heads) == n:
-        order = np.array([layout.index(str(h)) for h in heads])
-    scores = np.full(n, np.nan)
-    scores[order] = [to_float(v) for v in raw]
+def _method(name: str, entry: dict[str, Any], n: int, where: Path) -> MethodScores:
+    """One method of the run, from its entry as :func:`circuitscan.runfiles.read_run` left it
+    (every per-head list already in flat head order)."""
+    scores = np.array([to_float(v) for v in entry["scores"]], dtype=np.float64)
     extras: dict[str, np.ndarray] = {}
     for key, value in entry.items():
         if key in ("scores", "rank", "heads"):
             continue
         arr = _per_head(value, n)
         if arr is not None:
-            placed = np.full(n, np.nan)
-            placed[order] = arr
-            extras[key] = placed
+            extras[key] = arr
     top_pairs = []
     for item in entry.get("top_pairs") or []:
         if isinstance(item, list | tuple) and len(item) >= 2:
@@ -283,31 +271,13 @@ def _method(name: str, entry: Any, layout: HeadLayout, where: Path) -> MethodSco
 
 
 def load_run(run_dir: str | Path) -> RunData:
-    """Read ``run_dir``; raises :class:`CircuitscanError` if it is not a circuitscan run."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise CircuitscanError(f"run directory {str(path)!r} does not exist (give a directory written by "
-                               "`circuitscan discover` or `circuitscan compare`)")
-    for required in (CONFIG, SCORES):
-        if not (path / required).is_file():
-            raise CircuitscanError(f"{str(path)!r} is not a circuitscan run directory: it has no {required}")
-    config = read_json(path / CONFIG)
-    scores = read_run_json(path, SCORES)
-    metrics = read_run_json(path, METRICS) if (path / METRICS).is_file() else {}
-    if not isinstance(config, dict) or not isinstance(scores, dict) or not isinstance(metrics, dict):
-        raise CircuitscanError(f"{str(path)!r}: config.json, scores.json and metrics.json must hold JSON objects")
-    lay = scores.get("layout") or {}
-    try:
-        layout = HeadLayout(int(lay["n_layers"]), int(lay["n_heads"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CircuitscanError(
-            f"{str(path / SCORES)!r} has no valid 'layout' {{n_layers, n_heads}} (found {lay!r})"
-        ) from exc
-    entries = scores.get("methods")
-    if not isinstance(entries, dict) or not entries:
-        raise CircuitscanError(f"{str(path / SCORES)!r} lists no methods")
-    methods = {str(k): _method(str(k), v, layout, path / SCORES) for k, v in entries.items()}
-    return RunData(path=path, config=config, layout=layout, methods=methods, metrics=metrics)
+    """Read ``run_dir`` through the one run reader (:func:`circuitscan.runfiles.read_run`);
+    raises :class:`CircuitscanError` if it is not a circuitscan run."""
+    files = read_run(run_dir)
+    n = files.layout.n_total
+    methods = {k: _method(k, v, n, files.path / SCORES) for k, v in files.methods.items()}
+    return RunData(path=files.path, config=files.config, layout=files.layout, methods=methods,
+                   metrics=files.metrics, kind=files.kind)
 
 
 def head_names(layout: HeadLayout, indices: Any) -> list[str]:
