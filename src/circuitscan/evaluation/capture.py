@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .forward import logits_at, split_heads
+
 if TYPE_CHECKING:
     from jaxtyping import Float, Int
     from torch import Tensor
@@ -48,11 +50,6 @@ class PassCounter:
 
 class _Stop(Exception):
     """Raised in a hook once everything needed from a forward pass has been seen."""
-
-
-def split_heads(z: Tensor, n_heads: int) -> Tensor:
-    """[b, p, H, d] stays; [b, p, H*d] -> [b, p, H, d]."""
-    return z if z.ndim == 4 else z.reshape(z.shape[0], z.shape[1], n_heads, -1)
 
 
 def capture(
@@ -135,7 +132,6 @@ def _clean_pass(
     """(reference log-probs or None, input embedding, z or None) on the clean rows."""
     import torch
 
-    from .intervention import logits_at
 
     if not need_reference:
         z, e = capture(model, tok, mask, batch_rows=batch_rows, counter=counter, with_z=need_z)

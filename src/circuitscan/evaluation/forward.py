@@ -87,11 +87,10 @@ def logits_at(
     return bridge.unembed(captured["x"])
 
 
-def _split_heads(z: Tensor, n_heads: int) -> Tensor:
-    """[b, p, H, d] stays; [b, p, H*d] (concatenated heads) -> [b, p, H, d]."""
-    if z.ndim == 3:
-        return z.reshape(z.shape[0], z.shape[1], n_heads, -1)
-    return z
+def split_heads(z: Tensor, n_heads: int) -> Tensor:
+    """[b, p, H, d] stays; [b, p, H*d] (concatenated heads) -> [b, p, H, d]. The one
+    place a hook's z is split into heads (forward, head_masks, objective use it)."""
+    return z if z.ndim == 4 else z.reshape(z.shape[0], z.shape[1], n_heads, -1)
 
 
 @dataclass(frozen=True)
@@ -170,7 +169,7 @@ def cache_heads(
 
     def make_hook(layer: int):
         def hook(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-            zz = _split_heads(z, layout.n_heads).detach().float()
+            zz = split_heads(z, layout.n_heads).detach().float()
             lo, hi = state["lo"], state["hi"]
             z_out[lo // group : hi // group, layer] = zz[::group, :prefix]
             if z_suf is not None:

@@ -10,7 +10,7 @@ from ..errors import CircuitscanError
 from .ablation import (
     AblationSource,
 )
-from .forward import _split_heads, logits_at, resolve_positions
+from .forward import logits_at, resolve_positions, split_heads
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +72,7 @@ def head_mask_hooks(
     def make_hook(layer: int):
         def hook(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
             shape = z.shape
-            zz = _split_heads(z, layout.n_heads)
+            zz = split_heads(z, layout.n_heads)
             b, p, h, d = zz.shape
             if b % n_circuits:
                 raise ValueError(f"batch of {b} rows is not a multiple of {n_circuits} circuits")
