@@ -1,7 +1,8 @@
 """The method registry: a method is one module with a ``SPEC`` plus one ``register`` line.
 
 A dummy method registered here (and nowhere else) must appear in ``compare --methods``,
-its table, the run directory, ``evaluate`` and the report without any other edit.
+its table, the run directory, ``evaluate``, the report and a sweep (``--baselines``)
+without any other edit.
 """
 
 from __future__ import annotations
@@ -106,6 +107,30 @@ def test_a_registered_dummy_runs_everywhere(dummy, tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     assert "dummy-method" in (out / "report.html").read_text()
+
+
+def test_a_registered_dummy_is_a_sweep_baseline(dummy, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    base = ["sweep", "--model", "toy-planted", "--task", "planted", "-n", "12", "--epochs", "30", "--workers", "1",
+            "--threads-per-worker", "1", "--grid", "features=4,8", "--seeds", "1", "--out", str(out)]
+    assert main([*base, "--baselines", "dummy-method,norm-diff"]) == 0
+    printed = capsys.readouterr().out
+    assert "dummy-method" in printed and "norm-diff" in printed
+    import pandas as pd
+
+    table = pd.read_csv(out / "baselines.csv")
+    assert table["method"].tolist() == ["dummy-method", "norm-diff"]
+    dummy_row = table.set_index("method").loc["dummy-method"]
+    assert dummy_row["node_auc"] == pytest.approx(1.0) and dummy_row["node_circuit_size"] == len(PLANTED_HEADS)
+    stored = json.loads((out / "baselines.json").read_text())["rows"]["dummy-method"]["node_scores"]
+    assert sorted(stored)[-len(PLANTED_HEADS):] == [1.0] * len(PLANTED_HEADS)
+    assert main(["report", str(out)]) == 0
+    assert "dummy-method" in (out / "report.html").read_text()
+    # a resumed sweep without baselines drops their table; with them again it reuses baselines.json
+    capsys.readouterr()
+    assert main([*base[:-2], "--out", str(out), "--resume"]) == 0 and not (out / "baselines.csv").exists()
+    assert main([*base[:-2], "--out", str(out), "--resume", "--baselines", "dummy-method"]) == 0
+    assert pd.read_csv(out / "baselines.csv")["method"].tolist() == ["dummy-method"]
 
 
 def test_methods_command_lists_the_registry(capsys):

@@ -71,6 +71,8 @@ def test_search_end_to_end(tmp_path, capsys):
         (["--search", "optuna", "--space", "softmax=1:2"], "cannot search axis 'softmax'"),
         (["--ground-truth", "L9H9"], "does not exist in a model with 3 layers"),
         (["--resume", "--overwrite"], "not both"),
+        (["--baselines", "eap,nosuch"], "unknown method 'nosuch'; valid: sae-codes, eap"),
+        (["--baselines", "sae-codes"], "is the method the sweep's grid varies"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, extra, match):

@@ -117,6 +117,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batch-size", type=positive_int, default=64)
     s.add_argument("--stability-k", type=positive_int, default=10,
                    help="top-k heads compared with the base run when no ground truth is known (default 10)")
+    s.add_argument("--baselines", default="",
+                   help="registered methods (e.g. eap,norm-diff) run once with their defaults on the base prompts, "
+                   "as reference rows (baselines.parquet|csv); default: none")
     p.set_defaults(func=run)
 
 
@@ -125,6 +128,7 @@ def build_spec(args: argparse.Namespace, model):
     from .. import circuits
     from ..config import SAEConfig, ScoringConfig, authors_compat
     from ..errors import CircuitscanError
+    from ..sweep.baselines import check_baselines
     from ..sweep.contrastive import ContrastiveConfig
     from ..sweep.grid import Grid, parse_grid
     from ..sweep.plan import SweepSpec
@@ -163,6 +167,7 @@ def build_spec(args: argparse.Namespace, model):
         sae=sae, scoring=scoring, contrastive=ContrastiveConfig(args.contrastive, args.contrastive_epsilon),
         level=level, aggregation=args.aggregation, batch_size=args.batch_size, truth=truth,
         truth_name=None if gt is None else gt.name, stability_k=args.stability_k, named=args.named,
+        baselines=check_baselines([m for m in args.baselines.split(",") if m.strip()]),
     )
 
 
@@ -277,4 +282,11 @@ def print_summary(result) -> None:
         print(f"  point {int(r['point'])} failed on {int(r['n_error'])} seed(s): {r['errors']}")
     if result.seconds and not math.isnan(result.seconds):
         print(f"time   {result.seconds:.1f}s  " + "  ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
-    print(f"wrote  {result.out}/results.parquet|csv, summary.parquet|csv, thresholds.parquet|csv")
+    base = result.tables.get("baselines")
+    if base is not None and len(base):
+        print("baselines (each run once with its defaults on the base prompts):")
+        for _, r in base.iterrows():
+            cells = [f"{c} {r[c]:.4g}" for c in ("node_auc", "node_best_f1", "node_circuit_size") if r[c] == r[c]]
+            print(f"  {r['method']:>14}  " + "  ".join(cells + [f"{r['wall_time_s']:.1f}s"]))
+    print(f"wrote  {result.out}/results.parquet|csv, summary.parquet|csv, thresholds.parquet|csv"
+          + (", baselines.parquet|csv" if base is not None else ""))

@@ -61,7 +61,7 @@ def load_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     if not (d / "sweep.json").is_file():
         raise CircuitscanError(f"{str(d)!r} is not a sweep directory (no sweep.json)")
     data = {"dir": d, "spec": read_json(d / "sweep.json")}
-    for name in ("results", "summary", "thresholds", "trials"):
+    for name in ("results", "summary", "thresholds", "trials", "baselines"):
         data[name] = _read(d / f"{name}.parquet")
     if data["summary"] is None and data["trials"] is None:
         raise CircuitscanError(f"{str(d)!r} has no finished tables yet; finish the sweep with --resume first")
@@ -115,8 +115,20 @@ def heatmap(summary, metric: str, x: str = "l1", y: str = "features") -> Figure:
     return fig
 
 
-def line(summary, axis: str, metrics: list[str], axes: list[str]) -> Figure:
-    """Mean +- std against a numeric axis: one panel per metric, one line per combination of the others."""
+def _baseline_lines(ax, baselines, metric: str) -> None:
+    """A dashed horizontal line per baseline method that has ``metric`` (sweep --baselines)."""
+    if baselines is None or metric not in baselines.columns:
+        return
+    for _, r in baselines.iterrows():
+        if r[metric] == r[metric]:
+            ax.axhline(float(r[metric]), ls="--", lw=1, color="grey")
+            ax.annotate(str(r["method"]), (1.0, float(r[metric])), xycoords=("axes fraction", "data"),
+                        fontsize=7, color="grey", ha="right", va="bottom")
+
+
+def line(summary, axis: str, metrics: list[str], axes: list[str], baselines=None) -> Figure:
+    """Mean +- std against a numeric axis: one panel per metric, one line per combination of the
+    others; baselines (if any) as dashed lines."""
     fig = _new(0.6 + 4.6 * len(metrics), 3.6)
     others = _others(summary, axes, axis)
     groups = list(summary.groupby(others, dropna=False)) if others else [((), summary)]
@@ -135,6 +147,7 @@ def line(summary, axis: str, metrics: list[str], axes: list[str]) -> Figure:
                         yerr=g[f"{m}_std"].fillna(0).to_numpy(dtype=float), marker="o", capsize=3, label=label)
         if len(xs_all) and xs_all.min() > 0 and xs_all.max() / xs_all.min() >= 20:
             ax.set_xscale("log")
+        _baseline_lines(ax, baselines, m)
         ax.set_xlabel(axis)
         ax.set_ylabel(LABELS.get(m, m), fontsize=8)
         ax.grid(alpha=0.3)
@@ -248,7 +261,7 @@ def figure_specs(data: dict[str, Any]) -> list[tuple[str, Any, str]]:
                 if summary[a].nunique(dropna=False) < 2:
                     continue
                 if _is_numeric(summary[a]):
-                    specs.append((f"line-{a}", lambda a=a: line(summary, a, metrics, axes),
+                    specs.append((f"line-{a}", lambda a=a: line(summary, a, metrics, axes, data.get("baselines")),
                                   f"{', '.join(metrics)} against {a}; error bars: std over seeds."))
                 else:
                     specs.append((f"bars-{a}", lambda a=a: bars(summary, a, metrics),
@@ -332,6 +345,11 @@ def render(data: dict[str, Any], figures: list[tuple[str, Path, str]]) -> str:
         cols += [c.replace("_mean", "_std") for c in cols if c.endswith("_mean") and c.replace("_mean", "_std")
                  in summary.columns][:2] + ["n_ok", "n_error"]
         parts.append("<section><h2>Summary (mean over seeds)</h2>" + _table_html(summary, cols) + "</section>")
+    base = data.get("baselines")
+    if base is not None and len(base):
+        cols = [c for c in base.columns if c != "n_examples" and base[c].notna().any()]
+        parts.append("<section><h2>Baselines (each method once, its defaults, the base prompts)</h2>"
+                     + _table_html(base, cols) + "</section>")
     if trials is not None and len(trials):
         cols = [c for c in trials.columns if c in ("trial", "state", "node_auc", "best_so_far")
                 or c in (spec.get("search") or {}).get("space", {})]

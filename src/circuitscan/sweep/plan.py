@@ -54,6 +54,8 @@ class SweepSpec:
         truth_name: its name (for tables and reports).
         stability_k: top-k used for the overlap with the base run.
         named: the named sweep this came from, if any.
+        baselines: registered methods run once on the base prompts as reference rows
+            (:mod:`circuitscan.sweep.baselines`).
     """
 
     model: str
@@ -72,6 +74,7 @@ class SweepSpec:
     truth_name: str | None = None
     stability_k: int = 10
     named: str | None = None
+    baselines: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -99,6 +102,7 @@ class SweepSpec:
             "level": self.level, "aggregation": self.aggregation, "batch_size": self.batch_size,
             "ground_truth": None if self.truth is None else {"name": self.truth_name, "heads": list(self.truth)},
             "stability_k": self.stability_k, "named": self.named, "thetas": list(THETAS),
+            "baselines": list(self.baselines),
         }
         return d
 
@@ -178,7 +182,7 @@ class Plan:
         return out
 
 
-def _task_defaults(task: str) -> tuple[str, dict[str, Any]]:
+def task_defaults(task: str) -> tuple[str, dict[str, Any]]:
     from ..tasks import parse_task_spec, task_options
 
     name, given = parse_task_spec(task)
@@ -189,7 +193,7 @@ def _task_defaults(task: str) -> tuple[str, dict[str, Any]]:
 
 def base_values(spec: SweepSpec) -> dict[str, Any]:
     """What each axis of the grid is when not swept (the base configuration)."""
-    _, options = _task_defaults(spec.task)
+    _, options = task_defaults(spec.task)
     out: dict[str, Any] = {}
     for name in spec.grid.names:
         kind = spec.grid.kind(name)
@@ -221,7 +225,7 @@ def build_plan(spec: SweepSpec, points: list[dict[str, Any]] | None = None, *, r
     as the reference of the stability columns; when it is a point of the grid it is that
     point's row.
     """
-    task_name, base_options = _task_defaults(spec.task)
+    task_name, base_options = task_defaults(spec.task)
     points = spec.grid.points() if points is None else points
     kinds = dict(spec.grid.kinds)
     n_cache = max([spec.examples, *[p.get("examples", spec.examples) for p in points]])

@@ -20,6 +20,7 @@ from .._version import __version__
 from ..errors import CircuitscanError
 from ..rundir import read_json, write_json
 from .backends import Backend, available_cores, make_backend
+from .baselines import run_baselines
 from .evaluate import error_result
 from .plan import Plan, SweepSpec, UnitTask, Variant, build_plan
 from .store import (
@@ -236,6 +237,23 @@ def discard_if_new(out: Path, resuming: bool) -> Iterator[None]:
         raise
 
 
+def _loaded_once(spec: SweepSpec, model: Any, model_fn: Callable[[], Any] | None) -> Callable[[], Any]:
+    """``model_fn`` (or loading ``spec.model``), called at most once however often it is asked."""
+    held: list[Any] = [] if model is None else [model]
+
+    def get() -> Any:
+        if not held:
+            if model_fn is not None:
+                held.append(model_fn())
+            else:
+                from ..models import load_model
+
+                held.append(load_model(spec.model, seed=spec.prompt_seed))
+        return held[0]
+
+    return get
+
+
 def _run(spec, out, plan, model, model_fn, execution, on_result, log, t0) -> SweepResult:
     journal = Journal(out / JOURNAL)
     rows, _ = journal.read()
@@ -244,16 +262,10 @@ def _run(spec, out, plan, model, model_fn, execution, on_result, log, t0) -> Swe
     units = plan.units_for(todo)
     timings: dict[str, float] = {}
     backend_name = "none"
+    model_fn = _loaded_once(spec, model, model_fn)
     if units:
         remove_tables(out)
         needed = {u.variant for u in units}
-        if model_fn is None:
-            def model_fn():
-                if model is not None:
-                    return model
-                from ..models import load_model
-
-                return load_model(spec.model, seed=spec.prompt_seed)
         t = time.perf_counter()
         bad = cache_variants(out, plan, needed, model_fn, log=log)
         timings["activations"] = time.perf_counter() - t
@@ -272,8 +284,15 @@ def _run(spec, out, plan, model, model_fn, execution, on_result, log, t0) -> Swe
         finally:
             backend.close()
         timings["units"] = time.perf_counter() - t
+    baselines: dict[str, dict[str, Any]] = {}
+    if not spec.baselines:
+        remove_tables(out, ("baselines",))  # a resumed sweep that dropped its baselines
+    else:
+        t = time.perf_counter()
+        baselines = run_baselines(out, spec, model_fn, log=log)
+        timings["baselines"] = time.perf_counter() - t
     rows, unit_info = journal.read()
-    tables = build_tables(plan, rows, unit_info)
+    tables = build_tables(plan, rows, unit_info, baselines)
     files = write_tables(out, tables)
     return SweepResult(out=out, plan=plan, tables=tables, computed_units=len(units), reused_rows=reused,
                        seconds=time.perf_counter() - t0, timings=timings, backend=backend_name, files=files)

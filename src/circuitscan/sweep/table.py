@@ -4,7 +4,8 @@
   configuration per seed) that the stability columns compare against;
 * ``summary``: one row per point, mean and sample standard deviation over seeds;
 * ``thresholds``: F1, precision, recall and circuit size at every theta of
-  :data:`~circuitscan.sweep.plan.THETAS`, per row and level (when a ground truth is known).
+  :data:`~circuitscan.sweep.plan.THETAS`, per row and level (when a ground truth is known);
+* ``baselines`` (with ``--baselines``): one row per baseline method on the base prompts.
 
 Every AUC is over heads: ``node_auc`` from node scores, ``head_auc_from_pairs`` from the
 head-pair scores (the paper's "edge-level AUC").
@@ -16,10 +17,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .baselines import baselines_table
 from .plan import Plan
 
 GT_METRICS = ("auc", "best_f1", "best_theta", "circuit_size", "precision", "recall", "tpr_tnr_hmean")
-RESULT_FILES = ("results", "summary", "thresholds")
+RESULT_FILES = ("results", "summary", "thresholds", "baselines")
 
 
 def metric_columns(level: str, has_truth: bool) -> list[str]:
@@ -63,8 +65,10 @@ def _cell(v: Any) -> Any:
     return str(v)
 
 
-def build_tables(plan: Plan, rows: dict[str, dict[str, Any]], units: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``{"results", "summary", "thresholds"}`` DataFrames for ``plan`` from journal rows."""
+def build_tables(plan: Plan, rows: dict[str, dict[str, Any]], units: dict[str, dict[str, Any]],
+                 baselines: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``{"results", "summary", "thresholds"}`` DataFrames for ``plan`` from journal rows, and
+    ``baselines`` when the sweep has baseline methods (:mod:`circuitscan.sweep.baselines`)."""
     import pandas as pd
 
     spec = plan.spec
@@ -111,7 +115,10 @@ def build_tables(plan: Plan, rows: dict[str, dict[str, Any]], units: dict[str, d
     thresholds = pd.DataFrame.from_records(curves) if curves else pd.DataFrame(
         columns=["point", "seed", "role", *axes, "level", "theta", "f1", "precision", "recall", "size"])
     thresholds["point"] = thresholds["point"].astype("Int64")
-    return {"results": results, "summary": summarise(results, axes, cols), "thresholds": thresholds}
+    tables = {"results": results, "summary": summarise(results, axes, cols), "thresholds": thresholds}
+    if baselines:
+        tables["baselines"] = baselines_table(baselines)
+    return tables
 
 
 def summarise(results, axes: list[str], cols: list[str]):
