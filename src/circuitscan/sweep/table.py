@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..rundir import atomic_path
 from .plan import Plan
 
 GT_METRICS = ("auc", "best_f1", "best_theta", "circuit_size", "precision", "recall", "tpr_tnr_hmean")
@@ -136,8 +137,6 @@ def summarise(results, axes: list[str], cols: list[str]):
 
 def write_tables(out: Path, tables: dict[str, Any]) -> list[Path]:
     """Each table as ``name.parquet`` and ``name.csv``, each file replaced atomically."""
-    from ..rundir import atomic_path
-
     written = []
     for name, df in tables.items():
         for ext in ("parquet", "csv"):
