@@ -4,6 +4,8 @@ Reads the source with ``ast`` (imports at module level and inside functions alik
 ``TYPE_CHECKING`` imports: a cycle hidden in a function body is still a cycle). Fails on
 an import from a higher layer or an import circle that is not in the known-debt lists
 below, and on an entry of those lists that no longer exists, so the lists only shrink.
+Also fails on an import of our own modules inside a function outside the CLI and the
+lazy package root, unless the line says ``# deferred: <why>``.
 """
 
 from __future__ import annotations
@@ -140,6 +142,67 @@ def test_no_new_import_circle():
     assert not new, f"modules in a new import circle: {new}"
     gone = sorted(KNOWN_IN_CYCLES - in_cycles)
     assert not gone, f"no longer in a circle, so remove from KNOWN_IN_CYCLES: {gone}"
+
+
+#: where an import of our own modules may sit inside a function without a reason given: the
+#: command line (each command loads what it runs) and the lazy public API of the package root
+DEFERRED_OK = ("circuitscan", "circuitscan.cli", "circuitscan.commands")
+
+
+def _own(node: ast.Import | ast.ImportFrom) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return bool(node.level) or (node.module or "").split(".")[0] == "circuitscan"
+    return any(a.name.split(".")[0] == "circuitscan" for a in node.names)
+
+
+def deferred_imports(source: str) -> list[int]:
+    """Lines of imports of circuitscan modules inside a function body that carry no
+    ``# deferred: <why>`` comment (on the statement or the line above it)."""
+    lines = source.splitlines()
+    out = []
+
+    def walk(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, (ast.Import, ast.ImportFrom)) and _own(child):
+                above = lines[child.lineno - 2].strip() if child.lineno > 1 else ""
+                said = lines[child.lineno - 1: child.end_lineno] + ([above] if above.startswith("#") else [])
+                if not any("# deferred:" in line for line in said):
+                    out.append(child.lineno)
+            walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    walk(ast.parse(source), False)
+    return out
+
+
+def test_the_checker_sees_an_import_inside_a_function():
+    src = (
+        "from .a import b\n"
+        "def f():\n"
+        "    import torch\n"
+        "    from .c import d\n"
+        "    from circuitscan.e import g\n"
+        "    # deferred: e loads torch\n"
+        "    from circuitscan.e import h\n"
+        "    from json import dumps  # deferred: not ours anyway\n"
+        "    def inner():\n"
+        "        import circuitscan.x as x  # deferred: x loads torch\n"
+        "        import circuitscan.y\n"
+    )
+    assert deferred_imports(src) == [4, 5, 11]
+
+
+def test_no_import_of_our_own_modules_inside_a_function():
+    """Our modules are imported at module top (docs/ARCHITECTURE.md, "Deferred imports"):
+    inside a function only at the CLI boundary, in the lazy package root, or with a
+    ``# deferred:`` comment saying which heavy package the import would load too early."""
+    bad = [
+        f"{path.relative_to(ROOT.parent.parent)}:{line}"
+        for mod, path in sorted(_modules().items())
+        if mod not in DEFERRED_OK and not mod.startswith("circuitscan.commands.")
+        for line in deferred_imports(path.read_text())
+    ]
+    assert not bad, "imports of circuitscan modules inside functions (move them to the top, " \
+        "or say `# deferred: <why>`): " + ", ".join(bad)
 
 
 @pytest.mark.parametrize("pkg", sorted({_package(m) for m in _modules()}))

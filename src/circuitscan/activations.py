@@ -20,6 +20,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import CircuitscanError
+from .models.hf import run_hooked
+from .progress import bar
 from .types import HeadActivations, PromptSet
 
 if TYPE_CHECKING:
@@ -101,9 +103,6 @@ def head_outputs(
         :class:`HeadActivations` with positives first, then negatives.
     """
     import torch
-
-    from .models.hf import run_hooked
-    from .progress import bar
 
     if aggregation not in AGGREGATIONS:
         raise CircuitscanError(f"aggregation {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")

@@ -9,9 +9,10 @@ from typing import Any
 
 from ._version import __version__
 from .config import SAEConfig, ScoringConfig, default_sae, default_scoring
-from .errors import CircuitscanError
+from .errors import CircuitscanError, CircuitscanWarning
 from .evaluation.circuit_rule import predicted_circuit  # noqa: F401  (re-export: its old home)
 from .evaluation.ground_truth import GroundTruthMetrics, evaluate_against
+from .guards import check_discover_memory, check_type
 from .integrity import prompts_sha256
 from .methods.sae_codes import Discovery, SAECodesConfig, run_sae_codes
 from .models.handle import ModelHandle
@@ -26,6 +27,8 @@ from .rundir import (
     canonical_safetensors,
     open_run,
 )
+from .sae import save_sae
+from .tasks.checks import check_model_and_prompts
 from .types import GroundTruth, PromptSet, Scores
 
 LEVELS = ("node", "edge", "both")
@@ -79,8 +82,6 @@ def discover(
         out: run directory to write (must not exist or be empty).
         save_activations: also write the per-head activations (``activations.safetensors``).
     """
-    from .guards import check_discover_memory, check_model_and_prompts, check_type
-
     check_model_and_prompts(model, prompts)
     if level not in LEVELS:
         raise CircuitscanError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -127,8 +128,6 @@ def warn_if_indistinct(prompts: PromptSet) -> None:
 
     import torch
 
-    from .errors import CircuitscanWarning
-
     same = prompts.paired and torch.equal(prompts.positive, prompts.negative) and (
         (prompts.positive_mask is None) == (prompts.negative_mask is None)
         and (prompts.positive_mask is None or torch.equal(prompts.positive_mask, prompts.negative_mask))
@@ -174,8 +173,6 @@ def scores_to_json(s: Scores) -> dict[str, Any]:
 
 def _write_run(writer: RunWriter, result: RunResult, cfg: SAECodesConfig, extra: dict[str, Any]) -> None:
     from safetensors.torch import save_file
-
-    from .sae import save_sae
 
     d = result.discovery
     config = {

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._timings import merge_wall_clock, split_wall_clock
+from ._version import __version__
 from .errors import CircuitscanError
 
 CONFIG = "config.json"
@@ -39,8 +40,6 @@ MARKER = "circuitscan.json"
 
 def write_marker(directory: Path, kind: str) -> None:
     """Mark ``directory`` as written by circuitscan (a ``kind`` of run, sweep...)."""
-    from ._version import __version__
-
     write_json(directory / MARKER, {"written_by": "circuitscan", "kind": kind, "circuitscan_version": __version__})
 
 

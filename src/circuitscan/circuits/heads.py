@@ -4,6 +4,7 @@ from, and which circuit is a task's default."""
 from __future__ import annotations
 
 from ..errors import CircuitscanError
+from ..models.toy import PLANTED_HEADS
 from ..types import GroundTruth, HeadId
 
 
@@ -47,8 +48,6 @@ def _gt(name: str, model: str, classes: dict[str, tuple[HeadId, ...]], source: s
 
 
 def _registry() -> dict[str, GroundTruth]:
-    from ..models.toy import PLANTED_HEADS
-
     acdc = "ArthurConmy/Automatic-Circuit-Discovery"
     return {
         "ioi/acdc": _gt("ioi/acdc", "gpt2", _IOI_CLASSES, f"Wang et al. 2022 as encoded by {acdc} acdc/ioi/utils.py"),

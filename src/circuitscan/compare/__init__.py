@@ -28,7 +28,11 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._version import __version__
 from ..errors import CircuitscanError
+from ..integrity import prompts_sha256
+from ..run import scores_to_json
+from ..rundir import CONFIG, METRICS, SCORES, open_run
 from .evaluate import edge_truth_for, evaluate_methods, faithfulness_block, sweep_points
 from .settings import CompareSettings, method_configs, method_registry, parse_methods
 from .table import comparison_block, comparison_rows, format_table
@@ -108,8 +112,6 @@ def compare(
     Returns:
         :class:`CompareResult` with every method's scores and the comparison rows.
     """
-    from ..rundir import open_run
-
     methods = parse_methods(list(methods))
     settings = settings or CompareSettings()
     say = log or (lambda _msg: None)
@@ -204,9 +206,6 @@ def _config(
     egt_name: str | None,
     extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    from .._version import __version__
-    from ..integrity import prompts_sha256
-
     def plain(c: Any) -> Any:
         return asdict(c) if is_dataclass(c) else repr(c)
 
@@ -231,9 +230,6 @@ def _config(
 
 
 def _write(writer: Any, result: CompareResult, model: ModelHandle) -> None:
-    from ..run import scores_to_json
-    from ..rundir import CONFIG, METRICS, SCORES
-
     methods = {}
     for s in result.scores:
         entry = scores_to_json(s)

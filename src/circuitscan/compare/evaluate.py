@@ -7,7 +7,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .. import circuits
 from ..errors import CircuitscanError
+from ..evaluation.circuit_rule import predicted_circuit
+from ..evaluation.faithfulness import curve_sizes, curves_summary, faithfulness_curves
+from ..evaluation.ground_truth import evaluate_against
+from ..evaluation.intervention import CircuitEvaluator
+from ..evaluation.metrics import table_metrics
+from ..methods._setup import sweep_auc
+from ..methods.edges import (
+    EdgeGraph,
+    contract,
+    edge_auc,
+    head_level_edges,
+    normalise_edge,
+    planted_true_edges,
+)
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
@@ -30,9 +45,6 @@ def sweep_points(sweep: list[dict[str, Any]], truth: set[str], universe: Sequenc
 
 def edge_truth_for(name: str | None, model: ModelHandle, gt: GroundTruth | None) -> tuple[str | None, frozenset[str] | None]:
     """The head-level true edges to score edge methods against, and their name (or None, None)."""
-    from .. import circuits
-    from ..methods.edges import normalise_edge, planted_true_edges
-
     if name is None:
         if gt is None:
             return None, None
@@ -55,11 +67,6 @@ def evaluate_methods(
     egt_name: str | None,
     egt_edges: frozenset[str] | None,
 ) -> dict[str, Any]:
-    from ..evaluation.circuit_rule import predicted_circuit
-    from ..evaluation.ground_truth import evaluate_against
-    from ..methods._setup import sweep_auc
-    from ..methods.edges import EdgeGraph, contract, edge_auc, head_level_edges
-
     layout = model.layout
     out: dict[str, Any] = {"ground_truth": {}, "edge_ground_truth": {}, "circuits": {}}
     names = layout.names()
@@ -109,10 +116,6 @@ def faithfulness_block(
     points: int,
     seed: int,
 ) -> dict[str, Any]:
-    from ..evaluation.faithfulness import curve_sizes, curves_summary, faithfulness_curves
-    from ..evaluation.intervention import CircuitEvaluator
-    from ..evaluation.metrics import table_metrics
-
     names = table_metrics(prompts, settings.metric)
     ev = CircuitEvaluator.build(model, prompts, ablation=settings.ablation, metrics=names,
                                 n_examples=settings.n_examples, batch_size=settings.batch_size,

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import methods
 from ..errors import CircuitscanError
+from ..features import heads  # noqa: F401  (registers feature-attribution)
 
 
 def method_registry():
@@ -17,9 +19,6 @@ def method_registry():
     :mod:`circuitscan.features.heads`, which registers itself when imported (``methods``
     never imports the higher ``features`` layer), so the pipelines ask for the registry here.
     """
-    from .. import methods
-    from ..features import heads  # noqa: F401  (registers feature-attribution)
-
     return methods
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CircuitscanError
+from ..types import GroundTruth
 from .eap_names import (
     our_node,
     parse_their_node,
@@ -27,7 +28,7 @@ from .eap_names import (
     their_nodes,
     to_our_edge,
 )
-from .edge_graph import INPUT, LOGITS, EdgeGraph
+from .edge_graph import INPUT, LOGITS, EdgeGraph, contract
 
 
 def heads_of_edge_set(edges: Iterable[str]) -> set[str]:
@@ -66,13 +67,9 @@ class ImportedGraph:
 
     def head_edges(self, graph: EdgeGraph) -> frozenset[str]:
         """The circuit's edges at head level (``A->B``), as edge ground truths name them."""
-        from .edge_graph import contract
-
         return frozenset(contract(graph, dict.fromkeys(self.edges, 1.0)))
 
     def ground_truth(self, family: str):
-        from ..types import GroundTruth
-
         heads = self.heads or frozenset(heads_of_edge_set(self.edges))
         if not heads:
             raise CircuitscanError(f"{self.source}: the graph has no attention head in its circuit (in_graph)")

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from .curve_stats import MIB_FRACTIONS, cmd, cpr, random_band
+from .edges import EdgeForward, EdgeGraph, run_edges
+from .metrics import normalise
+from .objective import ObjectiveConfig, build_objective
 
 if TYPE_CHECKING:
     import torch
 
     from ..models.handle import ModelHandle
     from ..types import PromptSet, Scores
-    from .edge_graph import EdgeGraph
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,6 @@ def edge_faithfulness_curves(
         ``{method: EdgeFaithfulnessCurve}`` (empty when no method has edge scores).
     """
     import torch
-
-    from .edges import EdgeForward, EdgeGraph, run_edges
-    from .metrics import normalise
-    from .objective import ObjectiveConfig, build_objective
 
     scores_list = [scores] if not isinstance(scores, Sequence) else list(scores)
     with_edges = [s for s in scores_list if s.edges]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from .edge_graph import LOGITS, PORTS, EdgeGraph
+from .objective import split_heads
 
 if TYPE_CHECKING:
     from jaxtyping import Float
@@ -267,7 +268,6 @@ class _EdgePass:
         lo = 1 + layer * H
 
         def hook(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-            from .objective import split_heads
 
             zz = split_heads(z, H)
             self.state["z"][layer] = zz

@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..models.toy import PLANTED_HEADS
 from ..types import HeadLayout
 
 if TYPE_CHECKING:
@@ -187,8 +188,6 @@ def planted_true_edges() -> frozenset[str]:
     Each planted head reads the signal token (``input``) and the planted heads of earlier
     layers, and only planted heads write what the unembedding reads.
     """
-    from ..models.toy import PLANTED_HEADS
-
     names = [h.name for h in PLANTED_HEADS]
     edges = {f"{INPUT}->{n}" for n in names} | {f"{n}->{LOGITS}" for n in names}
     for a in PLANTED_HEADS:

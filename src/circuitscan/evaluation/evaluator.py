@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..models.hf import prefix_keys_values
+from ..progress import bar
 from .ablation import (
     AblationSource,
     _mean_of_caches,
@@ -18,6 +20,7 @@ from .head_masks import (
     _as_keep,
     run_with_heads,
 )
+from .metrics import MetricBatch, get_metric, normalise, table_metrics
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
@@ -78,8 +81,6 @@ def shared_prefix_lengths(
 def _checked_metrics(model: ModelHandle, prompts: PromptSet, ablation: str, metrics: Sequence[str] | None,
                      n_examples: int | None, max_rows: int) -> tuple[list[str], list[Any], int]:
     """The evaluator's inputs checked: metric names, their objects, and the number of examples."""
-    from .metrics import get_metric, table_metrics
-
     check_ablation(ablation)
     if max_rows < 1:
         raise CircuitscanError(f"max_rows must be >= 1, got {max_rows}")
@@ -283,8 +284,6 @@ class CircuitEvaluator:
 
     def _score(self, logits: Tensor, index: Tensor) -> dict[str, Tensor]:
         """Metric values of the examples ``index`` from their rows' logits ``[len(index) * group, P, V]``."""
-        from .metrics import MetricBatch, get_metric
-
         ref = None if self.reference_logprobs is None else self.reference_logprobs[index]
         batch = MetricBatch(prompts=self.prompts, index=index, positions=self.positions, last=self.last,
                             group=self.group, reference_logprobs=ref)
@@ -295,8 +294,6 @@ class CircuitEvaluator:
         import time
 
         import torch
-
-        from ..progress import bar
 
         t0 = time.perf_counter()
         keep = _as_keep(keep, self.model.layout).bool()
@@ -336,8 +333,6 @@ class CircuitEvaluator:
 
     def _prefix(self, tokens: Tensor, mask: Tensor | None, rows: Tensor) -> Prefix | None:
         """The cached first positions these rows share with their partners, or None."""
-        from ..models.hf import prefix_keys_values
-
         if self.shared is None or not self.prefix_sharing:
             return None
         length = min(int(self.shared[rows].min()), int(self.positions.min()))
@@ -360,8 +355,6 @@ class CircuitEvaluator:
     def faithfulness(self, values: Float[Tensor, "C n"], metric: str) -> Float[Tensor, " C"]:
         """(m(C) - m(∅)) / (m(M) - m(∅)) of each circuit, on example means (NaN if M and ∅ agree)."""
         import torch
-
-        from .metrics import normalise
 
         clean, empty = self.mean_clean(metric), self.mean_empty(metric)
         means = values.mean(-1)

@@ -45,11 +45,12 @@ from .curve_stats import (
     random_band,
 )
 from .edge_faithfulness import EdgeFaithfulnessCurve, edge_faithfulness_curves
+from .intervention import CircuitEvaluator, random_masks, top_k_masks
+from .metrics import table_metrics
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
     from ..types import PromptSet, Scores
-    from .intervention import CircuitEvaluator
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,6 @@ def faithfulness_curves(
         ``{method: FaithfulnessCurve}``.
     """
     import torch
-
-    from .intervention import random_masks, top_k_masks
 
     scores_list, metric = _checked(evaluator, scores, metric, random_samples)
     layout = evaluator.model.layout
@@ -228,9 +227,6 @@ def faithfulness_curve(
     max_rows: int = 256,
 ) -> FaithfulnessCurve:
     """One method's faithfulness curve, building the evaluator on the way."""
-    from .intervention import CircuitEvaluator
-    from .metrics import table_metrics
-
     metrics = table_metrics(prompts, metric) if metric else None
     ev = CircuitEvaluator.build(model, prompts, ablation=ablation, metrics=metrics, n_examples=n_examples,
                                 max_rows=max_rows)

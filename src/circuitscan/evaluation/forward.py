@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..models.hf import hf_view, run_hooked, supports
 
 if TYPE_CHECKING:
     from jaxtyping import Float, Int
@@ -60,8 +61,6 @@ def logits_at(
     there; the bridge runs the rest. ``past``: a cached prefix (see ``run_hooked``);
     ``positions`` still index the whole sequence and must all lie after it.
     """
-    from ..models.hf import hf_view, run_hooked, supports
-
     bridge = model.bridge
     start = 0 if past is None else past.length
     if positions is None or _UNEMBED_IN not in bridge.hook_dict:
@@ -199,8 +198,6 @@ def _run_z_only(model: ModelHandle, tokens: Tensor, hooks: list, mask: Tensor | 
 
     def stop(z: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
         raise _StopForward
-
-    from ..models.hf import run_hooked
 
     try:
         run_hooked(model, tokens, [*hooks, (last, stop)], attention_mask=mask, logits=False)

@@ -25,13 +25,16 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from .eap_read import read_graph_file
+from .edges import EdgeForward, EdgeGraph, removed_all, run_edges
+from .metrics import normalise
+from .objective import ObjectiveConfig, build_objective
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from ..models.handle import ModelHandle
     from ..types import PromptSet, Scores
-    from .edges import EdgeGraph
 
 MIB_PERCENTAGES: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -118,9 +121,6 @@ def _goodness(model: ModelHandle, prompts: PromptSet, graph: EdgeGraph, removed:
     """Mean goodness of each removed-edge configuration, plus the clean and empty ones first."""
     import torch
 
-    from .edges import EdgeForward, removed_all, run_edges
-    from .objective import ObjectiveConfig, build_objective
-
     none = torch.zeros(1, graph.n_senders, graph.n_receivers, dtype=torch.bool)
     allr = removed_all(graph)
     stack = torch.cat([none, allr, removed])
@@ -136,9 +136,6 @@ def edge_circuit_faithfulness(
 ) -> dict[str, float]:
     """Faithfulness of edge circuits ``{name: edge names}``: their edges kept, every other edge patched."""
     import torch
-
-    from .edges import EdgeGraph
-    from .metrics import normalise
 
     graph = EdgeGraph.for_model(model)
     index = {n: i for i, n in enumerate(graph.edge_names())}
@@ -165,9 +162,6 @@ def mib_edge_curves(
 ) -> dict[str, MIBCurve]:
     """MIB's faithfulness curve, CPR and CMD for every method with edge scores."""
     import torch
-
-    from .edges import EdgeGraph
-    from .metrics import normalise
 
     with_edges = [s for s in scores if s.edges]
     if not with_edges:
@@ -210,9 +204,6 @@ def mib_edge_curves(
 def imported_circuit(model: ModelHandle, path: str) -> tuple[str, list[str], Any]:
     """An EAP-IG / MIB graph file as a named head circuit for this model (and the graph read)."""
     from pathlib import Path
-
-    from .eap_read import read_graph_file
-    from .edges import EdgeGraph
 
     imp = read_graph_file(path, EdgeGraph.for_model(model), d_model=model.d_model)
     heads = sorted(h.name for h in imp.ground_truth(model.family).heads)

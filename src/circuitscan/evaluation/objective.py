@@ -20,6 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from .capture import PassCounter, _clean_pass, _masked_mean, capture, split_heads
+from .intervention import (
+    ABLATIONS,
+    AblationSource,
+    HeadCache,
+    expand_with_suffixes,
+    logits_at,
+    paired_negatives,
+)
+from .metrics import MetricBatch, default_metric, get_metric
 
 if TYPE_CHECKING:
     from jaxtyping import Float, Int
@@ -27,7 +36,6 @@ if TYPE_CHECKING:
 
     from ..models.handle import ModelHandle
     from ..types import PromptSet
-    from .intervention import AblationSource
     from .metrics import Metric
 
 @dataclass(frozen=True)
@@ -51,8 +59,6 @@ class ObjectiveConfig:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        from .intervention import ABLATIONS
-
         if self.ablation not in ABLATIONS:
             raise CircuitscanError(f"ablation {self.ablation!r} is not one of {', '.join(ABLATIONS)}")
         if self.n_examples is not None and self.n_examples < 1:
@@ -120,8 +126,6 @@ class Objective:
 
     def goodness(self, logits: Float[Tensor, "rows P vocab"], index: Int[Tensor, " b"]) -> Float[Tensor, " b"]:
         """sign * metric per example, differentiable in ``logits``."""
-        from .metrics import MetricBatch
-
         ref = None if self.reference is None else self.reference[index]
         batch = MetricBatch(prompts=self.prompts, index=index, positions=self.positions, last=self.last,
                             group=self.group, reference_logprobs=ref)
@@ -129,8 +133,6 @@ class Objective:
 
     def logits(self, tokens: Tensor, mask: Tensor | None, hooks: list) -> Tensor:
         """Logits at :attr:`positions` of one batch of rows, with ``hooks``."""
-        from .intervention import logits_at
-
         return logits_at(self.model, tokens, self.positions, hooks=hooks, attention_mask=mask)
 
     def source_z(self, layer: int, rows: slice) -> Tensor | None:
@@ -169,12 +171,6 @@ def build_objective(
     corrupted prompts (corrupt ablation) or every prompt (mean ablation).
     """
     import torch
-
-    from .intervention import (
-        expand_with_suffixes,
-        paired_negatives,
-    )
-    from .metrics import default_metric, get_metric
 
     counter = counter or PassCounter()
     name = cfg.metric or default_metric(prompts)
@@ -222,8 +218,6 @@ def _ablation_source(model: ModelHandle, prompts: PromptSet, ablation: str, neg:
                      counter: PassCounter) -> tuple[AblationSource, Tensor | None]:
     """What a removed head and the input embedding carry: (the heads' source, the input's)."""
     import torch
-
-    from .intervention import AblationSource, HeadCache, expand_with_suffixes
 
     input_source = None
     if ablation == "corrupt":

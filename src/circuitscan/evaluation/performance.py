@@ -11,8 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import circuits
 from ..errors import CircuitscanError
+from ..integrity import check_same_task
+from ..models import load_model
+from ..rundir import METRICS, write_run_json
 from ..runfiles import RunFiles, read_run
+from ..tasks import build_prompts
+from ..types import GroundTruth, Scores
+from .circuit_rule import predicted_circuit
+from .faithfulness import curve_sizes, curves_summary, edge_faithfulness_curves, faithfulness_curves
+from .intervention import CircuitEvaluator
+from .metrics import table_metrics
+from .mib import imported_circuit, mib_blocks
 from .performance_table import (
     RANDOM_SAMPLES,
     PerformanceRow,
@@ -22,7 +33,7 @@ from .performance_table import (
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
-    from ..types import GroundTruth, PromptSet, Scores
+    from ..types import PromptSet
 
 
 # --------------------------------------------------------------------------- run directories
@@ -31,8 +42,6 @@ if TYPE_CHECKING:
 def scores_from_json(data: Mapping[str, Any], layout) -> list[Scores]:
     """Rebuild each method's per-head :class:`Scores` from a run's scores.json."""
     import torch
-
-    from ..types import Scores
 
     methods = data.get("methods")
     if not isinstance(methods, Mapping) or not methods:
@@ -57,9 +66,6 @@ def scores_from_json(data: Mapping[str, Any], layout) -> list[Scores]:
 
 def _rebuild(config: Mapping[str, Any]) -> tuple[ModelHandle, PromptSet]:
     """Reload the model and rebuild the prompts a run was made with."""
-    from ..models import load_model
-    from ..tasks import build_prompts
-
     model_cfg, task_cfg = config.get("model") or {}, config.get("task") or {}
     if not all(isinstance(v, Mapping) for v in (model_cfg, task_cfg, config.get("argv") or {})):
         raise CircuitscanError("config.json: 'model', 'task' and 'argv' must be objects; is this a circuitscan run?")
@@ -81,8 +87,6 @@ def _rebuild(config: Mapping[str, Any]) -> tuple[ModelHandle, PromptSet]:
 
 
 def _check_prompts(prompts: PromptSet, config: Mapping[str, Any]) -> None:
-    from ..integrity import check_same_task
-
     task = config.get("task") or {}
     if not isinstance(task, Mapping):
         raise CircuitscanError(f"config.json: 'task' must be an object, got {type(task).__name__}")
@@ -100,8 +104,6 @@ def _check_prompts(prompts: PromptSet, config: Mapping[str, Any]) -> None:
 def _circuits_for(
     scores: Sequence[Scores], metrics: Mapping[str, Any], *, threshold: float | None, size: int | None
 ) -> dict[str, list[str]]:
-    from .circuit_rule import predicted_circuit
-
     out: dict[str, list[str]] = {}
     saved = metrics.get("circuits") or {}
     for s in scores:
@@ -119,9 +121,6 @@ def _circuits_for(
 
 
 def _ground_truth(spec: str | None, config: Mapping[str, Any], model: ModelHandle) -> GroundTruth | None:
-    from .. import circuits
-    from ..types import GroundTruth
-
     if spec:
         return circuits.for_model(spec, model)
     saved = config.get("ground_truth")
@@ -162,13 +161,6 @@ def _read_run(run: Path, threshold: float | None, size: int | None) -> RunFiles:
 def _faithfulness(ev: Any, model: ModelHandle, prompts: PromptSet, scores: list[Scores], *, ablation: str,
                   points: int, samples: int, seed: int, n_examples: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Node-level curves and the ``faithfulness`` block, with the edge-level curves under ``edge_level``."""
-    from .faithfulness import (
-        curve_sizes,
-        curves_summary,
-        edge_faithfulness_curves,
-        faithfulness_curves,
-    )
-
     sizes = curve_sizes(model.layout.n_total, points)
     curves = faithfulness_curves(ev, scores, sizes=sizes, random_samples=samples, seed=seed)
     faith_json = curves_summary(ev, curves)
@@ -229,10 +221,6 @@ def evaluate_run(
     ``circuit`` is an EAP-IG / MIB graph file: its heads become a row of the table and its
     edges are measured as an edge circuit (``imported_circuit``).
     """
-    from ..rundir import METRICS, write_run_json
-    from .intervention import CircuitEvaluator
-    from .metrics import table_metrics
-
     t0 = time.perf_counter()
     run = Path(run_dir)
     files = _read_run(run, threshold, size)
@@ -243,7 +231,6 @@ def evaluate_run(
     scores = scores_from_json(scores_json, model.layout)
     gt = _ground_truth(ground_truth, config, model)
     chosen = _circuits_for(scores, metrics_json, threshold=threshold, size=size)
-    from .mib import imported_circuit, mib_blocks
 
     imported = imported_circuit(model, circuit) if circuit else None
     if imported is not None:

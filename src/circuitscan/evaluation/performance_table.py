@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from .intervention import circuit_mask, random_masks
+from .metrics import normalise, probability_multiplier
 
 RANDOM_SAMPLES = 30
 """Default random circuits per circuit size in the table. The row reports their mean and
@@ -72,8 +74,6 @@ class PerformanceTable:
 
 
 def _with_multiplier(means: dict[str, float]) -> dict[str, float]:
-    from .metrics import probability_multiplier
-
     if "logit_diff" in means:
         means = {**means, "prob_multiplier": probability_multiplier(means["logit_diff"])}
     return means
@@ -93,9 +93,6 @@ def circuit_performance(
     Random rows are drawn for each distinct circuit size (uniformly over all heads).
     """
     import torch
-
-    from .intervention import circuit_mask, random_masks
-    from .metrics import normalise, probability_multiplier
 
     layout = evaluator.model.layout
     if random_samples < 0:

@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..models.loading import cache_dir
+from ..progress import bar
+from ..rundir import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -186,8 +189,6 @@ def file_documents(spec: str) -> list[Document]:
 
 
 def _cache_file(model: ModelHandle, n_tokens: int, seed: int, new_tokens: int) -> Path:
-    from ..models.loading import cache_dir
-
     key = json.dumps([model.spec, model.family, model.describe().get("d_model"), n_tokens, seed, new_tokens,
                       seed_openings() if model.tokenizer is not None else None])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -213,8 +214,6 @@ def generated_documents(
     """
     import torch
 
-    from ..rundir import atomic_path
-
     if n_tokens < 1:
         return []
     path = _cache_file(model, n_tokens, seed, new_tokens)
@@ -238,7 +237,6 @@ def generated_documents(
         vocab = int(model.bridge.cfg.d_vocab)
         prompts = [[int(t)] for t in torch.randint(vocab, (n_seqs,), generator=g)]
     rows: list[list[int]] = []
-    from ..progress import bar
 
     n_batches = -(-n_seqs // batch_size)
     with bar("generating corpus text", n_batches, show=progress) as advance:

@@ -80,6 +80,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CircuitscanError
+from ..progress import bar
 from ..sae.model import detached_weights
 from .graph_edges import _edges_for_batch
 from .graph_passes import (
@@ -161,8 +162,6 @@ def attribution_graph(
     # ---- pass 2: edges -----------------------------------------------------------------------
     edges: dict[tuple[str, str], float] = {}
     if cfg.compute_edges:
-        from ..progress import bar
-
         n_targets = sum(len(kept[s.name]) + 2 for s in sites) + 1
         with bar("attribution graph edges", len(batches) * n_targets,
                  show=None if len(batches) * n_targets > 40 else False) as advance:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CircuitscanError
+from ..evaluation.metrics import MetricBatch, default_metric, get_metric
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
@@ -79,8 +80,6 @@ def task_objective(prompts: PromptSet, metric: str | None = None) -> Objective:
     model is zero) or extra suffix rows (two-digit years) cannot be differentiated here;
     for those, and for tasks with no answer tokens, the cross-entropy of the answer is used.
     """
-    from ..evaluation.metrics import MetricBatch, default_metric, get_metric
-
     name = metric or default_metric(prompts)
     m = get_metric(name)
     m.check(prompts)

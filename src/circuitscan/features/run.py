@@ -24,7 +24,15 @@ import torch
 
 from .._version import __version__
 from ..errors import CircuitscanError
+from ..evaluation.circuit_rule import predicted_circuit
+from ..evaluation.faithfulness import curve_sizes, curves_summary, faithfulness_curves
+from ..evaluation.ground_truth import evaluate_against
+from ..evaluation.intervention import CircuitEvaluator
+from ..methods.sae_codes import SAECodesConfig, run_sae_codes
 from ..models.handle import ModelHandle
+from ..report.feature_figures import write_feature_report
+from ..run import scores_to_json
+from ..rundir import CONFIG, METRICS, SCORES, open_run
 from ..types import GroundTruth, PromptSet, Scores
 from .ablate import ablation_effect as _ablation_effect
 from .ablate import graph_faithfulness, parse_nodes, thread_ablation, validate_nodes
@@ -37,9 +45,10 @@ from .graph import (
     next_token_objective,
     task_objective,
 )
+from .heads import scores_from_graph
 from .interpret import feature_cards, token_text
 from .saes import SublayerSAEs
-from .sites import Site, capture_sites
+from .sites import Site, capture_sites, parse_sites
 
 GRAPH = "feature_graph.json"
 CARDS = "features.json"
@@ -120,8 +129,6 @@ def feature_graph_run(
 ) -> FeatureRun:
     """Build a feature graph for a prompt (``tokens``) or a task (``prompts``), check it by
     ablation, map it to heads, and optionally write a run directory (see the module docstring)."""
-    from ..rundir import open_run
-
     if (tokens is None) == (prompts is None):
         raise CircuitscanError("give either a prompt or a task's prompts, not both")
     cfg = cfg or GraphConfig()
@@ -137,8 +144,6 @@ def feature_graph_run(
         timings["graph"] = time.perf_counter() - t
         baseline = None
         if base_tokens is not None:
-            from .sites import parse_sites
-
             with torch.no_grad():
                 baseline = capture_sites(model, base_tokens, parse_sites(graph.sites), attention_mask=base_mask,
                                          keep_dtype=True)
@@ -206,12 +211,8 @@ def _ablations(model: ModelHandle, saes: SublayerSAEs, tokens: torch.Tensor, obj
 def _head_scores(result: FeatureRun, model: ModelHandle, prompts: PromptSet | None, sae_codes: bool) -> None:
     """The graph's head view and, for a task, sae-codes' node scores, as Scores."""
     if result.graph.head_scores:
-        from .heads import scores_from_graph
-
         result.scores.append(scores_from_graph(result.graph, model.layout))
     if prompts is not None and sae_codes:
-        from ..methods.sae_codes import SAECodesConfig, run_sae_codes
-
         t = time.perf_counter()
         result.scores.append(run_sae_codes(model, prompts, SAECodesConfig()).node)
         result.timings["sae_codes"] = time.perf_counter() - t
@@ -220,10 +221,6 @@ def _head_scores(result: FeatureRun, model: ModelHandle, prompts: PromptSet | No
 def _write(writer: Any, result: FeatureRun, model: ModelHandle, saes: SublayerSAEs, cfg: GraphConfig,
            prompts: PromptSet | None, ground_truth: GroundTruth | None, extra_config: dict[str, Any] | None) -> None:
     """The run directory's files (see the module docstring), the page included."""
-    from ..report.feature_figures import write_feature_report
-    from ..run import scores_to_json
-    from ..rundir import CONFIG, METRICS, SCORES
-
     graph, tokens, objective = result.graph, result.tokens, result.objective
     config = {
         "circuitscan_version": __version__,
@@ -261,12 +258,8 @@ def _ids(ab) -> list[str]:
 
 
 def _evaluate(result: FeatureRun, model, prompts, gt, faithfulness: bool) -> None:
-    from ..evaluation.circuit_rule import predicted_circuit
-
     metrics: dict[str, Any] = {"circuits": {}, "ground_truth": {}}
     if gt is not None:
-        from ..evaluation.ground_truth import evaluate_against
-
         for s in result.scores:
             m = evaluate_against(s, gt)
             metrics["ground_truth"][s.method] = m.to_dict()
@@ -275,9 +268,6 @@ def _evaluate(result: FeatureRun, model, prompts, gt, faithfulness: bool) -> Non
         for s in result.scores:
             metrics["circuits"][s.method] = predicted_circuit(s, None, None)
     if faithfulness and prompts is not None and result.scores:
-        from ..evaluation.faithfulness import curve_sizes, curves_summary, faithfulness_curves
-        from ..evaluation.intervention import CircuitEvaluator
-
         t = time.perf_counter()
         ev = CircuitEvaluator.build(model, prompts, ablation="corrupt")
         curves = faithfulness_curves(ev, result.scores, sizes=curve_sizes(model.layout.n_total, 20))

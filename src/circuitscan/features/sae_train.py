@@ -41,6 +41,7 @@ from torch import Tensor
 from .._version import __version__
 from ..errors import CircuitscanError, TrainingError
 from ..models.handle import ModelHandle
+from ..progress import bar
 from ..sae.model import SparseAutoencoder
 from .corpus import Corpus
 from .interpret import top_contexts
@@ -272,8 +273,6 @@ def train_sublayer_saes(
     Returns:
         :class:`SublayerSAEs` with metrics, curves and top-activating contexts.
     """
-    from ..progress import bar
-
     cfg = cfg or SublayerSAEConfig()
     _check_training_input(model, sites)
     t_start = time.perf_counter()

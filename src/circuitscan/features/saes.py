@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import CircuitscanError
 from ..models.handle import ModelHandle
+from ..rundir import RunWriter, read_json
 from ..sae.model import SparseAutoencoder
 from .sites import Site, check_sites_exist, parse_site, parse_sites
 
@@ -170,8 +171,6 @@ def save_sublayer_saes(saes: SublayerSAEs, out: str | Path, *, overwrite: bool =
     """Write an SAE directory atomically (index, weights, curves, contexts)."""
     from safetensors.torch import save_file
 
-    from ..rundir import RunWriter
-
     with RunWriter(Path(out), overwrite=overwrite) as w:
         for name, sae in saes.saes.items():
             meta = {"site": name, "hook": parse_site(name).hook, "d_in": str(sae.d_in),
@@ -187,8 +186,6 @@ def save_sublayer_saes(saes: SublayerSAEs, out: str | Path, *, overwrite: bool =
 def load_sublayer_saes(path: str | Path, sites: list[Site] | None = None) -> SublayerSAEs:
     """Read an SAE directory written by :func:`save_sublayer_saes` (or ``features train``)."""
     from safetensors import safe_open
-
-    from ..rundir import read_json
 
     root = Path(path)
     if not root.is_dir():

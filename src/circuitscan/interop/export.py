@@ -30,6 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CircuitscanError
+from ..evaluation.edges import EdgeGraph
+from ..features.graph import AttributionGraph
+from ..features.run import GRAPH
+from ..report.rundata import load_run
+from ..rundir import atomic_path, read_json, write_json
+from .eap_graph import binary_circuits, graph_json
+from .names import split_their_edge
+from .neuronpedia import neuronpedia_graph
 
 FORMATS = ("eap-ig", "mib", "mib-circuits", "auto-circuit", "neuronpedia")
 
@@ -48,10 +56,6 @@ def _slug(text: str) -> str:
 def method_graphs(run_dir: str | Path) -> tuple[Any, dict[str, dict[str, Any]]]:
     """Each method of a run as an EAP-IG graph object (``{method: graph}``), and the run."""
     import math
-
-    from ..evaluation.edges import EdgeGraph
-    from ..report.rundata import load_run
-    from .eap_graph import graph_json
 
     run = load_run(run_dir)
     graph = EdgeGraph(run.layout, _kv_heads(run))
@@ -84,8 +88,6 @@ def prune_scores(g: dict[str, Any]) -> dict[str, Any]:
     """An EAP-IG graph object as auto-circuit-style prune scores (torch tensors by destination)."""
     import torch
 
-    from .names import split_their_edge
-
     L, H = g["cfg"]["n_layers"], g["cfg"]["n_heads"]
     src_index = {s: i for i, s in enumerate(_sources(L, H))}
     n_src = len(src_index)
@@ -115,9 +117,6 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     Returns the files written. Raises :class:`CircuitscanError` for an unknown format or a
     directory that is not a run, before writing anything.
     """
-    from ..rundir import atomic_path, write_json
-    from .eap_graph import binary_circuits
-
     if fmt not in FORMATS:
         raise CircuitscanError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "neuronpedia":
@@ -168,12 +167,6 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
 
 
 def _export_feature_graph(run_dir: Path, out: str | Path | None) -> Path:
-    from ..features.graph import AttributionGraph
-    from ..features.run import GRAPH
-    from ..report.rundata import load_run
-    from ..rundir import read_json, write_json
-    from .neuronpedia import neuronpedia_graph
-
     run = load_run(run_dir)
     if not run.has(GRAPH):
         raise CircuitscanError(f"{str(run_dir)!r} has no {GRAPH}: --format neuronpedia exports the feature graph "

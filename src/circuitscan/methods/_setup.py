@@ -27,6 +27,7 @@ from ..evaluation.objective import (
     capture,
     split_heads,
 )
+from ..types import Scores
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -83,8 +84,6 @@ def finish_scores(
     layout=None,
 ) -> Any:
     """Wrap per-head scores into :class:`~circuitscan.types.Scores` with time and passes."""
-    from ..types import Scores
-
     layout = layout or obj.model.layout
     extra = {} if obj is None else obj.describe()
     return Scores(

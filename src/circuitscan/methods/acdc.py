@@ -36,8 +36,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..progress import bar
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores
 from .base import COMMON_SETTINGS, MethodSpec, examples_used, plural
+from .edges import EdgeForward, EdgeGraph, removed_all, run_edges
+from .patching import build_evaluator, goodness_sign
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -138,9 +141,6 @@ def acdc_scores(model: ModelHandle, prompts: PromptSet, cfg: ACDCConfig) -> Scor
 def _acdc_node(model: ModelHandle, prompts: PromptSet, cfg: ACDCConfig) -> Scores:
     import torch
 
-    from ..progress import bar
-    from .patching import build_evaluator, goodness_sign
-
     counter = PassCounter()
     layout = model.layout
     ev = build_evaluator(model, prompts, cfg, cfg.max_rows)
@@ -201,9 +201,6 @@ def _max_tau(kept: Tensor, taus: Tensor) -> Tensor:
 
 def _acdc_edge(model: ModelHandle, prompts: PromptSet, cfg: ACDCConfig) -> Scores:
     import torch
-
-    from ..progress import bar
-    from .edges import EdgeForward, EdgeGraph, removed_all, run_edges
 
     counter = PassCounter()
     layout = model.layout
@@ -323,8 +320,6 @@ def _cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
 
 
 def _edge_cost(cfg: Any, model: Any, prompts: Any) -> tuple[float, float, str]:
-    from .edges import EdgeGraph
-
     n = examples_used(cfg, prompts)
     T = len(cfg.thresholds or cfg.relative_thresholds)
     e = EdgeGraph.for_model(model).n_edges

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..models.hf import bridge_only
+from ..progress import bar
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores, split_heads
 from .base import MethodSpec, examples_used
 from .relp import _activation
@@ -190,9 +192,6 @@ def _stacked(cache: dict[str, Tensor], k: int) -> dict[str, Tensor]:
 
 def cd_t_scores(model: ModelHandle, prompts: PromptSet, cfg: CDTConfig) -> Scores:
     import torch
-
-    from ..models.hf import bridge_only
-    from ..progress import bar
 
     counter = PassCounter()
     obj = build_objective(model, prompts, cfg, counter=counter)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..evaluation.metrics import default_metric, get_metric
+from ..progress import bar
 from ._setup import (
     BaselineConfig,
     PassCounter,
@@ -35,6 +37,7 @@ from ._setup import (
     split_heads,
 )
 from .base import MethodSpec, examples_used
+from .edges import LOGITS, EdgeForward, EdgeGraph
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -111,9 +114,6 @@ def attribute(
             averaged (EAP-IG); None = plain EAP.
     """
     import torch
-
-    from ..progress import bar
-    from .edges import EdgeForward, EdgeGraph
 
     model = obj.model
     layout = model.layout
@@ -278,8 +278,6 @@ def _edge_scores(
     """Add sum_{rows, pos, d} (a_s(ablated) - a_s(clean)) . grad_r to out[s, r] for valid pairs."""
     import torch
 
-    from .edges import LOGITS
-
     L = dz.shape[0]
     r_total = dz.shape[1]
     for lo in range(0, r_total, chunk):
@@ -326,8 +324,6 @@ def eap_scores(
 
 
 def _needs_reference(prompts: PromptSet, cfg: BaselineConfig) -> bool:
-    from ..evaluation.metrics import default_metric, get_metric
-
     return get_metric(cfg.metric or default_metric(prompts)).needs_reference
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..evaluation.edges import EdgeForward, EdgeGraph, removed_all, run_edges
+from ..progress import bar
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores, frozen_params
 from .base import COMMON_SETTINGS, MethodSpec, examples_used
 from .sp import deterministic_gates, expected_open, sample_gates
@@ -71,9 +73,6 @@ class EdgePruningConfig(BaselineConfig):
 
 def edge_pruning_scores(model: ModelHandle, prompts: PromptSet, cfg: EdgePruningConfig) -> Scores:
     import torch
-
-    from ..evaluation.edges import EdgeForward, EdgeGraph, removed_all, run_edges
-    from ..progress import bar
 
     counter = PassCounter()
     obj = build_objective(model, prompts, cfg, counter=counter)

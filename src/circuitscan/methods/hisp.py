@@ -19,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import CircuitscanError
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores
 from .base import MethodSpec, examples_used
-from .eap import GRADIENT_POINTS, attribute, resolve_gradient_point
+from .eap import GRADIENT_POINTS, _needs_reference, attribute, resolve_gradient_point
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
@@ -36,8 +37,6 @@ class HISPConfig(BaselineConfig):
     gradient_at: str | None = None
 
     def __post_init__(self) -> None:
-        from ..errors import CircuitscanError
-
         super().__post_init__()
         if self.gradient_at is not None and self.gradient_at not in GRADIENT_POINTS:
             raise CircuitscanError(f"gradient_at must be one of {', '.join(GRADIENT_POINTS)}, got {self.gradient_at!r}")
@@ -45,7 +44,6 @@ class HISPConfig(BaselineConfig):
 
 def hisp_scores(model: ModelHandle, prompts: PromptSet, cfg: HISPConfig) -> Scores:
     counter = PassCounter()
-    from .eap import _needs_reference
 
     point = cfg.gradient_at or ("corrupted" if _needs_reference(prompts, cfg) else "clean")
     obj = build_objective(model, prompts, cfg, counter=counter, keep_clean_z=point == "corrupted")

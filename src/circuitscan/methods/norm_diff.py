@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..activations import head_outputs
 from ..errors import CircuitscanError
 from ._setup import PassCounter, finish_scores
 from .base import MethodSpec
@@ -48,8 +49,6 @@ class NormDiffConfig:
 
 def norm_diff_scores(model: ModelHandle, prompts: PromptSet, cfg: NormDiffConfig) -> Scores:
     from dataclasses import replace
-
-    from ..activations import head_outputs
 
     counter = PassCounter()
     if cfg.n_examples is not None:

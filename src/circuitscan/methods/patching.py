@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..evaluation.intervention import CircuitEvaluator
+from ..evaluation.metrics import default_metric, get_metric
 from ._setup import BaselineConfig, PassCounter, finish_scores
 from .base import MethodSpec, examples_used
 
 if TYPE_CHECKING:
-    from ..evaluation.intervention import CircuitEvaluator
     from ..models.handle import ModelHandle
     from ..types import PromptSet, Scores
 
@@ -42,17 +43,12 @@ class PatchingConfig(BaselineConfig):
 def build_evaluator(model: ModelHandle, prompts: PromptSet, cfg: BaselineConfig, max_rows: int) -> CircuitEvaluator:
     """A circuit evaluator for the config's metric and ablation (it costs the clean, corrupted
     and all-ablated passes)."""
-    from ..evaluation.intervention import CircuitEvaluator
-    from ..evaluation.metrics import default_metric
-
     metric = cfg.metric or default_metric(prompts)
     return CircuitEvaluator.build(model, prompts, ablation=cfg.ablation, metrics=[metric], n_examples=cfg.n_examples,
                                   max_rows=max_rows, batch_size=cfg.batch_size, progress=cfg.progress)
 
 
 def goodness_sign(ev: CircuitEvaluator) -> float:
-    from ..evaluation.metrics import get_metric
-
     return 1.0 if get_metric(ev.metrics[0]).higher_is_better else -1.0
 
 

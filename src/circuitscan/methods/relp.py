@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..models.hf import bridge_only
 from ._setup import PassCounter, build_objective, finish_scores
 from .base import MethodSpec, examples_used
 from .eap import EAPConfig, _needs_reference, attribute
@@ -152,8 +153,6 @@ def _mlp_hooks(model: ModelHandle, layer: int, have: set[str], rules: tuple[str,
 def relp_rules(model: ModelHandle, rules: tuple[str, ...] = DEFAULT_RULES) -> Iterator[list[str]]:
     """Within the block, every forward pass of ``model`` runs on the bridge with the rule hooks;
     yields the hook points used."""
-    from ..models.hf import bridge_only
-
     hooks = rule_hooks(model, rules)
     with bridge_only(model), model.bridge.hooks(fwd_hooks=hooks):
         yield [n for n, _ in hooks]

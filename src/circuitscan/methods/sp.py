@@ -28,7 +28,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..evaluation.intervention import head_mask_hooks
+from ..progress import bar
 from ._setup import BaselineConfig, PassCounter, build_objective, finish_scores, frozen_params
+from .acdc import _max_tau
 from .base import COMMON_SETTINGS, MethodSpec, examples_used, plural
 
 if TYPE_CHECKING:
@@ -98,10 +101,6 @@ def expected_open(logits: Tensor) -> Tensor:
 
 def sp_scores(model: ModelHandle, prompts: PromptSet, cfg: SPConfig) -> Scores:
     import torch
-
-    from ..evaluation.intervention import head_mask_hooks
-    from ..progress import bar
-    from .acdc import _max_tau
 
     counter = PassCounter()
     obj = build_objective(model, prompts, cfg, counter=counter)

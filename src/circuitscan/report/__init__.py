@@ -13,6 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..rundir import atomic_path
+from .figures import build_figures
+from .html import render
+from .rundata import load_run
+from .sweep_figures import write_sweep_report
+
 __all__ = ["write_report"]
 
 FIGURES_DIR = "figures"
@@ -30,13 +36,8 @@ def write_report(run_dir: str | Path, *, tsne: bool = False) -> Path:
         The path of ``report.html``.
     """
     if (Path(run_dir) / "sweep.json").is_file():  # a sweep directory (circuitscan sweep): its own page
-        from .sweep_figures import write_sweep_report
 
         return write_sweep_report(run_dir)
-    from ..rundir import atomic_path
-    from .figures import build_figures
-    from .html import render
-    from .rundata import load_run
 
     run = load_run(run_dir)
     path = run.path

@@ -33,6 +33,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._version import __version__
+from ..errors import CircuitscanError
+from ..rundir import atomic_path, read_json
+from ._save import save_figure
+from .html import CSS
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -54,9 +60,6 @@ def _read(path: Path):
 
 def load_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     """The sweep's spec and tables (``None`` for tables it does not have)."""
-    from ..errors import CircuitscanError
-    from ..rundir import read_json
-
     d = Path(sweep_dir)
     if not (d / "sweep.json").is_file():
         raise CircuitscanError(f"{str(d)!r} is not a sweep directory (no sweep.json)")
@@ -281,8 +284,6 @@ def figure_specs(data: dict[str, Any]) -> list[tuple[str, Any, str]]:
 
 
 def write_sweep_figures(data: dict[str, Any], directory: Path) -> list[tuple[str, Path, str]]:
-    from ._save import save_figure
-
     out = []
     for name, build, caption in figure_specs(data):
         fig = build()
@@ -308,9 +309,6 @@ def _table_html(df, cols: list[str], limit: int = 200) -> str:
 
 
 def render(data: dict[str, Any], figures: list[tuple[str, Path, str]]) -> str:
-    from .._version import __version__
-    from .html import CSS
-
     spec = data["spec"]
     gt = spec.get("ground_truth")
     title = f"circuitscan sweep: {spec['model']} / {spec['task']}"
@@ -362,8 +360,6 @@ def render(data: dict[str, Any], figures: list[tuple[str, Path, str]]) -> str:
 
 def write_sweep_report(sweep_dir: str | Path) -> Path:
     """Draw the sweep's figures into ``DIR/figures/`` and write ``DIR/report.html``; return its path."""
-    from ..rundir import atomic_path, read_json
-
     data = load_sweep(sweep_dir)
     d = data["dir"]
     if (d / "search.json").is_file():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import SAEConfig, from_dict, to_dict
 from ..errors import CircuitscanError
+from ..rundir import atomic_path
 from .model import SparseAutoencoder
 
 CONFIG_KEY = "circuitscan_sae_config"
@@ -15,8 +16,6 @@ CONFIG_KEY = "circuitscan_sae_config"
 def save_sae(sae: SparseAutoencoder, cfg: SAEConfig, path: str | Path) -> None:
     """Write ``sae`` to ``path`` atomically (temp file + rename)."""
     from safetensors.torch import save_file
-
-    from ..rundir import atomic_path
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
     meta = {CONFIG_KEY: json.dumps(to_dict(cfg)), "d_in": str(sae.d_in)}

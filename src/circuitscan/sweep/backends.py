@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import CircuitscanError
-from .evaluate import error_result
+from .evaluate import error_result, run_unit
 from .plan import UnitTask
+from .store import load_activations
+from .worker import init_worker, ray_run_unit, run_cached
 
 PRELOAD = ("torch", "sklearn.metrics", "circuitscan.sweep.evaluate", "circuitscan.sae", "circuitscan.codes",
            "circuitscan.evaluation.ground_truth")
@@ -64,9 +66,6 @@ class InlineBackend:
     def run(self, units: Sequence[UnitTask]) -> Iterator[dict[str, Any]]:
         import torch
 
-        from .evaluate import run_unit
-        from .store import load_activations
-
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -89,8 +88,6 @@ class LocalPoolBackend:
     name = "local"
 
     def __init__(self, paths: dict[str, Path], *, workers: int, threads: int = 1, fn: Any = None) -> None:
-        from .worker import run_cached
-
         if workers < 1:
             raise CircuitscanError(f"workers must be >= 1, got {workers}")
         self.paths = {k: str(v) for k, v in paths.items()}
@@ -103,8 +100,6 @@ class LocalPoolBackend:
         if self._pool is None:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
-
-            from .worker import init_worker
 
             if "forkserver" in mp.get_all_start_methods():
                 # workers are forked from a server that imported torch once: fast starts, and
@@ -199,8 +194,6 @@ class RayBackend:
                 "--ray needs the 'ray' package: pip install 'circuitscan[scale]' (or pip install ray)"
             ) from exc
         import logging
-
-        from .worker import ray_run_unit
 
         self.started = False
         if not ray.is_initialized():

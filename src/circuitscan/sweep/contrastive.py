@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import CircuitscanError, TrainingError
+from ..sae import fit
 
 if TYPE_CHECKING:
     import torch
@@ -116,8 +117,6 @@ def fit_contrastive(x, labels, cfg, contrastive: ContrastiveConfig, *, paired: b
     Raises:
         TrainingError: the data is not finite or the loss diverges.
     """
-    from ..sae import fit
-
     n_heads_total = x.shape[1]
 
     def extra_for(idx):

@@ -16,6 +16,14 @@ import socket
 import time
 from typing import Any
 
+from ..codes import discretise, node_scores, softmax_scores
+from ..codes.edge import cooccurrence_unique, top_pairs
+from ..config import SAEConfig, ScoringConfig
+from ..errors import CircuitscanError
+from ..evaluation.ground_truth import evaluate_scores
+from ..sae import fit
+from ..types import HeadActivations
+from .contrastive import ContrastiveConfig, fit_contrastive
 from .plan import RowTask, UnitTask
 
 
@@ -40,9 +48,6 @@ def worker_name() -> str:
 def subset(acts, examples: int | None, easy: int):
     """The first ``examples`` positives and their paired negatives, plus every easy negative."""
     import torch
-
-    from ..errors import CircuitscanError
-    from ..types import HeadActivations
 
     if examples is None:
         return acts
@@ -77,8 +82,6 @@ def _threshold_curve(scores, truth, thetas) -> dict[str, list[float]]:
 
 def _metrics(prefix: str, auc_name: str, soft, truth, thetas, n_total: int) -> dict[str, Any]:
     """Ground-truth metrics of one flat score vector (if a truth is known) and its circuit sizes."""
-    from ..evaluation.ground_truth import evaluate_scores
-
     out: dict[str, Any] = {f"{prefix}_size_above_uniform": int((soft >= 1.0 / n_total).sum())}
     if truth is not None:
         m = evaluate_scores(soft, truth)
@@ -107,10 +110,6 @@ def run_unit(acts, unit: UnitTask, *, easy: int = 0) -> dict[str, Any]:
         ``{"unit", "worker", "train": {...} | None, "rows": [{"key", "status", ...metrics}]}``.
     """
     import torch
-
-    from ..config import SAEConfig
-    from ..sae import fit
-    from .contrastive import ContrastiveConfig, fit_contrastive
 
     t_unit = time.perf_counter()
     try:
@@ -161,10 +160,6 @@ def run_unit(acts, unit: UnitTask, *, easy: int = 0) -> dict[str, Any]:
 def _score_row(row: RowTask, unit: UnitTask, data, train, truth, codes_by_silent, pair_matrix) -> dict[str, Any]:
     """One row: codes (shared per silent-code rule), node scores, optional head-pair scores."""
     import torch
-
-    from ..codes import discretise, node_scores, softmax_scores
-    from ..codes.edge import cooccurrence_unique, top_pairs
-    from ..config import ScoringConfig
 
     n_total = data.layout.n_total
 

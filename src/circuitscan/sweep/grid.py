@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CircuitscanError
+from ..tasks import canonical, task_options
 
 PROMPT, SUBSET, SAE, SCORING = "prompt", "subset", "sae", "scoring"
 
@@ -186,7 +187,6 @@ def task_option_axes(task: str | None) -> dict[str, Any]:
     """The task's own options (``negative``, ``easy_negatives``...), sweepable as prompt axes."""
     if task is None:
         return {}
-    from ..tasks import canonical, task_options
 
     name = task.partition(":")[0]
     return {o.name: o for o in task_options(canonical(name))}

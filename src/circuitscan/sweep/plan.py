@@ -22,8 +22,9 @@ from typing import Any
 
 from ..config import SAEConfig, ScoringConfig
 from ..errors import CircuitscanError
+from ..tasks import parse_task_spec, task_options
 from .contrastive import ContrastiveConfig
-from .grid import PROMPT, SAE, SCORING, SUBSET, Grid
+from .grid import AXES, PROMPT, SAE, SCORING, SUBSET, Grid
 
 LEVELS = ("node", "edge", "both")
 # F1 is recorded at these thresholds theta on softmaxed scores (Fig. 4): 1 .. 1e-16, half decades
@@ -183,8 +184,6 @@ class Plan:
 
 
 def task_defaults(task: str) -> tuple[str, dict[str, Any]]:
-    from ..tasks import parse_task_spec, task_options
-
     name, given = parse_task_spec(task)
     options = {o.name: o.default for o in task_options(name)}
     options.update(given)
@@ -213,8 +212,6 @@ def base_values(spec: SweepSpec) -> dict[str, Any]:
 
 
 def _sae_field(axis: str) -> str:
-    from .grid import AXES
-
     return AXES[axis].field
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import CircuitscanError
+from ..tasks import canonical
 from .grid import Grid, parse_grid
 
 
@@ -63,8 +64,6 @@ def get_named(name: str) -> NamedSweep:
 
 def check_task(sweep: NamedSweep, task: str) -> None:
     """A sweep over a task's own option needs that task."""
-    from ..tasks import canonical
-
     if sweep.task is not None and canonical(task.partition(":")[0]) != sweep.task:
         raise CircuitscanError(
             f"named sweep {sweep.name!r} varies an option of task {sweep.task!r} ({', '.join(sweep.grid)}); "

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..activations import head_outputs
 from ..errors import CircuitscanError
-from ..rundir import read_json, write_json
+from ..models import load_model
+from ..rundir import lock_run, read_json, write_json
+from ..tasks import build_task
 from .backends import Backend, available_cores, make_backend
 from .baselines import run_baselines
 from .evaluate import error_result
@@ -34,6 +37,7 @@ from .store import (
     save_activations,
 )
 from .table import build_tables, remove_tables, write_tables
+from .worker import to_bundle
 
 ProgressFn = Callable[[dict[str, Any], int, int], None]
 
@@ -105,9 +109,6 @@ def cache_variants(
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, str]:
     """Run the model once per prompt variant that has no cache yet; returns errors by variant."""
-    from ..activations import head_outputs
-    from ..tasks import build_task
-
     errors: dict[str, str] = {}
     model = None
     spec = plan.spec
@@ -144,8 +145,6 @@ def open_backend(out: Path, variants: set[str], execution: Execution, n_units: i
     paths = {k: activations_path(out, k) for k in variants}
     bundles = None
     if execution.ray_address is not None:
-        from .worker import to_bundle
-
         bundles = {}
         for k, p in paths.items():
             acts, meta = load_activations(p)
@@ -218,8 +217,6 @@ def sweep_dir(out: Path, *, resume: bool, overwrite: bool) -> Iterator[bool]:
     An existing directory is locked before anything in it changes, a new (or replaced) one as
     soon as it exists, so a second sweep into ``out`` stops at once and touches nothing.
     """
-    from ..rundir import lock_run
-
     with lock_run(out, what=SWEEP_DIR, reenter=True):  # an existing sweep: resumed or replaced
         resuming = prepare_dir(out, resume=resume, overwrite=overwrite)
         with lock_run(out, what=SWEEP_DIR, reenter=True), discard_if_new(out, resuming):  # new or replaced: its own inode
@@ -246,8 +243,6 @@ def _loaded_once(spec: SweepSpec, model: Any, model_fn: Callable[[], Any] | None
             if model_fn is not None:
                 held.append(model_fn())
             else:
-                from ..models import load_model
-
                 held.append(load_model(spec.model, seed=spec.prompt_seed))
         return held[0]
 

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CircuitscanError
+from ..models import load_model
 from ..rundir import write_json
+from .backends import available_cores
 from .grid import AXES, SAE, Grid, canonical_axis
 from .plan import SweepSpec, build_plan
-from .runner import Execution, check_identity, sweep_dir, write_spec
+from .runner import Execution, cache_variants, check_identity, open_backend, sweep_dir, write_spec
 from .store import JOURNAL, Journal
 from .table import write_tables
 
@@ -229,9 +231,6 @@ def run_search(
 def _search(spec, out, trials, space, storage, study_name, model, execution, resuming, on_trial, log, t0):
     import optuna
 
-    from .backends import available_cores
-    from .runner import cache_variants, open_backend
-
     if resuming:
         check_identity(out, spec)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
@@ -306,6 +305,4 @@ def _search(spec, out, trials, space, storage, study_name, model, execution, res
 
 
 def _load(spec: SweepSpec):
-    from ..models import load_model
-
     return load_model(spec.model, seed=spec.prompt_seed)

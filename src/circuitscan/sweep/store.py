@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CircuitscanError
+from ..rundir import MARKER, check_not_protected, check_replaceable, write_marker
+from ..types import HeadActivations, HeadLayout
 
 SWEEP_JSON = "sweep.json"
 JOURNAL = "journal.jsonl"
@@ -64,8 +66,6 @@ def load_activations(path: Path):
     """(HeadActivations memory-mapped copy-on-write, meta) from a cache directory."""
     import numpy as np
     import torch
-
-    from ..types import HeadActivations, HeadLayout
 
     meta = json.loads((path / "meta.json").read_text())
     x = torch.from_numpy(np.load(path / "x.npy", mmap_mode="c"))
@@ -125,7 +125,6 @@ def check_dir(out: Path, *, resume: bool, overwrite: bool) -> str:
     """
     if resume and overwrite:
         raise CircuitscanError("give --resume (continue the sweep in --out) or --overwrite (start over), not both")
-    from ..rundir import check_not_protected, check_replaceable
 
     check_not_protected(out)
     if out.exists() and not out.is_dir():
@@ -150,8 +149,6 @@ def check_dir(out: Path, *, resume: bool, overwrite: bool) -> str:
 
 def prepare_dir(out: Path, *, resume: bool, overwrite: bool) -> bool:
     """:func:`check_dir`, then make ``out`` ready; returns True when resuming."""
-    from ..rundir import MARKER, write_marker
-
     what = check_dir(out, resume=resume, overwrite=overwrite)
     if what == "replace":
         shutil.rmtree(out)

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..rundir import atomic_path
 from .baselines import baselines_table
 from .plan import Plan
 
@@ -143,8 +144,6 @@ def summarise(results, axes: list[str], cols: list[str]):
 
 def write_tables(out: Path, tables: dict[str, Any]) -> list[Path]:
     """Each table as ``name.parquet`` and ``name.csv``, each file replaced atomically."""
-    from ..rundir import atomic_path
-
     written = []
     for name, df in tables.items():
         for ext in ("parquet", "csv"):

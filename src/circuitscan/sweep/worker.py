@@ -18,7 +18,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..types import HeadActivations, HeadLayout
+from .evaluate import run_unit
 from .plan import UnitTask
+from .store import load_activations
 
 _WORKER: dict[str, Any] = {"paths": {}, "acts": {}}
 
@@ -80,8 +83,6 @@ def init_worker(paths: dict[str, str], threads: int, parent_pid: int | None = No
 
 def _cached(variant: str):
     if variant not in _WORKER["acts"]:
-        from .store import load_activations
-
         acts, meta = load_activations(Path(_WORKER["paths"][variant]))
         _WORKER["acts"][variant] = (acts, int(meta.get("easy_negatives", 0) or 0))
     return _WORKER["acts"][variant]
@@ -89,8 +90,6 @@ def _cached(variant: str):
 
 def run_cached(unit: UnitTask) -> dict[str, Any]:
     """Local-pool task: run ``unit`` on its variant's memory-mapped activations."""
-    from .evaluate import run_unit
-
     acts, easy = _cached(unit.variant)
     return run_unit(acts, unit, easy=easy)
 
@@ -104,8 +103,6 @@ def to_bundle(acts, easy: int) -> tuple[Any, ...]:
 def from_bundle(bundle: tuple[Any, ...]):
     import torch
 
-    from ..types import HeadActivations, HeadLayout
-
     x, labels, layout, aggregation, easy = bundle
     with warnings.catch_warnings():
         # Ray hands out read-only views of its shared memory; nothing here writes to them
@@ -117,8 +114,6 @@ def from_bundle(bundle: tuple[Any, ...]):
 
 def ray_run_unit(bundle: tuple[Any, ...], unit: UnitTask, threads: int) -> dict[str, Any]:
     """Ray task: ``bundle`` arrives from the object store (Ray resolves the reference)."""
-    from .evaluate import run_unit
-
     set_threads(threads)
     acts, easy = from_bundle(bundle)
     return run_unit(acts, unit, easy=easy)

@@ -18,10 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import TaskError
+from ..errors import CircuitscanError, TaskError
+from ..guards import check_count, check_task_memory, check_type
 from ..models.handle import ModelHandle
 from ..types import PromptSet
+from .custom import load_task_file
 from .docstring import build_docstring
+from .easy import add_easy_negatives
 from .greater_than import build_greater_than
 from .induction import build_induction
 from .ioi import build_ioi, build_ioi_acdc
@@ -151,9 +154,6 @@ def build_task(
         seed: seed for every random choice; the same seed gives the same prompts.
         **options: the task's own options (``circuitscan tasks``), and ``easy_negatives``.
     """
-    from ..guards import check_count, check_task_memory, check_type
-    from .easy import add_easy_negatives
-
     check_type(name, str, "name", f"a task name; known: {', '.join(sorted(TASKS))}")
     check_type(model, ModelHandle, "model", "a ModelHandle (circuitscan.load_model('toy-planted'))")
     n = check_count(n, "n", minimum=-(2**63))
@@ -186,15 +186,11 @@ def build_prompts(
     """
     from pathlib import Path
 
-    from ..errors import CircuitscanError
-
     if task_file and task:
         raise CircuitscanError(
             f"give --task {task} or --task-file {task_file}, not both (a task file is a task of its own)"
         )
     if task_file:
-        from .custom import load_task_file
-
         return load_task_file(Path(task_file), model, n=n, unequal=unequal)
     if not task:
         raise CircuitscanError("give a task: --task NAME (see `circuitscan tasks`) or --task-file FILE")

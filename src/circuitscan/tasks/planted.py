@@ -7,14 +7,13 @@ The signal comes early so that every later position attends to it.
 from __future__ import annotations
 
 from ..errors import TaskError
+from ..models import toy
 from ..models.handle import ModelHandle
 from ..types import PromptSet
 
 
 def build_planted(model: ModelHandle, n: int = 50, *, seed: int = 0, seq_len: int = 8) -> PromptSet:
     import torch
-
-    from ..models import toy
 
     if model.family != "toy-planted":
         raise TaskError(f"task 'planted' runs only on model 'toy-planted', not {model.spec!r}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import TaskError
 from ..models.handle import ModelHandle
+from ..rundir import atomic_path
 from ..types import PromptSet
 from .task_file import FIELDS, REQUIRED
 
@@ -78,8 +79,6 @@ def write_task_file(prompts: PromptSet, path: Path, model: ModelHandle) -> int:
     Task-specific metadata (greater-than's years, induction's positions) is not part of
     the format. The file is written atomically.
     """
-    from ..rundir import atomic_path
-
     path = Path(path)
     rows = task_rows(prompts, model)
     csv_out = path.suffix.lower() == ".csv"

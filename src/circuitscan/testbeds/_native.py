@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError
+from ..models.loading import cache_dir
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -31,8 +32,6 @@ _WRAP = "._original_component"
 
 def testbed_cache() -> Path:
     """``<circuitscan cache>/testbeds``."""
-    from ..models.loading import cache_dir
-
     return cache_dir() / "testbeds"
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..tasks.induction import build_induction
 from ..types import GroundTruth, HeadId, HeadLayout
 
 if TYPE_CHECKING:
@@ -129,8 +130,6 @@ def head_scores(
         :class:`HeadScores` (the mean over sequences and positions).
     """
     import torch
-
-    from ..tasks.induction import build_induction
 
     if n < 1 or length < 2 or batch_size < 1:
         raise CircuitscanError(

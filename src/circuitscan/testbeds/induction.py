@@ -42,12 +42,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError, TrainingError
+from ..models.handle import ModelHandle
+from ..progress import status
+from ..tasks.induction import build_induction
 from ..types import GroundTruth, HeadId, HeadLayout
+from ._native import (
+    boot,
+    native_state,
+    read_cached,
+    save_files,
+    set_weights,
+    testbed_cache,
+    write_cached,
+)
+from .head_scores import head_scores
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from ..models.handle import ModelHandle
 
 SPEC = "toy-induction"
 INDUCTION_THRESHOLD = 0.3
@@ -143,8 +155,6 @@ def train(cfg: InductionConfig, *, log: Any = None) -> tuple[Any, dict[str, Any]
     """
     import torch
 
-    from ._native import boot
-
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -185,8 +195,6 @@ def train(cfg: InductionConfig, *, log: Any = None) -> tuple[Any, dict[str, Any]
 
 
 def handle(bridge: Any, cfg: InductionConfig, info: dict[str, Any]) -> ModelHandle:
-    from ..models.handle import ModelHandle
-
     return ModelHandle(
         bridge=bridge,
         spec=SPEC,
@@ -202,8 +210,8 @@ def induction_losses(model: ModelHandle, *, n: int = 200, seed: int = 12345) -> 
     """Mean loss on the predictable tokens of the ``induction`` task: repeated vs unrepeated."""
     import torch
 
+    # deferred: evaluation loads torch, and testbeds is imported by `import circuitscan`
     from ..evaluation.metrics import induction_loss
-    from ..tasks.induction import build_induction
 
     prompts = build_induction(model, n, seed=seed)
     mask = torch.zeros(prompts.positive.shape)
@@ -227,8 +235,6 @@ def reference_heads(scores: Any) -> dict[str, list[str]]:
 
 
 def cache_path(cfg: InductionConfig) -> Path:
-    from ._native import testbed_cache
-
     return testbed_cache() / f"{SPEC}-{cfg.key()}"
 
 
@@ -236,15 +242,10 @@ def load_induction_model(
     cfg: InductionConfig | None = None, *, device: str = "cpu", log: Any = None
 ) -> ModelHandle:
     """``toy-induction``: loaded from the cache, or trained (about a minute) and cached first."""
-    from ._native import boot, native_state, read_cached, save_files, set_weights, write_cached
-
     cfg = cfg or InductionConfig()
     path = cache_path(cfg)
     cached = read_cached(path)
     if cached is None:
-        from ..progress import status
-        from .head_scores import head_scores
-
         with status(f"training toy-induction once (cached in {path})"):
             bridge, trained = train(cfg, log=log)
             model = handle(bridge, cfg, {})

@@ -22,6 +22,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from . import induction, tracr
+from .head_scores import head_scores, score_circuit
 
 if TYPE_CHECKING:
     from ..models.handle import ModelHandle
@@ -60,8 +62,6 @@ def default(task: str, family: str, model: ModelHandle | None = None) -> GroundT
 
 
 def _tracr(name: str, family: str, model: ModelHandle | None) -> GroundTruth:
-    from . import tracr
-
     if not family.startswith(tracr.FAMILY_PREFIX):
         raise CircuitscanError(
             f"ground truth {name!r} belongs to a tracr model, but the model is {family!r}; pass the heads "
@@ -78,8 +78,6 @@ def _tracr(name: str, family: str, model: ModelHandle | None) -> GroundTruth:
 
 
 def _induction(family: str, model: ModelHandle | None) -> GroundTruth:
-    from . import induction
-
     if family != induction.SPEC:
         raise CircuitscanError(
             f"ground truth {induction.SPEC!r} belongs to model {induction.SPEC!r}, but the model is {family!r}; "
@@ -119,8 +117,6 @@ def parse_scores_spec(spec: str) -> dict[str, Any]:
 
 
 def _scores_circuit(spec: str, model: ModelHandle | None, family: str) -> GroundTruth:
-    from .head_scores import head_scores, score_circuit
-
     opts = parse_scores_spec(spec)
     if model is None:
         raise CircuitscanError(

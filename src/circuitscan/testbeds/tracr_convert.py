@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError
+from ..models.handle import ModelHandle
+from ..progress import status
 from ..types import HeadLayout
+from ._native import boot, read_cached, save_files, set_weights, testbed_cache, write_cached
 from .tracr_compile import (
     BOS,
     FAMILY_PREFIX,
@@ -24,7 +27,6 @@ from .tracr_model import (
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from ..models.handle import ModelHandle
 
 
 FORMAT_VERSION = 1
@@ -118,8 +120,6 @@ def convert(
 
 
 def cache_path(name: str, max_seq_len: int = MAX_SEQ_LEN) -> Path:
-    from ._native import testbed_cache
-
     return (
         testbed_cache() / f"{FAMILY_PREFIX}{program_name(name)}-len{max_seq_len}-v{FORMAT_VERSION}"
     )
@@ -127,12 +127,9 @@ def cache_path(name: str, max_seq_len: int = MAX_SEQ_LEN) -> Path:
 
 def ensure_cached(name: str, max_seq_len: int = MAX_SEQ_LEN, *, assembled: Any = None) -> Path:
     """The cached conversion of a program, compiling it first if needed."""
-    from ._native import save_files, write_cached
-
     path = cache_path(name, max_seq_len)
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         return path
-    from ..progress import status
 
     with status(f"compiling tracr program {program_name(name)!r} once (cached in {path})"):
         compiled = assembled if assembled is not None else compile_program(name, max_seq_len)
@@ -152,9 +149,6 @@ def load_tracr(
         assembled: an already compiled tracr model of this program (skips compiling when
             the cache is cold).
     """
-    from ..models.handle import ModelHandle
-    from ._native import boot, read_cached, set_weights
-
     prog = program_name(name)
     path = ensure_cached(prog, max_seq_len, assembled=assembled)
     cached = read_cached(path)

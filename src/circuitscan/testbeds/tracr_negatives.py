@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..config import SAEConfig, ScoringConfig
 from ..errors import CircuitscanError
 from ..types import HeadActivations, HeadId
 from .tracr_model import (
@@ -110,7 +111,7 @@ def appendix_g_head_activations(
 def appendix_g_config(seed: int = 0) -> SAECodesConfig:
     """The paper's Appendix G protocol: SAE trained on 10 examples drawn at random from the
     pooled positives and negatives, codes counted on all examples."""
-    from ..config import SAEConfig, ScoringConfig
+    # deferred: methods loads torch, and testbeds is imported by `import circuitscan`
     from ..methods.sae_codes import SAECodesConfig
 
     return SAECodesConfig(
@@ -127,6 +128,7 @@ def appendix_g_discover(
     cfg: SAECodesConfig | None = None,
 ) -> Discovery:
     """sae-codes on Appendix G's activation-level negatives (default: :func:`appendix_g_config`)."""
+    # deferred: methods loads torch, and testbeds is imported by `import circuitscan`
     from ..methods.sae_codes import discover_from_activations
 
     acts = appendix_g_head_activations(model, n, seed=seed, sigma=sigma)

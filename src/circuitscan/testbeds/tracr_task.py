@@ -109,8 +109,9 @@ def _tracr_error(logits: Tensor, batch: Any) -> Tensor:
 
 def register_metric() -> None:
     """Register ``tracr_error`` with :mod:`circuitscan.evaluation.metrics` (idempotent)."""
+    # deferred: evaluation loads torch, and testbeds is imported by `import circuitscan`
     from ..evaluation.metrics import METRICS, Metric
-    from ..evaluation.metrics import register_metric as _register
+    from ..evaluation.metrics import register_metric as _register  # deferred: as above
 
     if "tracr_error" in METRICS:
         return
