@@ -107,7 +107,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     **{f"sc-preset-e{e}-cos": {"_compat": {}, "sae": {"epochs": e, "lr_schedule": "cosine"}} for e in (100, 200)},
     "sc-preset-e150-cos-lr2x": {"_compat": {}, "sae": {"epochs": 150, "lr_schedule": "cosine", "lr": 2e-3}},
     **{f"sc-preset-b{b}-cos": {"_compat": {}, "sae": {"batch_rows": b, "lr_schedule": "cosine"}} for b in (256, 512)},
-    "sc-preset-b512-e250-cos": {"_compat": {}, "sae": {"batch_rows": 512, "epochs": 250, "lr_schedule": "cosine"}},
+    **{f"sc-preset-b{b}-e{e}-cos": {"_compat": {}, "sae": {"batch_rows": b, "epochs": e, "lr_schedule": "cosine"}}
+       for b, e in ((512, 250), (256, 250), (128, 500), (512, 200), (256, 200))},
 }
 
 
