@@ -103,12 +103,15 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "sc-preset-last": {"_compat": {}, "top": {"aggregation": "last"}},
     "sc-preset-ml": {"_compat": {}, "top": {"aggregation": "mean+last"}},  # two codes per head, one test
     **{f"sc-preset-l0-{k}": {"_compat": {}, "sae": {"target_l0": float(k)}} for k in (16, 32, 64)},
-    # issue 14: a decaying step size and/or minibatch steps (fewer full-batch matmuls)
+    # issue 14: a decaying step size and/or minibatch steps (fewer full-batch matmuls); sc-preset is
+    # 200 cosine steps since then, sc-preset-e500-const the preset before (500 constant steps)
+    "sc-preset-e500-const": {"_compat": {}, "sae": {"epochs": 500, "lr_schedule": "constant"}},
     **{f"sc-preset-e{e}-cos": {"_compat": {}, "sae": {"epochs": e, "lr_schedule": "cosine"}} for e in (100, 200)},
     "sc-preset-e150-cos-lr2x": {"_compat": {}, "sae": {"epochs": 150, "lr_schedule": "cosine", "lr": 2e-3}},
-    **{f"sc-preset-b{b}-cos": {"_compat": {}, "sae": {"batch_rows": b, "lr_schedule": "cosine"}} for b in (256, 512)},
+    **{f"sc-preset-b{b}-cos": {"_compat": {}, "sae": {"batch_rows": b, "epochs": 500, "lr_schedule": "cosine"}}
+       for b in (256, 512)},
     **{f"sc-preset-b{b}-e{e}-cos": {"_compat": {}, "sae": {"batch_rows": b, "epochs": e, "lr_schedule": "cosine"}}
-       for b, e in ((512, 250), (256, 250), (128, 500), (512, 200), (256, 200))},
+       for b, e in ((512, 250), (256, 250), (128, 500), (512, 200), (256, 200), (256, 300))},
 }
 
 

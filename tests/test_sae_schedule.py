@@ -173,3 +173,19 @@ def test_cli_takes_the_schedule_and_refuses_bad_values(tmp_path, capsys):
         assert rc == 2
         assert match in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("argv, want", [
+    ([], (200, "cosine")),  # the circuitscan preset (docs/CALIBRATION.md "SAE schedule (issue 14)")
+    (["--compat", "paper"], (500, "constant")),  # the paper's schedule, unchanged
+    (["--compat", "authors"], (500, "constant")),
+    (["--epochs", "70"], (70, "cosine")),  # a given --epochs wins over the preset's
+    (["--compat", "paper", "--epochs", "70", "--lr-schedule", "linear"], (70, "linear")),
+])
+def test_cli_epochs_and_schedule_follow_the_preset_unless_given(argv, want):
+    from circuitscan.cli import build_parser
+    from circuitscan.commands.discover import configs_from_args
+
+    args = build_parser().parse_args(["discover", "--model", "toy-planted", "--task", "planted", "--out", "x", *argv])
+    sae, _ = configs_from_args(args)
+    assert (sae.epochs, sae.lr_schedule, sae.batch_rows) == (*want, None)

@@ -264,12 +264,14 @@ AUTHORS_COMPAT = {
 
 
 CIRCUITSCAN_COMPAT = {
-    "sae": {"input_scale": "d_model", "head_norm": "center"},
+    "sae": {"input_scale": "d_model", "head_norm": "center", "epochs": 200, "lr_schedule": "cosine"},
     "scoring": {"statistic": "tv", "permutations": 1000, "circuit": "fdr-top", "min_effect": 0.05},
 }
 """``--compat circuitscan``, the default of ``discover``, ``compare`` and :class:`SAECodesConfig`:
 rows scaled to mean squared norm d_model and each head's mean output removed before the
-SAE, the total-variation distance between a head's codes on positives and negatives
+SAE, trained 200 full-batch steps with a cosine step size (the same circuits as 500 constant
+steps on every testbed at ~0.4 of the SAE seconds: docs/CALIBRATION.md "SAE schedule (issue 14)"),
+the total-variation distance between a head's codes on positives and negatives
 instead of the count of positive-only codes, and the circuit = the top k heads by that
 distance, k = the number of heads significant at FDR 0.05 under the label-swap null whose
 distance exceeds its null mean by at least 0.05 (``circuit="fdr-top"``: the null's set itself
