@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=250)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=500)
+    ap.add_argument("--lr-schedule", default="constant", help="SAEConfig.lr_schedule (docs/CALIBRATION.md 'SAE schedule')")
+    ap.add_argument("--batch-rows", type=int, default=None, help="SAEConfig.batch_rows (default: full batch)")
     args = ap.parse_args()
 
     import torch
@@ -50,7 +52,10 @@ def main() -> None:
     del hf
     print(f"floor: plain transformers forward (with logits)   {floor:7.2f} s")
 
-    sae_cfg = cs.SAEConfig(epochs=args.epochs)
+    sae_cfg = cs.SAEConfig(epochs=args.epochs, lr_schedule=args.lr_schedule, batch_rows=args.batch_rows)
+    rows = "every row" if sae_cfg.batch_rows is None else f"{sae_cfg.batch_rows} rows"
+    schedule = f"{sae_cfg.epochs} steps of {rows}, {sae_cfg.lr_schedule} lr {sae_cfg.lr:g}"
+    print(f"SAE: {schedule}")
     result = cs.discover(model, prompts, level="both", sae=sae_cfg, batch_size=args.batch_size)
     t = result.timings
     total = sum(v for k, v in t.items() if k != "evaluate")
@@ -73,7 +78,7 @@ def main() -> None:
     print(f"ratio discover / floor          {total / floor:5.2f}   (target <= 1.0; fp32 SAE, the default)")
     print(f"ratio discover / floor (bf16)   {total_bf / floor:5.2f}   (--precision bf16)")
     print(f"ratio activations / floor       {t['activations'] / floor:5.2f}")
-    print(f"ratio SAE training / floor      {t['sae_train'] / floor:5.2f}   ({args.epochs} full-batch epochs, fp32)")
+    print(f"ratio SAE training / floor      {t['sae_train'] / floor:5.2f}   ({schedule}, fp32)")
     print(f"edge scoring                    {t['edge_scores']:5.2f} s (target < 1 s)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory            {peak:7.0f} MiB")

@@ -103,6 +103,15 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "sc-preset-last": {"_compat": {}, "top": {"aggregation": "last"}},
     "sc-preset-ml": {"_compat": {}, "top": {"aggregation": "mean+last"}},  # two codes per head, one test
     **{f"sc-preset-l0-{k}": {"_compat": {}, "sae": {"target_l0": float(k)}} for k in (16, 32, 64)},
+    # issue 14: a decaying step size and/or minibatch steps (fewer full-batch matmuls); sc-preset is
+    # 200 cosine steps since then, sc-preset-e500-const the preset before (500 constant steps)
+    "sc-preset-e500-const": {"_compat": {}, "sae": {"epochs": 500, "lr_schedule": "constant"}},
+    **{f"sc-preset-e{e}-cos": {"_compat": {}, "sae": {"epochs": e, "lr_schedule": "cosine"}} for e in (100, 200)},
+    "sc-preset-e150-cos-lr2x": {"_compat": {}, "sae": {"epochs": 150, "lr_schedule": "cosine", "lr": 2e-3}},
+    **{f"sc-preset-b{b}-cos": {"_compat": {}, "sae": {"batch_rows": b, "epochs": 500, "lr_schedule": "cosine"}}
+       for b in (256, 512)},
+    **{f"sc-preset-b{b}-e{e}-cos": {"_compat": {}, "sae": {"batch_rows": b, "epochs": e, "lr_schedule": "cosine"}}
+       for b, e in ((512, 250), (256, 250), (128, 500), (512, 200), (256, 200), (256, 300))},
 }
 
 
@@ -260,7 +269,8 @@ def run_variant(bed: Bed, name: str, faith: bool) -> list[tuple[str, dict[str, A
     secs = time.perf_counter() - t
     tr = d.train
     extra = {"l0": float(getattr(tr, "final_l0", math.nan)), "l1": float(getattr(tr, "l1", cfg.sae.l1)),
-             "dead": getattr(tr, "dead_features", None), "config_key": key_of(cfg)}
+             "dead": getattr(tr, "dead_features", None), "config_key": key_of(cfg),
+             "sae_seconds": float(d.timings.get("sae_train", getattr(tr, "seconds", math.nan)))}
     ra = d.node.stats.get("rank_agreement")
     if ra is not None:
         extra["rank_agreement"] = float(ra)
@@ -375,15 +385,15 @@ def table(cache: Path, testbeds: list[str], methods: list[str] | None) -> str:
             rows.setdefault((r["testbed"], r["method"]), []).append(r)
     order = list(VARIANTS) + ["eap", "eap-ig", "norm-diff", "patching"]
     lines = ["| testbed | method | seeds | node AUC | size | recovered | rec. top 10 % | rec. vs input | CPR | CMD | L0 "
-             "| rank agr. | time (s) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| rank agr. | time (s) | SAE (s) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (tbn, m), rs in sorted(rows.items(), key=lambda kv: (list(TESTBEDS).index(kv[0][0]), order.index(kv[0][1]))):
         def col(k: str, rs: list[dict[str, Any]] = rs) -> list[Any]:
             return [r.get(k) for r in rs]
 
         lines.append(f"| {tbn} | {m} | {len(rs)} | {ms(col('auc'))} | {ms([float(x) for x in col('size')], 1)} | "
                      f"{ms(col('recovered'))} | {ms(col('recovered_top10'))} | {ms(col('recovered_vs_input'))} | {ms(col('cpr'))} | {ms(col('cmd'))} | {ms(col('l0'), 1)} | {ms(col('rank_agreement'), 2)} | "
-                     f"{ms(col('seconds'), 1)} |")
+                     f"{ms(col('seconds'), 1)} | {ms(col('sae_seconds'), 2)} |")
     return "\n".join(lines)
 
 

@@ -36,6 +36,10 @@ def _check_types(cfg: Any, *, ints: tuple[str, ...] = (), nums: tuple[str, ...] 
                                        f"got {v!r} ({type(v).__name__})")
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+"""``SAEConfig.lr_schedule``: the SAE's step size over its training steps."""
+
+
 @dataclass(frozen=True)
 class SAEConfig:
     """The sparse autoencoder of METHOD.md section 3 and its training.
@@ -44,7 +48,7 @@ class SAEConfig:
         n_features: dictionary size (the paper: 200, projecting down from d_model).
         l1: sparsity weight lambda (paper: 0.02; the authors use 0.05 for docstring).
         lr: Adam learning rate.
-        epochs: full-batch training steps.
+        epochs: optimiser steps (full batch unless ``batch_rows``).
         train_examples: examples the SAE is trained on (each gives n_heads rows).
         balanced: draw train examples half positive, half negative (False: at random
             from the shuffled pool, as the authors' code does).
@@ -78,6 +82,13 @@ class SAEConfig:
         stop_patience: with ``stop="codes"``, consecutive settled looks needed to stop.
         stop_tol: with ``stop="codes"``, a look is settled when at most this fraction of
             the training rows changed code since the previous look.
+        lr_schedule: the step size over the ``epochs`` steps: ``"constant"`` (the paper),
+            ``"cosine"`` (``lr * (1 + cos(pi * k / epochs)) / 2`` at step ``k``, ~0 at the
+            last) or ``"linear"`` (``lr * (1 - k / epochs)``).
+        batch_rows: None (the paper: every step sees every training row) or a step's
+            minibatch size: each step trains on the next ``batch_rows`` rows of a shuffled
+            pass over the rows (a new shuffle per pass, so each pass covers every row once);
+            with fewer rows than this, full batch. The final codes encode every row.
     """
 
     n_features: int = 200
@@ -99,10 +110,13 @@ class SAEConfig:
     check_every: int = 25
     stop_patience: int = 2
     stop_tol: float = 0.01
+    lr_schedule: str = "constant"
+    batch_rows: int | None = None
 
     def __post_init__(self) -> None:
-        _check_types(self, ints=("n_features", "epochs", "train_examples", "seed"), nums=("l1", "lr"),
-                     strs=("loss", "decoder_norm", "precision"), bools=("balanced",))
+        _check_types(self, ints=("n_features", "epochs", "train_examples", "seed", "batch_rows"), nums=("l1", "lr"),
+                     strs=("loss", "decoder_norm", "precision", "lr_schedule"), bools=("balanced",),
+                     optional=("batch_rows",))
         _check(self.n_features >= 1, f"n_features must be >= 1, got {self.n_features}")
         _check(self.l1 >= 0 and math.isfinite(self.l1), f"l1 must be a finite number >= 0, got {self.l1}")
         _check(0 < self.lr <= 1e10, f"lr must be > 0 and at most 1e10 (larger overflows Adam), got {self.lr}")
@@ -127,6 +141,13 @@ class SAEConfig:
         _check(self.check_every >= 1, f"check_every must be >= 1, got {self.check_every}")
         _check(self.stop_patience >= 1, f"stop_patience must be >= 1, got {self.stop_patience}")
         _check(0 <= self.stop_tol < 1, f"stop_tol must be in [0, 1), got {self.stop_tol}")
+        _check(self.lr_schedule in LR_SCHEDULES,
+               f"lr_schedule must be one of {', '.join(map(repr, LR_SCHEDULES))}, got {self.lr_schedule!r}")
+        _check(self.batch_rows is None or self.batch_rows >= 1,
+               f"batch_rows (rows per SAE training step) must be >= 1 or None (full batch), got {self.batch_rows}")
+        _check(self.batch_rows is None or self.stop == "epochs",
+               f"stop={self.stop!r} compares the codes of all training rows between looks; with batch_rows="
+               f"{self.batch_rows} a step sees only some rows: use stop='epochs' or batch_rows=None")
 
 
 CIRCUIT_RULES = ("above-uniform", "fdr", "fdr-top")
@@ -243,12 +264,14 @@ AUTHORS_COMPAT = {
 
 
 CIRCUITSCAN_COMPAT = {
-    "sae": {"input_scale": "d_model", "head_norm": "center"},
+    "sae": {"input_scale": "d_model", "head_norm": "center", "epochs": 200, "lr_schedule": "cosine"},
     "scoring": {"statistic": "tv", "permutations": 1000, "circuit": "fdr-top", "min_effect": 0.05},
 }
 """``--compat circuitscan``, the default of ``discover``, ``compare`` and :class:`SAECodesConfig`:
 rows scaled to mean squared norm d_model and each head's mean output removed before the
-SAE, the total-variation distance between a head's codes on positives and negatives
+SAE, trained 200 full-batch steps with a cosine step size (the same circuits as 500 constant
+steps on every testbed at ~0.4 of the SAE seconds: docs/CALIBRATION.md "SAE schedule (issue 14)"),
+the total-variation distance between a head's codes on positives and negatives
 instead of the count of positive-only codes, and the circuit = the top k heads by that
 distance, k = the number of heads significant at FDR 0.05 under the label-swap null whose
 distance exceeds its null mean by at least 0.05 (``circuit="fdr-top"``: the null's set itself

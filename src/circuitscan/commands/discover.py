@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..activations import AGGREGATIONS
-from ..config import CIRCUIT_RULES, FDR_RULES
+from ..config import CIRCUIT_RULES, FDR_RULES, LR_SCHEDULES
 from .common import add_model_args, add_task_args, finite_float, positive_int
 
 
@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--features", type=positive_int, default=200, help="dictionary size (default 200)")
     g.add_argument("--l1", type=finite_float, default=0.02, help="sparsity weight lambda (default 0.02)")
     g.add_argument("--lr", type=finite_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    g.add_argument("--epochs", type=positive_int, default=500, help="full-batch steps (default 500)")
+    g.add_argument("--epochs", type=positive_int, default=None,
+                   help="SAE training steps, full batch unless --batch-rows (default: the --compat preset's; "
+                   "circuitscan 200, paper and authors 500)")
     g.add_argument("--train-examples", type=positive_int, default=10, help="SAE training examples (default 10)")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="SAE training matmuls; bf16 is ~2x faster on CPUs with bf16 units (default fp32)")
@@ -75,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 BEYOND_PAPER_SAE = {"input_scale": "input_scale", "head_norm": "head_norm", "target_l0": "target_l0", "sae_seeds": "n_seeds", "stop": "stop",
-                    "check_every": "check_every"}
+                    "check_every": "check_every", "lr_schedule": "lr_schedule", "batch_rows": "batch_rows"}
 BEYOND_PAPER_SCORING = {"statistic": "statistic", "permutations": "permutations", "fdr": "fdr", "circuit": "circuit",
                         "min_effect": "min_effect", "node_score": "node_score", "combine": "combine", "edge_rule": "edge_rule",
                         "edge_permutations": "edge_permutations"}
@@ -96,6 +98,10 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
                    help="'codes': stop SAE training once the argmax codes settle (--epochs is then the most); "
                    "'epochs' (paper): exactly --epochs steps")
     b.add_argument("--check-every", type=positive_int, default=None, help="with --stop codes: epochs between checks")
+    b.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="SAE step size over the --epochs steps: constant (paper), cosine or linear decay to ~0")
+    b.add_argument("--batch-rows", type=positive_int, default=None,
+                   help="SAE training rows per step, from a shuffled pass over all of them (paper: every row)")
     b.add_argument("--statistic", choices=("unique-positive", "tv"), default=None,
                    help="per-head statistic: codes seen only on positives (paper) or the total-variation distance "
                    "between the head's codes on positives and on negatives")
@@ -120,13 +126,15 @@ def configs_from_args(args: argparse.Namespace):
     """(SAEConfig, ScoringConfig) from the paper's flags, the --compat preset, then explicit flags."""
     from ..config import SAEConfig, ScoringConfig, apply_compat
 
-    sae = SAEConfig(n_features=args.features, l1=args.l1, lr=args.lr, epochs=args.epochs,
+    sae = SAEConfig(n_features=args.features, l1=args.l1, lr=args.lr,
                     train_examples=args.train_examples, precision=args.precision, seed=args.seed)
     scoring = ScoringConfig(silent=args.silent, count_on=args.count_on, normalise=args.normalise,
                             softmax=args.softmax, threshold=args.threshold, edge_k=args.edge_k)
     sae, scoring = apply_compat(args.compat, sae, scoring)
     if args.compat == "authors":
         scoring = replace(scoring, count_on=args.count_on if args.count_on != "held-out" else "all")
+    if args.epochs is not None:  # after the preset, which sets its own
+        sae = replace(sae, epochs=args.epochs)
     sae = replace(sae, **{f: getattr(args, a) for a, f in BEYOND_PAPER_SAE.items() if getattr(args, a) is not None})
     given = {f: getattr(args, a) for a, f in BEYOND_PAPER_SCORING.items() if getattr(args, a) is not None}
     if given.get("circuit", "fdr") not in FDR_RULES:  # the preset's effect floor belongs to its FDR circuit

@@ -15,6 +15,9 @@ the scaled problem; the SAE's atoms then have norm ``1 / s``.
 Stopping: ``stop="codes"`` checks the argmax codes of the training rows every
 ``check_every`` epochs and stops once, in every member, at most a fraction ``stop_tol``
 of them changed since the last check, ``stop_patience`` checks in a row (``epochs`` is the maximum); ``stop="epochs"`` runs ``epochs`` steps.
+
+Schedule: each step's size is :func:`.train.lr_at` and its rows :func:`.train.row_batches`
+(one shuffle per member from its generator, so member ``s`` still equals a lone run).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import Tensor
 from ..config import SAEConfig
 from ..errors import TrainingError
 from .model import SparseAutoencoder
-from .train import init_sae
+from .train import init_sae, lr_at, row_batches, set_lr
 
 L1_RATE = 0.05  # per-step log-change of l1 under target_l0 at a 100 % L0 error
 
@@ -138,9 +141,12 @@ def train_ensemble(
     losses: list[list[float]] = [[] for _ in range(S)]
     first: float | None = None
     last_codes, stable, epoch = None, 0, 0
+    batches = row_batches(n, cfg.batch_rows, generators)  # after the inits: member s = a lone run of its seed
     for epoch in range(cfg.epochs):
         detached = {k: v.detach() for k, v in params.items()}
-        loss, _, z, grads = batched_loss_and_grads(detached, x, l1, cfg)
+        rows = next(batches)
+        xb = x if rows is None else torch.gather(x, 1, rows[:, :, None].expand(-1, -1, d))
+        loss, _, z, grads = batched_loss_and_grads(detached, xb, l1, cfg)
         assert grads is not None
         if target_l0 is not None:  # steer l1 toward the target sparsity (multiplicative, per member)
             l0_now = (z > 0).float().sum(2).mean(1)
@@ -149,6 +155,7 @@ def train_ensemble(
         grads["W_D"].sub_((grads["W_D"] * w_d).sum(dim=dim, keepdim=True) * w_d)
         for k, v in params.items():
             v.grad = grads[k]
+        set_lr(opt, lr_at(cfg, epoch))
         opt.step()
         with torch.no_grad():
             params["W_D"].div_(params["W_D"].norm(dim=dim, keepdim=True).clamp_min(1e-12))

@@ -7,11 +7,16 @@ The loss (per row, averaged over rows; see :class:`SAEConfig` for the authors' v
 Each step: forward, hand-derived gradients (five matmuls, no autograd graph), remove
 from each atom's gradient its component parallel to the atom, Adam, renormalise the
 atoms. :func:`loss_and_grads` is checked against autograd in the tests.
+
+The step size follows ``cfg.lr_schedule`` (:func:`lr_at`) and a step sees every row or,
+with ``cfg.batch_rows``, the next minibatch of a shuffled pass (:func:`row_batches`);
+both are shared with the batched loop of :mod:`.ensemble`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -109,6 +114,37 @@ def _project_out_parallel(grad: Tensor, w_d: Tensor, mode: str) -> None:
     grad.sub_((grad * w_d).sum(dim=dim, keepdim=True) * w_d)
 
 
+def lr_at(cfg: SAEConfig, step: int) -> float:
+    """The step size of optimiser step ``step`` (0-based) of ``cfg.epochs`` under ``cfg.lr_schedule``."""
+    t = step / cfg.epochs
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1.0 - t)
+    return cfg.lr
+
+
+def row_batches(n: int, batch_rows: int | None, generators: list[torch.Generator]) -> Iterator[Tensor | None]:
+    """Endless: for each step, the row indices [S, b] each member trains on, or None = all rows.
+
+    Each member shuffles its ``n`` rows with its own generator and steps through them
+    ``batch_rows`` at a time (the last batch of a pass may be smaller), then reshuffles:
+    every pass covers every row exactly once. ``batch_rows`` None or >= ``n``: full batch.
+    """
+    if batch_rows is None or batch_rows >= n:
+        while True:
+            yield None
+    while True:
+        perms = torch.stack([torch.randperm(n, generator=g) for g in generators])
+        for start in range(0, n, batch_rows):
+            yield perms[:, start:start + batch_rows]
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def loss_and_grads(
     sae: SparseAutoencoder, x: Float[Tensor, "n d"], cfg: SAEConfig, *, with_grads: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor] | None]:
@@ -174,7 +210,11 @@ def train_sae(
 
     Raises:
         TrainingError: the data is not finite or the loss diverges.
+        CircuitscanError: ``cfg.batch_rows`` with an extra term (it sees every row).
     """
+    if extra is not None and cfg.batch_rows is not None and cfg.batch_rows < data.shape[0]:
+        raise CircuitscanError(f"an extra loss term is computed on every training row; batch_rows={cfg.batch_rows} "
+                               f"trains on {cfg.batch_rows} of {data.shape[0]}: use batch_rows=None")
     if data.ndim != 2 or data.shape[0] == 0:
         raise CircuitscanError(f"SAE training data must be a non-empty [rows, d] matrix, got {tuple(data.shape)}")
     if not torch.isfinite(data).all():
@@ -186,17 +226,21 @@ def train_sae(
     opt = torch.optim.Adam(list(params.values()), lr=cfg.lr)
     losses: list[float] = []
     first = None
+    batches = row_batches(data.shape[0], cfg.batch_rows, [gen])
     for epoch in range(cfg.epochs):
-        loss, _, z, grads = loss_and_grads(sae, data, cfg)
+        rows = next(batches)
+        x = data if rows is None else data[rows[0]]
+        loss, _, z, grads = loss_and_grads(sae, x, cfg)
         assert grads is not None
         if extra is not None:
-            extra_loss, extra_grads = extra(sae, data, z)
+            extra_loss, extra_grads = extra(sae, x, z)
             loss = loss + extra_loss
             for name, g in extra_grads.items():
                 grads[name] = grads[name] + g
         _project_out_parallel(grads["W_D"], params["W_D"].detach(), cfg.decoder_norm)
         for name, p in params.items():
             p.grad = grads[name]
+        set_lr(opt, lr_at(cfg, epoch))
         opt.step()
         with torch.no_grad():
             _normalise(params["W_D"], cfg.decoder_norm)

@@ -1,0 +1,106 @@
+"""Study (issue 14): SAE training schedules against sc-preset, from sae_codes_calibration.py's cache.
+
+The fits themselves are sae_codes_calibration.py's variants ``sc-preset-e*-cos*`` and
+``sc-preset-b*-cos`` (a cosine step size, fewer steps, minibatch steps) and the preset
+before them, ``sc-preset-e500-const``; this script reads their cached per-seed results,
+prints mean ± std per (testbed, variant) with the SAE seconds, marks whether each variant
+qualifies as the default on each testbed (node AUC and recovered each at least the old
+preset's mean minus its seed std), and writes the raw rows as JSON lines.
+
+    PYTHONPATH=src .venv/bin/python studies/sae_codes_calibration.py --testbeds all \\
+        --variants sc-preset-e500-const,sc-preset-e200-cos,... --baselines none --seeds 0-4 --cache CACHE
+    PYTHONPATH=src .venv/bin/python studies/sae_schedule.py --cache CACHE \\
+        --out docs/references/sae_schedule.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from sae_codes_calibration import TESTBEDS, VARIANTS, late_auc
+
+BASE = "sc-preset-e500-const"  # the preset before issue 14 (sc-preset is now sc-preset-e200-cos)
+SCHEDULES = [v for v in VARIANTS if v == BASE or (v.startswith("sc-preset-") and ("-cos" in v))]
+KEEP = ("testbed", "method", "seed", "n", "auc", "recovered", "size", "heads", "l0", "dead", "sae_seconds",
+        "seconds", "config_key")
+
+
+def load(cache: Path) -> dict[tuple[str, str], list[dict]]:
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for p in sorted((cache / "results").glob("*/*.json")):
+        r = json.loads(p.read_text())
+        if r["method"] in SCHEDULES and r["testbed"] in TESTBEDS:
+            if r.get("auc") is None:
+                r["auc"] = late_auc(r["testbed"], r)
+            rows.setdefault((r["testbed"], r["method"]), []).append(r)
+    for rs in rows.values():
+        rs.sort(key=lambda r: r["seed"])
+    return rows
+
+
+def _ms(vals: list[float]) -> tuple[float, float]:
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def verdict(rows, testbed: str, method: str) -> str:
+    """'yes' when AUC and recovered are each >= sc-preset's mean - its seed std (same seeds)."""
+    base = {r["seed"]: r for r in rows.get((testbed, BASE), [])}
+    mine = [r for r in rows[(testbed, method)] if r["seed"] in base]
+    if method == BASE or not mine:
+        return ""
+    fails = []
+    for key in ("auc", "recovered"):
+        m, s = _ms([base[r["seed"]][key] for r in mine])
+        if _ms([r[key] for r in mine])[0] < m - s - 1e-9:
+            fails.append(key)
+    return "yes" if not fails else "no (" + ", ".join(fails) + ")"
+
+
+def table(rows) -> str:
+    out = ["| testbed | variant | seeds | node AUC | recovered | size | SAE s | vs sc-preset SAE s | qualifies |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for (tb, m), rs in sorted(rows.items(), key=lambda kv: (list(TESTBEDS).index(kv[0][0]),
+                                                            SCHEDULES.index(kv[0][1]))):
+        def f(key: str, digits: int, rs=rs) -> str:
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if not vals:
+                return "-"
+            m_, s_ = _ms(vals)
+            return f"{m_:.{digits}f} ± {s_:.{digits}f}"
+
+        base = rows.get((tb, BASE))
+        ratio = "-"
+        if base and all("sae_seconds" in r for r in rs + base):
+            ratio = f"{statistics.fmean(r['sae_seconds'] for r in rs) / statistics.fmean(r['sae_seconds'] for r in base):.2f}"
+        out.append(f"| {tb} | {m} | {len(rs)} | {f('auc', 3)} | {f('recovered', 3)} | {f('size', 1)} | "
+                   f"{f('sae_seconds', 2)} | {ratio} | {verdict(rows, tb, m)} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", default="runs/study")
+    ap.add_argument("--out", default=None, help="write the raw per-seed rows here (JSON lines)")
+    args = ap.parse_args()
+    rows = load(Path(args.cache))
+    print(table(rows))
+    every = {m for (_, m) in rows}
+    beds = {tb for (tb, _) in rows}
+    for m in sorted(every - {BASE}, key=SCHEDULES.index):
+        v = [verdict(rows, tb, m) for tb in beds if (tb, m) in rows]
+        missing = sorted(tb for tb in beds if (tb, m) not in rows)
+        print(f"{m}: qualifies on {sum(x == 'yes' for x in v)} of {len(v)} testbeds run"
+              + (f"; not run on {', '.join(missing)}" if missing else ""))
+    if args.out:
+        with open(args.out, "w") as fh:
+            for key in sorted(rows, key=lambda k: (list(TESTBEDS).index(k[0]), SCHEDULES.index(k[1]))):
+                for r in rows[key]:
+                    fh.write(json.dumps({k: r.get(k) for k in KEEP}) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
