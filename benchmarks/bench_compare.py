@@ -40,7 +40,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     import circuitscan as cs
-    from circuitscan.compare import CompareSettings, _evaluate, compare
+    from circuitscan.comparison import CompareSettings, _evaluate, compare
     from circuitscan.methods import ACDCConfig, SAECodesConfig, SPConfig
     from circuitscan.types import GroundTruth
 

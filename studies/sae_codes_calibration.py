@@ -279,7 +279,7 @@ def run_variant(bed: Bed, name: str, faith: bool) -> list[tuple[str, dict[str, A
 
 
 def run_baseline(bed: Bed, method: str, faith: bool) -> list[tuple[str, dict[str, Any]]]:
-    from circuitscan.compare import CompareSettings, method_configs
+    from circuitscan.comparison import CompareSettings, method_configs
     from circuitscan.methods import get
 
     settings = CompareSettings(n_examples=bed.tb.n_examples, batch_size=32)

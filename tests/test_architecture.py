@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"circuits", "activations", "sae", "codes"},
     {"evaluation"},
     {"methods"},
-    {"run", "compare", "sweep", "features", "testbeds", "interop", "report", "pipelines"},
+    {"run", "comparison", "sweep", "features", "testbeds", "interop", "report", "pipelines"},
     {"commands", "cli", "(root)"},
 ]
 
@@ -145,7 +145,7 @@ def test_no_new_import_circle():
 
 
 #: where an import of our own modules may sit inside a function without a reason given: the
-#: command line (each command loads what it runs) and the lazy public API of the package root
+#: command line (each command loads what it runs) and the package root
 DEFERRED_OK = ("circuitscan", "circuitscan.cli", "circuitscan.commands")
 
 
@@ -210,18 +210,18 @@ def test_every_package_has_a_layer(pkg):
     _layer(pkg)
 
 
-def test_every_public_name_resolves_without_loading_torch_first():
-    """``circuitscan.__all__`` is the public API: each name imports, and the bare import stays light."""
-    import subprocess
-    import sys
-
-    code = ("import sys, circuitscan as cs; light = 'torch' not in sys.modules; "
-            "missing = [n for n in cs.__all__ if getattr(cs, n, None) is None]; "
-            "print(light, missing)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
-    assert out[0] == "True", "import circuitscan loaded torch"
-    assert out[1].strip() == "[]", f"public names that do not resolve: {out[1]}"
+def test_the_public_api_is_explicit_and_complete():
+    """``circuitscan.__all__`` is the public API, bound by plain imports in ``__init__.py``
+    (no module ``__getattr__``), with compare, evaluate_run, write_report and the method protocol."""
     import circuitscan as cs
 
-    for name in ("evaluate_run", "write_report", "Scorer", "MethodSpec", "predicted_circuit", "discover"):
+    tree = ast.parse((ROOT / "__init__.py").read_text())
+    assert not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
+    assert not hasattr(cs, "__getattr__")
+    missing = [n for n in cs.__all__ if n not in vars(cs)]
+    assert not missing, f"public names not bound in circuitscan/__init__.py: {missing}"
+    for name in ("compare", "evaluate_run", "write_report", "Scorer", "MethodSpec", "predicted_circuit", "discover"):
         assert name in cs.__all__ and callable(getattr(cs, name)), name
+    from circuitscan.comparison import compare
+
+    assert cs.compare is compare  # the function, not a subpackage of the same name

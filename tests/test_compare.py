@@ -7,7 +7,7 @@ import json
 import pytest
 
 from circuitscan.cli import main
-from circuitscan.compare import CompareSettings, compare, format_table, parse_methods
+from circuitscan.comparison import CompareSettings, compare, format_table, parse_methods
 from circuitscan.errors import CircuitscanError
 from circuitscan.methods import all_names
 

@@ -20,7 +20,7 @@ TESTBEDS = {"toy-planted": "planted", "toy-induction": "induction"}
 
 
 def _settings():
-    from circuitscan.compare import CompareSettings
+    from circuitscan.comparison import CompareSettings
 
     return CompareSettings(sp_steps=15, eap_ig_steps=3, acdc_thresholds=(0.01, 0.3), batch_size=24)
 
@@ -41,7 +41,7 @@ def compute(model_name: str) -> dict[str, dict]:
     """{method: {"node": flat head scores, "edges": {edge: score} or None}} for one testbed."""
     import torch
 
-    from circuitscan.compare import compare
+    from circuitscan.comparison import compare
     from circuitscan.methods import all_names
     from circuitscan.models import load_model
     from circuitscan.tasks import build_task

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from circuitscan.cli import main
-from circuitscan.compare import method_registry
+from circuitscan.comparison import method_registry
 from circuitscan.errors import CircuitscanError
 from circuitscan.methods import MethodSpec
 from circuitscan.models.toy import PLANTED_HEADS
@@ -70,7 +70,7 @@ def test_every_registered_spec_is_complete():
 
 
 def test_config_from_copies_only_mapped_settings():
-    from circuitscan.compare import CompareSettings
+    from circuitscan.comparison import CompareSettings
 
     s = CompareSettings(metric="kl", ablation="mean", n_examples=7, batch_size=5, sp_steps=11, eap_ig_steps=3)
     assert methods.spec("eap-ig").config_from(s).steps == 3
@@ -82,7 +82,7 @@ def test_config_from_copies_only_mapped_settings():
 
 
 def test_unknown_method_names_list_the_registry():
-    from circuitscan.compare import parse_methods
+    from circuitscan.comparison import parse_methods
 
     with pytest.raises(CircuitscanError, match="valid: sae-codes, eap"):
         parse_methods("eap,nosuch")
@@ -174,7 +174,7 @@ def dummy_edges():
 def test_a_registered_edge_method_is_listed_scored_on_edges_and_read_back(dummy_edges, tmp_path, capsys):
     """One MethodSpec and one register call: the method is in every list, its edges and its
     threshold sweep are evaluated, the run directory keeps them and evaluate / report read them."""
-    from circuitscan.compare import parse_methods
+    from circuitscan.comparison import parse_methods
     from circuitscan.report.rundata import load_run
 
     assert "dummy-edges" in parse_methods("all") and "dummy-edges" in methods.default_names()

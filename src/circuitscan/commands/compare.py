@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import circuits
-    from ..compare import CompareSettings, compare, format_table, method_registry, parse_methods
+    from ..comparison import CompareSettings, compare, format_table, method_registry, parse_methods
     from ..errors import CircuitscanError
     from ..rundir import check_out_dir
     from .common import build_prompts_from_args, load_model_from_args

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 def method_list() -> str:
     """Every registered method: name, what it scores, one line on it, its source."""
-    from ..compare.settings import method_registry
+    from ..comparison.settings import method_registry
 
     registry = method_registry()
     lines = []

@@ -7,7 +7,7 @@ table, the report and the CLI's method lists read the registry and nothing else.
 A method of a higher layer registers itself when imported (``feature-attribution``, the
 attribution graph's head-level view, in :mod:`circuitscan.features.heads`; it needs
 sublayer SAEs); the pipelines take the registry from
-:func:`circuitscan.compare.settings.method_registry`, which imports it.
+:func:`circuitscan.comparison.settings.method_registry`, which imports it.
 """
 
 from __future__ import annotations

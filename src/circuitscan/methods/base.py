@@ -59,7 +59,7 @@ class MethodSpec:
         config: the method's config class (a frozen dataclass, built with no arguments
             for the defaults).
         summary: one line for ``--help``, ``compare --list`` and the docs.
-        settings: which fields of :class:`~circuitscan.compare.CompareSettings` the method
+        settings: which fields of :class:`~circuitscan.comparison.CompareSettings` the method
             takes, as {settings field: config field}.
         fixed: config fields this method always sets in a comparison (``acdc-edge``:
             ``level="edge"``).

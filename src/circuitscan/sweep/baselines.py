@@ -3,7 +3,7 @@
 A sweep varies the SAE method's settings; a baseline runs once, with its defaults, on the
 sweep's base prompt set (the same prompts the base configuration sees), so the tables can
 say where every grid point stands against, say, EAP. Any method of the registry
-(:func:`circuitscan.compare.settings.method_registry`) can be a baseline, a method
+(:func:`circuitscan.comparison.settings.method_registry`) can be a baseline, a method
 registered by a user included.
 
 Results live in ``DIR/baselines.json`` ({method: row}); a resumed sweep computes only the
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..compare.settings import CompareSettings, method_configs, method_registry, parse_methods
+from ..comparison.settings import CompareSettings, method_configs, method_registry, parse_methods
 from ..errors import CircuitscanError
 from ..evaluation.ground_truth import evaluate_scores
 from ..rundir import read_json, write_json

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError, TrainingError
+from ..evaluation.metrics import induction_loss
 from ..models.handle import ModelHandle
 from ..progress import status
 from ..tasks.induction import build_induction
@@ -209,9 +210,6 @@ def handle(bridge: Any, cfg: InductionConfig, info: dict[str, Any]) -> ModelHand
 def induction_losses(model: ModelHandle, *, n: int = 200, seed: int = 12345) -> dict[str, float]:
     """Mean loss on the predictable tokens of the ``induction`` task: repeated vs unrepeated."""
     import torch
-
-    # deferred: evaluation loads torch, and testbeds is imported by `import circuitscan`
-    from ..evaluation.metrics import induction_loss
 
     prompts = build_induction(model, n, seed=seed)
     mask = torch.zeros(prompts.positive.shape)

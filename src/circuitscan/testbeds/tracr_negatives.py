@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..config import SAEConfig, ScoringConfig
 from ..errors import CircuitscanError
+from ..methods.sae_codes import SAECodesConfig, discover_from_activations
 from ..types import HeadActivations, HeadId
 from .tracr_model import (
     component_weights,
@@ -15,7 +16,7 @@ from .tracr_task import build_tracr_task
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from ..methods.sae_codes import Discovery, SAECodesConfig
+    from ..methods.sae_codes import Discovery
     from ..models.handle import ModelHandle
 
 
@@ -111,9 +112,6 @@ def appendix_g_head_activations(
 def appendix_g_config(seed: int = 0) -> SAECodesConfig:
     """The paper's Appendix G protocol: SAE trained on 10 examples drawn at random from the
     pooled positives and negatives, codes counted on all examples."""
-    # deferred: methods loads torch, and testbeds is imported by `import circuitscan`
-    from ..methods.sae_codes import SAECodesConfig
-
     return SAECodesConfig(
         sae=SAEConfig(balanced=False, seed=seed), scoring=ScoringConfig(count_on="all")
     )
@@ -128,8 +126,5 @@ def appendix_g_discover(
     cfg: SAECodesConfig | None = None,
 ) -> Discovery:
     """sae-codes on Appendix G's activation-level negatives (default: :func:`appendix_g_config`)."""
-    # deferred: methods loads torch, and testbeds is imported by `import circuitscan`
-    from ..methods.sae_codes import discover_from_activations
-
     acts = appendix_g_head_activations(model, n, seed=seed, sigma=sigma)
     return discover_from_activations(acts, cfg or appendix_g_config(seed), paired=True)

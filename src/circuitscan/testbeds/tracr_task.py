@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskError
+from ..evaluation.metrics import METRICS, Metric
+from ..evaluation.metrics import register_metric as _register
 from ..types import PromptSet
 from .tracr_model import (
     _require,
@@ -109,10 +111,6 @@ def _tracr_error(logits: Tensor, batch: Any) -> Tensor:
 
 def register_metric() -> None:
     """Register ``tracr_error`` with :mod:`circuitscan.evaluation.metrics` (idempotent)."""
-    # deferred: evaluation loads torch, and testbeds is imported by `import circuitscan`
-    from ..evaluation.metrics import METRICS, Metric
-    from ..evaluation.metrics import register_metric as _register  # deferred: as above
-
     if "tracr_error" in METRICS:
         return
     _register(
