@@ -12,6 +12,11 @@ Prints, from one run on this machine:
 
 Usage: .venv/bin/python benchmarks/bench_compare.py [--examples 16] [--threads 1]
        [--acdc-edge-seconds 600] [--sp-steps 50] [--out RUN_DIR]
+       .venv/bin/python benchmarks/bench_compare.py --from-runs RUN_DIR [RUN_DIR ...]
+
+``--from-runs`` runs nothing: it prints the same table from ``circuitscan compare`` run
+directories made on the same prompts (one of them with ``patching``, which gives the proxy),
+e.g. the new methods run separately from the rest.
 """
 
 from __future__ import annotations
@@ -32,7 +37,12 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also write the comparison run directory here")
     ap.add_argument("--scale-examples", type=int, default=0,
                     help="also time sae-codes and eap alone on this many IOI prompts (0: skip)")
+    ap.add_argument("--from-runs", nargs="+", default=None, metavar="RUN_DIR",
+                    help="print the table from these compare runs (same prompts, one with patching); run nothing")
     args = ap.parse_args()
+    if args.from_runs:
+        table_from_runs(args.from_runs)
+        return
 
     import torch
 
@@ -123,6 +133,37 @@ def main() -> None:
         print(f"at {big.n_positive} + {big.n_negative} prompts: sae-codes {sae.wall_time_s:.1f}s, eap "
               f"{eap.wall_time_s:.1f}s (ratio eap / sae-codes = {eap.wall_time_s / sae.wall_time_s:.2f}; "
               f"target >= 1); {_peak()}")
+
+
+def table_from_runs(run_dirs: list[str]) -> None:
+    """The benchmark's table from compare run directories on the same prompts (AUC vs the
+    proxy: the top 10 % of heads by the ``patching`` scores found among them)."""
+    import torch
+
+    from circuitscan.evaluation.ground_truth import evaluate_scores
+    from circuitscan.runfiles import read_run
+
+    runs = [read_run(d) for d in run_dirs]
+    shas = {r.config["task"]["prompts_sha256"] for r in runs}
+    if len(shas) != 1:
+        raise SystemExit(f"the runs were made on different prompts ({len(shas)} prompt hashes)")
+    rows = [(r, name, entry) for r in runs for name, entry in r.methods.items()]
+    patching = [entry for _, name, entry in rows if name == "patching"]
+    if not patching:
+        raise SystemExit("no run among them has 'patching' (the proxy's source)")
+    layout = runs[0].layout
+    k = round(0.1 * layout.n_total)
+    top = torch.tensor(patching[0]["scores"], dtype=torch.float64).argsort(descending=True)[:k]
+    truth = torch.zeros(layout.n_total, dtype=torch.bool)
+    truth[top] = True
+    print(f"{'method':<16} {'time (s)':>9} {'fwd':>5} {'bwd':>5} {'AUC vs proxy':>12} {'CPR':>6} {'CMD':>6}  run")
+    for r, name, entry in rows:
+        faith = r.metrics.get("faithfulness") or {}
+        auc = evaluate_scores(torch.tensor(entry["scores"], dtype=torch.float64), truth, name="proxy").auc
+        print(f"{name:<16} {entry.get('wall_time_s', math.nan):>9.1f} {entry['forward_passes']:>5} "
+              f"{entry['backward_passes']:>5} {auc:>12.3f} {faith.get('cpr', {}).get(name, math.nan):>6.3f} "
+              f"{faith.get('cmd', {}).get(name, math.nan):>6.3f}  {r.path.name}")
+    print(f"proxy: top {k} heads by patching: {', '.join(sorted(layout.names()[i] for i in top.tolist()))}")
 
 
 def _peak() -> str:

@@ -139,3 +139,39 @@ def test_compare_end_to_end_on_smollm2(smollm2, tmp_path):
     assert "L0H0->L5KV1.k" in edges and "L29H8->logits" in edges and "L3H0->L5H8.q" in edges
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["circuits"]["eap"]["rule"].startswith("top 10%")
+
+
+_WARNS_INSIDE_COMPARE = """
+import sys, warnings
+import circuitscan.compare as c
+from circuitscan.cli import main
+
+real = c.compare
+
+def compare_that_warns(*args, **kwargs):
+    warnings.warn("a library warning raised inside compare", UserWarning)
+    return real(*args, **kwargs)
+
+c.compare = compare_that_warns
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_cli_compare_exits_after_a_library_warning(tmp_path):
+    """A warning that is not circuitscan's, raised during the command, is shown once after it
+    and the process exits (issue 16: re-shown inside the recording block, each warning was
+    recorded again and ``compare`` spun at 100 % CPU after printing "wrote DIR")."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**os.environ, "CIRCUITSCAN_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _WARNS_INSIDE_COMPARE, "compare", "--model", "toy-planted", "--task", "planted",
+         "-n", "12", "--methods", "eap", "--out", str(out), "--no-faithfulness"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote  {out}/" in proc.stdout
+    assert proc.stderr.count("a library warning raised inside compare") == 1, proc.stderr

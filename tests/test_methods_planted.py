@@ -97,3 +97,38 @@ def test_edge_pruning_keeps_the_planted_edges(planted, planted_prompts, planted_
     assert auc["auc"] == pytest.approx(1.0)
     assert 0 < scores.stats["edges_kept"] < graph.n_edges // 4
     assert scores.backward_passes == 60  # one backward pass per step
+
+
+def test_edge_pruning_per_layer_differences_match_the_single_buffer(planted, planted_prompts):
+    """The per-layer path edge pruning trains on (issue 16) gives the single in-place buffer's
+    damage, gradients and scores, to float rounding."""
+    from circuitscan.evaluation.edges import EdgeForward, EdgeGraph
+    from circuitscan.methods._setup import PassCounter, build_objective, frozen_params
+    from circuitscan.methods.edge_pruning import EdgePruningConfig, edge_pruning_scores
+
+    cfg = EdgePruningConfig(steps=20, batch_size=40)
+    obj = build_objective(planted, planted_prompts, cfg, counter=PassCounter())
+    graph = EdgeGraph.for_model(planted)
+    fwd = EdgeForward(planted, graph)
+    index, sl = next(obj.batches())
+    # gates between 0 and 1 with some exactly 0 or 1, as hard-concrete samples are
+    gates = torch.rand(1, graph.n_senders, graph.n_receivers, generator=torch.Generator().manual_seed(3))
+    gates = torch.where(gates < 0.2, 0.0, torch.where(gates > 0.9, 1.0, gates)) * graph.valid
+    got = {}
+    for per_layer in (False, True):
+        removed = gates.clone().requires_grad_(True)
+        with frozen_params(planted), torch.enable_grad():
+            hooks, _ = fwd.hooks(removed=removed, source_heads=[obj.source_z(i, sl) for i in range(3)],
+                                 source_input=obj.source_input(sl), per_layer=per_layer)
+            damage = obj.goodness(obj.logits(obj.tokens[sl], None, hooks), index).mean()
+            damage.backward()
+        got[per_layer] = (float(damage.detach()), removed.grad.clone())
+    assert got[True][0] == pytest.approx(got[False][0], rel=1e-5, abs=1e-6)
+    assert got[False][1].abs().max() > 1e-3  # the gates matter
+    torch.testing.assert_close(got[True][1], got[False][1], rtol=1e-4, atol=1e-6)
+    old = edge_pruning_scores(planted, planted_prompts, cfg, per_layer=False)
+    new = edge_pruning_scores(planted, planted_prompts, cfg)
+    assert sorted(new.edges) == sorted(old.edges)
+    torch.testing.assert_close(torch.tensor([new.edges[k] for k in sorted(old.edges)]),
+                               torch.tensor([old.edges[k] for k in sorted(old.edges)]), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(new.flat, old.flat, rtol=1e-4, atol=1e-6)

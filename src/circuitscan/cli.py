@@ -97,16 +97,19 @@ def _run_showing_warnings(args: argparse.Namespace) -> int:
 
     from .errors import CircuitscanWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CircuitscanWarning)
-        try:
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CircuitscanWarning)
             return int(args.func(args) or 0)
-        finally:
-            for w in caught:
-                if issubclass(w.category, CircuitscanWarning):
-                    print(f"circuitscan: warning: {w.message}", file=sys.stderr)
-                else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    finally:
+        # after the block: re-emitted inside it, each warning was recorded again and the
+        # loop never ended (issue 16: "compare" at 100 % CPU after "wrote DIR")
+        for w in caught:
+            if issubclass(w.category, CircuitscanWarning):
+                print(f"circuitscan: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -94,6 +94,7 @@ class EdgeForward:
         leaves: bool = False,
         verify: bool = False,
         n_configs: int = 1,
+        per_layer: bool | None = None,
     ) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
         """Hooks for one forward pass, and the dict they fill.
 
@@ -107,13 +108,19 @@ class EdgeForward:
             verify: recompute every receiver even where nothing changes and check the
                 result against the model's own q/k/v (raises if they differ).
             n_configs: C, the number of edge configurations in the batch.
+            per_layer: keep each layer's sender differences as its own tensor and sum
+                receivers' inputs block by block, instead of one buffer filled in place
+                (same sums, other order). None: when ``removed`` requires grad (edge
+                pruning's gates), where the in-place buffer would make autograd copy
+                and zero every sender's differences once per layer.
 
         Returns:
             (hooks, state): after the pass, state holds ``z`` (per layer, as the forward
             saw it), ``input`` (the embedding) and ``leaf``.
         """
         p = _EdgePass(self, removed=removed, source_heads=source_heads, source_input=source_input,
-                      leaves=leaves, verify=verify, n_configs=n_configs)
+                      leaves=leaves, verify=verify, n_configs=n_configs,
+                      per_layer=bool(removed is not None and removed.requires_grad) if per_layer is None else per_layer)
         return p.hook_list(), p.state
 
     def _check(self, layer: int, port: str, new: Tensor, orig: Tensor) -> None:
@@ -133,11 +140,14 @@ class _EdgePass:
 
     ``buf["D"][c, s]`` is the ablated minus the current value of sender ``s`` in config
     ``c``, flattened over (rows, pos, d), filled as the pass reaches each sender;
-    ``buf["T"][c]`` is the sum of D over the senders so far.
+    ``buf["T"][c]`` is the sum of D over the senders so far. With ``per_layer``, D is
+    instead ``blocks``: one ``[C, senders of the layer, (rows, pos, d)]`` tensor per
+    sender layer (input first), never written after it is made.
     """
 
     def __init__(self, fwd: EdgeForward, *, removed: Tensor | None, source_heads: list[Tensor | None] | None,
-                 source_input: Tensor | None, leaves: bool, verify: bool, n_configs: int) -> None:
+                 source_input: Tensor | None, leaves: bool, verify: bool, n_configs: int,
+                 per_layer: bool = False) -> None:
         g = fwd.graph
         self.fwd, self.g = fwd, g
         self.L, self.H = g.layout.n_layers, g.layout.n_heads
@@ -149,6 +159,8 @@ class _EdgePass:
         if self.patch and tuple(removed.shape) != (self.C, g.n_senders, g.n_receivers):
             raise ValueError(f"removed must be [{self.C}, {g.n_senders}, {g.n_receivers}], got {tuple(removed.shape)}")
         self.buf: dict[str, Tensor] = {}
+        self.per_layer = per_layer
+        self.blocks: list[Tensor] = []
         self.resid: dict[int, Tensor] = {}
 
     def hook_list(self) -> list[tuple[str, Any]]:
@@ -178,6 +190,8 @@ class _EdgePass:
         """sum_s M[c, s, n] D[c, s]: [C, n, (r p d)]; None if M is all zero."""
         import torch
 
+        if self.per_layer:
+            return self.blockwise_sum(M, n_up)
         used = M.any(2).any(0).nonzero().flatten()
         if used.numel() == 0:
             return None
@@ -187,12 +201,28 @@ class _EdgePass:
         # D fills in place as the pass goes on: a gradient in M needs this layer's copy of it
         return torch.bmm(M.transpose(1, 2), D[:, :n_up].clone() if M.requires_grad else D[:, :n_up])
 
+    def blockwise_sum(self, M: Tensor, n_up: int) -> Tensor | None:
+        """:meth:`weighted_sum` over ``blocks``: one product per sender layer that feeds M."""
+        import torch
+
+        out, lo = None, 0
+        for D in self.blocks:
+            hi = lo + D.shape[1]
+            if hi > n_up:
+                break
+            part = M[:, lo:hi]
+            if bool(part.any()):
+                term = torch.bmm(part.transpose(1, 2), D)
+                out = term if out is None else out + term
+            lo = hi
+        return out
+
     def delta_for(self, r_idx: list[int], n_up: int, like: Tensor) -> Tensor | None:
         """Sum over removed edges into receivers r_idx of (ablated - current): [C*r, p, n, d]."""
         if not self.patch:
             return None
         C = self.C
-        W = self.removed[:, :n_up][:, :, r_idx].to(self.buf["D"].dtype)  # [C, S_up, n]
+        W = self.removed[:, :n_up][:, :, r_idx].to(self.buf["T"].dtype)  # [C, S_up, n]
         n_removed = int(W.any(2).any(0).sum())
         if n_removed == 0:
             return None
@@ -215,9 +245,13 @@ class _EdgePass:
         self.state["input"] = x
         if self.patch:
             C = self.C
+            diff = (self.ablated(self.source_input, x) - x).reshape(C, -1)
+            if self.per_layer:
+                self.blocks = [diff[:, None]]
+                self.buf["T"] = diff
+                return x
             self.buf["D"] = torch.zeros(C, self.g.n_senders, x[: x.shape[0] // C].numel(), dtype=x.dtype,
                                         device=x.device)
-            diff = (self.ablated(self.source_input, x) - x).reshape(C, -1)
             self.buf["D"][:, 0] = diff
             self.buf["T"] = diff.clone()
         return x
@@ -277,8 +311,12 @@ class _EdgePass:
                 a_src = torch.zeros_like(a) if src is None else self.fwd.head_out(layer, self.ablated(src, zz))
                 diff = (a_src - a).reshape(C, a.shape[0] // C, a.shape[1], H, a.shape[-1])
                 diff = diff.permute(0, 3, 1, 2, 4).reshape(C, H, -1)
-                self.buf["D"][:, lo : lo + H] = diff
-                self.buf["T"] += diff.sum(1)
+                if self.per_layer:
+                    self.blocks.append(diff)
+                    self.buf["T"] = self.buf["T"] + diff.sum(1)
+                else:
+                    self.buf["D"][:, lo : lo + H] = diff
+                    self.buf["T"] += diff.sum(1)
             return z
 
         return hook

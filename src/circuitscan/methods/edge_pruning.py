@@ -71,7 +71,15 @@ class EdgePruningConfig(BaselineConfig):
             raise CircuitscanError(f"max_seconds must be > 0, got {self.max_seconds}")
 
 
-def edge_pruning_scores(model: ModelHandle, prompts: PromptSet, cfg: EdgePruningConfig) -> Scores:
+def edge_pruning_scores(model: ModelHandle, prompts: PromptSet, cfg: EdgePruningConfig, *,
+                        per_layer: bool = True) -> Scores:
+    """Edge-pruning scores (the module docstring).
+
+    ``per_layer``: the gated passes keep each sender layer's differences apart
+    (:meth:`~circuitscan.evaluation.edges.EdgeForward.hooks`); False runs them through the
+    single in-place buffer instead (same algorithm, same scores to float rounding, about
+    4x slower per step on SmolLM2), the path before issue 16.
+    """
     import torch
 
     counter = PassCounter()
@@ -89,7 +97,8 @@ def edge_pruning_scores(model: ModelHandle, prompts: PromptSet, cfg: EdgePruning
         removed = torch.zeros(1, graph.n_senders, graph.n_receivers)
         removed = removed.index_put((torch.zeros(n_edges, dtype=torch.long), pairs[:, 0], pairs[:, 1]), 1.0 - gates)
         src = [obj.source_z(layer, sl) for layer in range(model.layout.n_layers)]
-        hooks, _ = fwd.hooks(removed=removed, source_heads=src, source_input=obj.source_input(sl), n_configs=1)
+        hooks, _ = fwd.hooks(removed=removed, source_heads=src, source_input=obj.source_input(sl), n_configs=1,
+                             per_layer=per_layer)
         logits = obj.logits(obj.tokens[sl], None if obj.mask is None else obj.mask[sl], hooks)
         counter.fwd(sl.stop - sl.start)
         return -obj.goodness(logits, index).mean()
