@@ -143,7 +143,7 @@ def test_compare_end_to_end_on_smollm2(smollm2, tmp_path):
 
 _WARNS_INSIDE_COMPARE = """
 import sys, warnings
-import circuitscan.compare as c
+import circuitscan.comparison as c
 from circuitscan.cli import main
 
 real = c.compare
