@@ -14,6 +14,7 @@ import signal
 import sys
 
 from ._version import __version__
+from .errors import CircuitscanError, CircuitscanWarning
 
 COMMANDS = ("discover", "models", "methods", "tasks", "evaluate", "compare", "report", "sweep", "features", "export")
 
@@ -33,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 1 unexpected failure)."""
-    from .errors import CircuitscanError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -95,7 +95,6 @@ def _run_showing_warnings(args: argparse.Namespace) -> int:
     """Run the command; circuitscan's own warnings become one plain line on stderr each."""
     import warnings
 
-    from .errors import CircuitscanWarning
 
     caught: list[warnings.WarningMessage] = []
     try:

@@ -7,6 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..models import load_model
+from ..tasks import build_prompts
+
 
 def positive_int(text: str) -> int:
     try:
@@ -70,14 +73,10 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_model_from_args(args: argparse.Namespace):
-    from ..models import load_model
-
     return load_model(args.model, device=args.device, tokenizer=args.tokenizer, seed=args.seed)
 
 
 def build_prompts_from_args(args: argparse.Namespace, model) -> Any:
-    from ..tasks import build_prompts
-
     if args.task_file and not args.task:
         # stored absolute in config.json, so evaluate reads this file from any directory
         args.task_file = str(Path(args.task_file).resolve())

@@ -7,7 +7,20 @@ import sys
 import time
 from pathlib import Path
 
-from .common import add_model_args, add_task_args, finite_float, positive_int
+from .. import circuits
+from ..comparison import CompareSettings, compare, format_table, method_registry, parse_methods
+from ..errors import CircuitscanError
+from ..evaluation.metrics import default_metric, get_metric
+from ..report import write_report
+from ..rundir import check_out_dir
+from .common import (
+    add_model_args,
+    add_task_args,
+    build_prompts_from_args,
+    finite_float,
+    load_model_from_args,
+    positive_int,
+)
 
 METHOD_HELP = ("comma-separated registered methods (`circuitscan methods` lists them: sae-codes, eap, eap-ig, "
                "patching, acdc, acdc-edge, hisp, sp, norm-diff, edge-pruning, ...) or 'all' (default: those "
@@ -65,12 +78,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import circuits
-    from ..comparison import CompareSettings, compare, format_table, method_registry, parse_methods
-    from ..errors import CircuitscanError
-    from ..rundir import check_out_dir
-    from .common import build_prompts_from_args, load_model_from_args
-
     methods = parse_methods(args.methods) if args.methods is not None else method_registry().default_names()  # fail early
     out = Path(args.out)
     check_out_dir(out, overwrite=args.overwrite)
@@ -79,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
     if args.faithfulness_samples < 0:
         raise CircuitscanError(f"--faithfulness-samples must be >= 0, got {args.faithfulness_samples}")
     if args.metric is not None:
-        from ..evaluation.metrics import get_metric
-
         get_metric(args.metric)
     t = time.perf_counter()
     model = load_model_from_args(args)
@@ -105,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"model  {model.spec}  ({model.layout.n_layers} layers x {model.layout.n_heads} heads); task {prompts.task} "
           f"({prompts.n_positive} positive + {prompts.n_negative} negative prompts)")
-    from ..evaluation.metrics import default_metric
 
     metric = settings.metric or default_metric(prompts)
     print(f"metric {metric}, ablation {settings.ablation}; ground truth: {gt.name if gt else 'none (no AUCs)'}"
@@ -117,11 +121,6 @@ def run(args: argparse.Namespace) -> int:
           "head-level edges; AUC pairs: the paper's 'edge-level' AUC of sae-codes, over heads")
     print(f"wrote  {result.out}/")
     if args.report:
-        try:
-            from ..report import write_report
-        except ImportError:
-            print("the report module is not available; skipped --report", file=sys.stderr)
-        else:
-            print(f"wrote  {write_report(result.out)}")
+        print(f"wrote  {write_report(result.out)}")
     return 0
 

@@ -7,9 +7,23 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from .. import circuits
 from ..activations import AGGREGATIONS
-from ..config import CIRCUIT_RULES, FDR_RULES, LR_SCHEDULES
-from .common import add_model_args, add_task_args, finite_float, positive_int
+from ..config import CIRCUIT_RULES, FDR_RULES, LR_SCHEDULES, SAEConfig, ScoringConfig, apply_compat
+from ..evaluation.performance import evaluate_run
+from ..guards import check_discover_memory
+from ..report import write_report
+from ..run import discover
+from ..rundir import check_out_dir
+from .common import (
+    add_model_args,
+    add_task_args,
+    build_prompts_from_args,
+    finite_float,
+    load_model_from_args,
+    positive_int,
+)
+from .evaluate import add_intervention_args, print_evaluation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +80,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "mean and the last position) scored together; 'all' = a code per head per position "
                    "(edge level: 'mean+last' sums the pair counts over the two slots; 'all' has none)")
     x.add_argument("--batch-size", type=positive_int, default=64)
-    from .evaluate import add_intervention_args
 
     e = p.add_argument_group("evaluation by intervention")
     e.add_argument("--evaluate", action="store_true",
@@ -124,7 +137,6 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
 
 def configs_from_args(args: argparse.Namespace):
     """(SAEConfig, ScoringConfig) from the paper's flags, the --compat preset, then explicit flags."""
-    from ..config import SAEConfig, ScoringConfig, apply_compat
 
     sae = SAEConfig(n_features=args.features, l1=args.l1, lr=args.lr,
                     train_examples=args.train_examples, precision=args.precision, seed=args.seed)
@@ -145,12 +157,6 @@ def configs_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import circuits
-    from ..guards import check_discover_memory
-    from ..run import discover
-    from ..rundir import check_out_dir
-    from .common import build_prompts_from_args, load_model_from_args
-
     out = Path(args.out)
     check_out_dir(out, overwrite=args.overwrite)  # fail before any work
     sae, scoring = configs_from_args(args)
@@ -173,16 +179,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print_summary(result)
     if args.evaluate:
-        from ..evaluation.performance import evaluate_run
-        from .evaluate import print_evaluation
-
         print()
         print_evaluation(evaluate_run(result.out, ablation=args.ablation, faithfulness=True,
                                       random_samples=args.random_samples, model=result.model,
                                       prompts=result.prompts))
     if args.report:
-        from ..report import write_report
-
         print(f"wrote  {write_report(result.out)}")
     return 0
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..evaluation.performance import evaluate_run
+from ..rundir import lock_run
 from .common import finite_float, positive_int, seed_int
 
 ABLATION_HELP = ("what an ablated head's output becomes: corrupt = its value on the paired corrupted prompt "
@@ -74,9 +76,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.performance import evaluate_run
-    from ..rundir import lock_run
-
     with lock_run(args.run_dir):  # a second evaluate of this run stops at once; none is lost
         result = evaluate_run(
             args.run_dir, ablation=args.ablation, faithfulness=args.faithfulness,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..interop.export import export_run
+
 # circuitscan.interop.export.FORMATS, spelt out so that building the parser imports no torch
 FORMATS = ("eap-ig", "mib", "mib-circuits", "auto-circuit", "neuronpedia")
 
@@ -27,8 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..interop.export import export_run
-
     for path in export_run(args.run_dir, args.format, args.out):
         print(f"wrote  {path}")
     return 0

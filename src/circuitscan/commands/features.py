@@ -12,7 +12,19 @@ import math
 import time
 from pathlib import Path
 
-from .common import add_model_args, finite_float, positive_int, seed_int
+from .. import circuits
+from ..errors import CircuitscanError
+from ..features.corpus import build_corpus, parse_sources
+from ..features.graph import GraphConfig
+from ..features.interpret import token_text
+from ..features.run import feature_graph_run, prompt_tokens, summary, target_token
+from ..features.sae_train import train_sublayer_saes
+from ..features.saes import SublayerSAEConfig, describe, load_many, save_sublayer_saes
+from ..features.sites import check_sites_exist, parse_sites
+from ..report.feature_figures import write_training_figure
+from ..rundir import check_out_dir
+from ..tasks import build_task
+from .common import add_model_args, finite_float, load_model_from_args, positive_int, seed_int
 
 
 def _ids(text: str) -> list[int]:
@@ -120,14 +132,6 @@ def _add_graph(fsub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..features.corpus import build_corpus, parse_sources
-    from ..features.sae_train import train_sublayer_saes
-    from ..features.saes import SublayerSAEConfig, describe, save_sublayer_saes
-    from ..features.sites import check_sites_exist, parse_sites
-    from ..report.feature_figures import write_training_figure
-    from ..rundir import check_out_dir
-    from .common import load_model_from_args
-
     out = Path(args.out)
     check_out_dir(out, overwrite=args.overwrite)  # fail before any work
     sources = parse_sources(args.corpus)
@@ -162,15 +166,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_graph(args: argparse.Namespace) -> int:
-    from .. import circuits
-    from ..errors import CircuitscanError
-    from ..features.graph import GraphConfig
-    from ..features.run import feature_graph_run, prompt_tokens, summary, target_token
-    from ..features.saes import load_many
-    from ..features.sites import parse_sites
-    from ..rundir import check_out_dir
-    from .common import load_model_from_args
-
     out = Path(args.out)
     check_out_dir(out, overwrite=args.overwrite)
     cfg = GraphConfig(top_k=args.top_k, edges=args.edges, batch_size=args.batch_size, compute_edges=not args.no_edges,
@@ -183,8 +178,6 @@ def run_graph(args: argparse.Namespace) -> int:
     saes.subset(sites or saes.sites).check_model(model)
     prompts = tokens = target = gt = None
     if args.task:
-        from ..tasks import build_task
-
         prompts = build_task(args.task, model, args.examples, seed=args.seed)
         gt = circuits.for_model(args.ground_truth, model, prompts.task)
     else:
@@ -211,8 +204,6 @@ def _f(v) -> str:
 
 
 def print_graph_summary(result, s: dict, model) -> None:
-    from ..features.interpret import token_text
-
     g = result.graph
     o = g.objective
     print(f"objective  {o['description']}: {_f(o['value'])} over {g.n_prompts} prompt(s)")

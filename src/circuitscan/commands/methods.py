@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..comparison.settings import method_registry
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("methods", help="list the circuit-finding methods compare can run",
@@ -19,7 +21,6 @@ def run(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 def method_list() -> str:
     """Every registered method: name, what it scores, one line on it, its source."""
-    from ..comparison.settings import method_registry
 
     registry = method_registry()
     lines = []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.loading import cache_dir, describe_models
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list model specs", description="List the model specs circuitscan knows.")
@@ -11,7 +13,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:  # noqa: ARG001
-    from ..models.loading import cache_dir, describe_models
 
     print("offline model specs:")
     for name, text in describe_models():

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..report import write_report
+from ..rundir import ACTIVATIONS, lock_run
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,8 +26,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from ..report import write_report
-    from ..rundir import ACTIVATIONS, lock_run
 
     with lock_run(args.run_dir):
         out = write_report(args.run_dir, tsne=args.tsne)

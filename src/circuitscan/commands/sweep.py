@@ -7,6 +7,21 @@ import sys
 import time
 from pathlib import Path
 
+from .. import circuits
+from ..config import SAEConfig, ScoringConfig, authors_compat
+from ..errors import CircuitscanError
+from ..models import load_model
+from ..report.sweep_figures import write_sweep_report
+from ..rundir import lock_run
+from ..sweep.baselines import check_baselines
+from ..sweep.contrastive import ContrastiveConfig
+from ..sweep.grid import AXES, Grid, parse_grid
+from ..sweep.plan import SweepSpec
+from ..sweep.presets import NAMED_SWEEPS, check_task, get_named
+from ..sweep.runner import SWEEP_DIR, Execution, run_sweep
+from ..sweep.search import parse_space, run_search
+from ..sweep.store import check_dir
+from ..tasks import parse_task_spec
 from .common import add_model_args, finite_float, positive_int, seed_int
 
 EPILOG = """\
@@ -26,9 +41,6 @@ axes (--grid AXIS=V1,V2,...): {axes}; plus the task's own options (see `circuits
 
 
 def _epilog() -> str:
-    from ..sweep.grid import AXES
-    from ..sweep.presets import NAMED_SWEEPS
-
     named = "\n".join(f"  {s.name:<15} {s.paper:<20} {s.description}" for s in NAMED_SWEEPS.values())
     return EPILOG.format(named=named, axes=", ".join(AXES))
 
@@ -125,15 +137,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_spec(args: argparse.Namespace, model):
     """The :class:`SweepSpec` of the command line (validates everything before any work)."""
-    from .. import circuits
-    from ..config import SAEConfig, ScoringConfig, authors_compat
-    from ..errors import CircuitscanError
-    from ..sweep.baselines import check_baselines
-    from ..sweep.contrastive import ContrastiveConfig
-    from ..sweep.grid import Grid, parse_grid
-    from ..sweep.plan import SweepSpec
-    from ..sweep.presets import check_task, get_named
-    from ..tasks import parse_task_spec
 
     task_name, _ = parse_task_spec(args.task)
     grid = Grid()
@@ -191,34 +194,23 @@ def _progress():
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..rundir import lock_run
-    from ..sweep.runner import SWEEP_DIR
-    from ..sweep.store import check_dir
-
     out = Path(args.out)
     check_dir(out, resume=args.resume, overwrite=args.overwrite)  # fail before loading the model
     with lock_run(out, what=SWEEP_DIR, reenter=True):  # an existing sweep is locked before the model loads
         rc = _sweep(args, out)
         if rc == 0 and not args.no_figures:
-            from ..report.sweep_figures import write_sweep_report
-
             with lock_run(out, what=SWEEP_DIR, reenter=True):  # a new sweep's directory exists only now
                 print(f"wrote  {write_sweep_report(out)}")
         return rc
 
 
 def _sweep(args: argparse.Namespace, out: Path) -> int:
-    from ..models import load_model
-    from ..sweep.runner import Execution, run_sweep
-
     model = load_model(args.model, device=args.device, tokenizer=args.tokenizer, seed=args.seed)
     spec = build_spec(args, model)
     execution = Execution(workers=args.workers, threads=args.threads_per_worker, ray_address=args.ray)
     log = lambda s: print(s, flush=True)  # noqa: E731
     try:
         if args.search:
-            from ..sweep.search import parse_space, run_search
-
             result = run_search(
                 spec, out, trials=args.trials, space=parse_space(args.space) if args.space else None,
                 storage=args.storage, study_name=args.study_name, model=model, execution=execution,

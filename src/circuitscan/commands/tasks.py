@@ -6,7 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_args, add_unequal_lengths_arg, positive_int, seed_int
+from ..errors import CircuitscanError
+from ..tasks import COMMON_OPTIONS, TASKS, build_task, parse_options, parse_task_spec, task_options
+from ..tasks.custom import load_task_file, write_task_file
+from .common import (
+    add_model_args,
+    add_unequal_lengths_arg,
+    load_model_from_args,
+    positive_int,
+    seed_int,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +67,6 @@ def _add_build_args(p: argparse.ArgumentParser, *, default_n: int) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:  # noqa: ARG001
-    from ..tasks import COMMON_OPTIONS, TASKS, task_options
 
     print("tasks (options with their defaults; pass them as TASK:key=value,... or -O key=value):")
     for name, (_, text) in TASKS.items():
@@ -74,8 +82,6 @@ def run_list(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 
 def _build(args: argparse.Namespace, model: Any) -> Any:
-    from ..tasks import build_task, parse_options, parse_task_spec
-
     name, _ = parse_task_spec(args.task)
     options = parse_options(name, args.option)
     return build_task(args.task, model, args.examples, seed=args.seed, **options)
@@ -138,15 +144,10 @@ def print_pairs(model: Any, prompts: Any, k: int) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from ..errors import CircuitscanError
-    from .common import load_model_from_args
-
     if bool(args.task) == bool(args.task_file):
         raise CircuitscanError("give a task name (see `circuitscan tasks`) or --task-file FILE, not both")
     model = load_model_from_args(args)
     if args.task_file:
-        from ..tasks.custom import load_task_file
-
         prompts = load_task_file(
             Path(args.task_file), model, n=args.examples, unequal=args.unequal_lengths
         )
@@ -157,10 +158,6 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..errors import CircuitscanError
-    from ..tasks.custom import write_task_file
-    from .common import load_model_from_args
-
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise CircuitscanError(f"{str(out)!r} exists; choose another name or pass --overwrite")
