@@ -49,6 +49,12 @@ def test_every_run_kind_reads_through_the_one_reader(runs):
         report = load_run(runs / name)  # the report's view is built from the same files
         assert report.kind == kind and set(report.methods) == set(files.methods)
     assert files.has_task is False and read_run(runs / "graph").has_task is True
+    # the blocks every kind writes the same way (runfiles.task_block / ground_truth_block)
+    blocks = [read_run(runs / name).config for name in ("discover", "compare", "graph")]
+    assert len({c["task"]["prompts_sha256"] for c in blocks[:2]}) == 1  # same 16 planted prompts
+    for c in blocks:
+        assert set(c["task"]) >= {"name", "n_positive", "n_negative", "seq_len", "prompts_sha256"}
+        assert c["ground_truth"]["heads"] == ["L0H1", "L1H2", "L2H0"] and "classes" in c["ground_truth"]
     assert {"eap", "norm-diff"} <= set(read_run(runs / "compare").methods)
 
 

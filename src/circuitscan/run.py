@@ -7,13 +7,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
 from .config import SAEConfig, ScoringConfig, default_sae, default_scoring
 from .errors import CircuitscanError, CircuitscanWarning
 from .evaluation.circuit_rule import predicted_circuit  # noqa: F401  (re-export: its old home)
 from .evaluation.ground_truth import GroundTruthMetrics, evaluate_against
 from .guards import check_discover_memory, check_type
-from .integrity import prompts_sha256
 from .methods.sae_codes import Discovery, SAECodesConfig, run_sae_codes
 from .models.handle import ModelHandle
 from .rundir import (
@@ -27,6 +25,7 @@ from .rundir import (
     canonical_safetensors,
     open_run,
 )
+from .runfiles import config_header, ground_truth_block, task_block
 from .sae import save_sae
 from .tasks.checks import check_model_and_prompts
 from .types import GroundTruth, PromptSet, Scores
@@ -176,23 +175,14 @@ def _write_run(writer: RunWriter, result: RunResult, cfg: SAECodesConfig, extra:
 
     d = result.discovery
     config = {
-        "circuitscan_version": __version__,
-        "command": "discover",
-        "model": result.model.describe(),
-        "task": {"name": result.prompts.task, "n_positive": result.prompts.n_positive,
-                 "n_negative": result.prompts.n_negative, "seq_len": result.prompts.seq_len,
-                 **{k: v for k, v in result.prompts.metadata.items() if isinstance(v, int | float | str | bool)},
-                 "prompts_sha256": prompts_sha256(result.prompts)},
+        **config_header("discover", result.model),
+        "task": task_block(result.prompts),
         "sae": asdict(cfg.sae),
         "scoring": asdict(cfg.scoring),
         "level": cfg.level,
         "aggregation": cfg.aggregation,
         "batch_size": cfg.batch_size,
-        "ground_truth": None if result.ground_truth is None else {
-            "name": result.ground_truth.name, "model": result.ground_truth.model,
-            "heads": sorted(h.name for h in result.ground_truth.heads),
-            "classes": {k: [h.name for h in v] for k, v in result.ground_truth.classes.items()},
-        },
+        "ground_truth": ground_truth_block(result.ground_truth),
         **extra,
     }
     writer.json(CONFIG, config)

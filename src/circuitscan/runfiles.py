@@ -3,7 +3,9 @@
 Every run kind that has per-head scores (``discover``, ``compare`` and ``features graph``)
 is read here, validated once, and handed on as plain JSON: ``report`` turns it into numpy
 arrays, ``evaluate`` into :class:`~circuitscan.types.Scores`, ``export`` into other tools'
-formats. Writing lives in :mod:`circuitscan.rundir`; the file names are defined there.
+formats. Writing lives in :mod:`circuitscan.rundir` (the file names are defined there); the blocks
+every kind's config.json shares (:func:`config_header`, :func:`task_block`,
+:func:`ground_truth_block`) are built here, next to the reader that expects them.
 
 Method entries come back with their scores in the layout's flat order (L0H0, L0H1, ...),
 whatever order the file listed them in, so no reader has to reorder them again.
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
 from .errors import CircuitscanError
+from .integrity import prompts_sha256
 from .rundir import CONFIG, MARKER, METRICS, SCORES, read_json, read_run_json
 from .types import HeadLayout
 
@@ -165,3 +169,31 @@ def _method(name: str, entry: Any, layout: HeadLayout, where: Path) -> dict[str,
             out[key] = placed
     out["heads"] = flat
     return out
+
+
+# ---------------------------------------------------------------------------- config.json blocks
+# every run kind writes these the same way, so the reader above (and evaluate's prompt check)
+# finds the same keys whichever command wrote the run
+
+
+def config_header(kind: str, model: Any) -> dict[str, Any]:
+    """The first keys of every config.json: version, the command (a :data:`RUN_KINDS` entry), the model."""
+    if kind not in RUN_KINDS:
+        raise CircuitscanError(f"unknown run kind {kind!r}; known: {', '.join(RUN_KINDS)}")
+    return {"circuitscan_version": __version__, "command": kind, "model": model.describe()}
+
+
+def task_block(prompts: Any, **extra: Any) -> dict[str, Any]:
+    """config.json's ``task``: name, prompt counts, the task's scalar metadata and the prompts' hash."""
+    return {"name": prompts.task, "n_positive": prompts.n_positive, "n_negative": prompts.n_negative,
+            "seq_len": prompts.seq_len,
+            **{k: v for k, v in prompts.metadata.items() if isinstance(v, int | float | str | bool)},
+            "prompts_sha256": prompts_sha256(prompts), **extra}
+
+
+def ground_truth_block(gt: Any) -> dict[str, Any] | None:
+    """config.json's ``ground_truth`` (None without one): name, model, heads and head classes."""
+    if gt is None:
+        return None
+    return {"name": gt.name, "model": gt.model, "heads": sorted(h.name for h in gt.heads),
+            "classes": {k: [h.name for h in v] for k, v in gt.classes.items()}}

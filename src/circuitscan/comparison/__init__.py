@@ -28,11 +28,10 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._version import __version__
 from ..errors import CircuitscanError
-from ..integrity import prompts_sha256
 from ..run import scores_to_json
 from ..rundir import CONFIG, METRICS, SCORES, open_run
+from ..runfiles import config_header, ground_truth_block, task_block
 from .evaluate import edge_truth_for, evaluate_methods, faithfulness_block, sweep_points
 from .settings import CompareSettings, method_configs, method_registry, parse_methods
 from .table import comparison_block, comparison_rows, format_table
@@ -210,20 +209,12 @@ def _config(
         return asdict(c) if is_dataclass(c) else repr(c)
 
     return {
-        "circuitscan_version": __version__,
-        "command": "compare",
-        "model": model.describe(),
-        "task": {"name": prompts.task, "n_positive": prompts.n_positive, "n_negative": prompts.n_negative,
-                 "seq_len": prompts.seq_len,
-                 **{k: v for k, v in prompts.metadata.items() if isinstance(v, int | float | str | bool)},
-                 "prompts_sha256": prompts_sha256(prompts)},
+        **config_header("compare", model),
+        "task": task_block(prompts),
         "methods": methods,
         "method_configs": {m: plain(c) for m, c in cfgs.items()},
         "settings": asdict(settings),
-        "ground_truth": None if gt is None else {
-            "name": gt.name, "model": gt.model, "heads": sorted(h.name for h in gt.heads),
-            "classes": {k: [h.name for h in v] for k, v in gt.classes.items()},
-        },
+        "ground_truth": ground_truth_block(gt),
         "edge_ground_truth": egt_name,
         **(extra or {}),
     }

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from .._version import __version__
 from ..errors import CircuitscanError
 from ..evaluation.circuit_rule import predicted_circuit
 from ..evaluation.faithfulness import curve_sizes, curves_summary, faithfulness_curves
@@ -33,6 +32,7 @@ from ..models.handle import ModelHandle
 from ..report.feature_figures import write_feature_report
 from ..run import scores_to_json
 from ..rundir import CONFIG, METRICS, SCORES, open_run
+from ..runfiles import config_header, ground_truth_block, task_block
 from ..types import GroundTruth, PromptSet, Scores
 from .ablate import ablation_effect as _ablation_effect
 from .ablate import graph_faithfulness, parse_nodes, thread_ablation, validate_nodes
@@ -223,20 +223,14 @@ def _write(writer: Any, result: FeatureRun, model: ModelHandle, saes: SublayerSA
     """The run directory's files (see the module docstring), the page included."""
     graph, tokens, objective = result.graph, result.tokens, result.objective
     config = {
-        "circuitscan_version": __version__,
-        "command": "features graph",
-        "model": model.describe(),
+        **config_header("features graph", model),
         "graph": asdict(cfg),
         "saes": {"sites": graph.sites, **{k: v for k, v in saes.info.items() if k in ("corpus", "config")}},
-        "ground_truth": None if ground_truth is None else {
-            "name": ground_truth.name, "model": ground_truth.model,
-            "heads": sorted(h.name for h in ground_truth.heads)},
+        "ground_truth": ground_truth_block(ground_truth),
         **(extra_config or {}),
     }
     if prompts is not None:
-        config["task"] = {"name": prompts.task, "n_positive": prompts.n_positive,
-                          "n_negative": prompts.n_negative, "seq_len": prompts.seq_len,
-                          "graph_prompts": int(tokens.shape[0])}
+        config["task"] = task_block(prompts, graph_prompts=int(tokens.shape[0]))
     else:
         config["prompt"] = {"text": token_text(model, tokens[0]), "token_ids": tokens[0].tolist(),
                             "target": objective.targets[0] if objective.targets else None,
