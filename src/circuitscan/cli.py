@@ -34,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 1 unexpected failure)."""
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -94,7 +93,6 @@ def _terminate_like_interrupt():
 def _run_showing_warnings(args: argparse.Namespace) -> int:
     """Run the command; circuitscan's own warnings become one plain line on stderr each."""
     import warnings
-
 
     caught: list[warnings.WarningMessage] = []
     try:

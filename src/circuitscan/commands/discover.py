@@ -137,7 +137,6 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
 
 def configs_from_args(args: argparse.Namespace):
     """(SAEConfig, ScoringConfig) from the paper's flags, the --compat preset, then explicit flags."""
-
     sae = SAEConfig(n_features=args.features, l1=args.l1, lr=args.lr,
                     train_examples=args.train_examples, precision=args.precision, seed=args.seed)
     scoring = ScoringConfig(silent=args.silent, count_on=args.count_on, normalise=args.normalise,

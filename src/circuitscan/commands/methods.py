@@ -21,7 +21,6 @@ def run(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 def method_list() -> str:
     """Every registered method: name, what it scores, one line on it, its source."""
-
     registry = method_registry()
     lines = []
     for spec in registry.specs():

@@ -26,7 +26,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-
     with lock_run(args.run_dir):
         out = write_report(args.run_dir, tsne=args.tsne)
     if args.tsne and not (Path(args.run_dir) / ACTIVATIONS).is_file():
