@@ -73,6 +73,7 @@ def test_search_end_to_end(tmp_path, capsys):
         (["--resume", "--overwrite"], "not both"),
         (["--baselines", "eap,nosuch"], "unknown method 'nosuch'; valid: sae-codes, eap"),
         (["--baselines", "sae-codes"], "is the method the sweep's grid varies"),
+        (["--search", "optuna", "--baselines", "eap"], "a --search has none"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, extra, match):

@@ -137,7 +137,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_spec(args: argparse.Namespace, model):
     """The :class:`SweepSpec` of the command line (validates everything before any work)."""
-
     task_name, _ = parse_task_spec(args.task)
     grid = Grid()
     level = args.level
@@ -151,6 +150,9 @@ def build_spec(args: argparse.Namespace, model):
         grid = grid.merged(parse_grid(args.grid, task=args.task))
     if args.search and (args.grid or args.named):
         raise CircuitscanError("--search explores --space; drop --grid/--sweep (or run them as separate sweeps)")
+    if args.search and args.baselines.strip():
+        raise CircuitscanError("--baselines adds reference rows to a grid's tables; a --search has none (run the "
+                               "baselines in a grid sweep, or with `circuitscan compare`)")
     if args.space and not args.search:
         raise CircuitscanError("--space is for --search optuna")
     sae = SAEConfig(n_features=args.features, l1=args.l1, lr=args.lr, epochs=args.epochs,
