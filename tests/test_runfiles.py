@@ -65,9 +65,15 @@ def test_heads_in_another_order_are_put_in_flat_order_for_every_reader(runs, tmp
     flat_scores = list(entry["scores"])
     entry["heads"], entry["scores"] = entry["heads"][::-1], entry["scores"][::-1]
     entry["rank"] = entry["rank"][::-1]
+    pairs = data["methods"]["sae-codes-pairs"]
+    flat_matrix = pairs["pairs"]["matrix"]
+    pairs["heads"] = pairs["heads"][::-1]
+    pairs["scores"] = pairs["scores"][::-1]
+    pairs["pairs"]["matrix"] = [row[::-1] for row in flat_matrix[::-1]]
     (run / "scores.json").write_text(json.dumps(data))
     files = read_run(run)
     assert files.methods["sae-codes"]["scores"] == flat_scores
+    assert files.methods["sae-codes-pairs"]["pairs"]["matrix"] == flat_matrix
     assert load_run(run).methods["sae-codes"].scores.tolist() == pytest.approx(flat_scores)
     # evaluate reads the same files: its circuit is the planted one, as from the unreordered run
     assert main(["evaluate", str(run), "--random-samples", "0"]) == 0

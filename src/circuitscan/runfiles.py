@@ -167,6 +167,11 @@ def _method(name: str, entry: Any, layout: HeadLayout, where: Path) -> dict[str,
             for i, v in zip(order, value, strict=True):
                 placed[i] = v
             out[key] = placed
+    pairs = entry.get("pairs")
+    matrix = pairs.get("matrix") if isinstance(pairs, Mapping) else None
+    if isinstance(matrix, list) and len(matrix) == n and all(isinstance(r, list) and len(r) == n for r in matrix):
+        where = {o: i for i, o in enumerate(order)}  # flat index -> the file's position
+        out["pairs"] = {**pairs, "matrix": [[matrix[where[a]][where[b]] for b in range(n)] for a in range(n)]}
     out["heads"] = flat
     return out
 
