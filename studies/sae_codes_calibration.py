@@ -77,6 +77,8 @@ _ENS = {**_S, "n_seeds": 5}
 _C = {**_S, "head_norm": "center"}
 _TV = {"statistic": "tv"}
 _Z = {"permutations": 200, "node_score": "z", "circuit": "fdr"}
+_ONE = {"n_seeds": 1, "batch_rows": None}  # one full-batch SAE
+_B256 = {"batch_rows": 256, "epochs": 200, "lr_schedule": "cosine"}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "sc-paper": {},  # today's default (the paper's SAE and scoring, mean aggregation)
     "sc-pairs": {"_edge": {}},  # today's head score from head pairs (sae-codes-pairs)
@@ -103,15 +105,22 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "sc-preset-last": {"_compat": {}, "top": {"aggregation": "last"}},
     "sc-preset-ml": {"_compat": {}, "top": {"aggregation": "mean+last"}},  # two codes per head, one test
     **{f"sc-preset-l0-{k}": {"_compat": {}, "sae": {"target_l0": float(k)}} for k in (16, 32, 64)},
-    # issue 14: a decaying step size and/or minibatch steps (fewer full-batch matmuls); sc-preset is
-    # 200 cosine steps since then, sc-preset-e500-const the preset before (500 constant steps)
-    "sc-preset-e500-const": {"_compat": {}, "sae": {"epochs": 500, "lr_schedule": "constant"}},
-    **{f"sc-preset-e{e}-cos": {"_compat": {}, "sae": {"epochs": e, "lr_schedule": "cosine"}} for e in (100, 200)},
-    "sc-preset-e150-cos-lr2x": {"_compat": {}, "sae": {"epochs": 150, "lr_schedule": "cosine", "lr": 2e-3}},
-    **{f"sc-preset-b{b}-cos": {"_compat": {}, "sae": {"batch_rows": b, "epochs": 500, "lr_schedule": "cosine"}}
+    # issue 14: a decaying step size and/or minibatch steps (fewer full-batch matmuls), one SAE
+    # (``_ONE`` pins what the preset has set since: 5 SAEs of 256-row steps). sc-preset-e200-cos
+    # is the preset before the ensemble, sc-preset-e500-const the one before the schedule.
+    "sc-preset-e500-const": {"_compat": {}, "sae": {**_ONE, "epochs": 500, "lr_schedule": "constant"}},
+    **{f"sc-preset-e{e}-cos": {"_compat": {}, "sae": {**_ONE, "epochs": e, "lr_schedule": "cosine"}} for e in (100, 200)},
+    "sc-preset-e150-cos-lr2x": {"_compat": {}, "sae": {**_ONE, "epochs": 150, "lr_schedule": "cosine", "lr": 2e-3}},
+    **{f"sc-preset-b{b}-cos": {"_compat": {}, "sae": {"n_seeds": 1, "batch_rows": b, "epochs": 500,
+                                                      "lr_schedule": "cosine"}}
        for b in (256, 512)},
-    **{f"sc-preset-b{b}-e{e}-cos": {"_compat": {}, "sae": {"batch_rows": b, "epochs": e, "lr_schedule": "cosine"}}
+    **{f"sc-preset-b{b}-e{e}-cos": {"_compat": {}, "sae": {"n_seeds": 1, "batch_rows": b, "epochs": e,
+                                                           "lr_schedule": "cosine"}}
        for b, e in ((512, 250), (256, 250), (128, 500), (512, 200), (256, 200), (256, 300))},
+    # issues 13 and 14: an ensemble of minibatch SAEs (the preset since: ens5), and what was tried on it
+    **{f"sc-preset-b256-e200-cos-ens{k}": {"_compat": {}, "sae": {**_B256, "n_seeds": k}} for k in (3, 5)},
+    "sc-preset-b256-e200-cos-ens5-me10": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"min_effect": 0.1}},
+    "sc-preset-b256-e200-cos-ens5-fdr01": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"fdr": 0.01}},
 }
 
 

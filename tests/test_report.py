@@ -46,14 +46,14 @@ def one_torch_thread():
         torch.set_num_threads(before)
 
 
-def _discover(planted, prompts, out: Path, *, level: str, save_activations: bool) -> Path:
+def _discover(planted, prompts, out: Path, *, level: str, save_activations: bool, **kw) -> Path:
     from circuitscan.circuits import default_for
     from circuitscan.run import discover
 
     gt = default_for(prompts.task, planted.family)
     assert gt is not None and sorted(h.name for h in gt.heads) == PLANTED
     with one_torch_thread():
-        discover(planted, prompts, level=level, ground_truth=gt, out=out, save_activations=save_activations)
+        discover(planted, prompts, level=level, ground_truth=gt, out=out, save_activations=save_activations, **kw)
     return out
 
 
@@ -66,9 +66,13 @@ def toy_run(planted, planted_prompts, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def node_run(planted, planted_prompts, tmp_path_factory) -> Path:
-    """A real discover run with only the node-level method and no activations."""
+    """A real discover run with only the node-level method, one SAE (not the preset's five) and no activations."""
+    from dataclasses import replace
+
+    from circuitscan.config import default_sae
+
     return _discover(planted, planted_prompts, tmp_path_factory.mktemp("node") / "run", level="node",
-                     save_activations=False)
+                     save_activations=False, sae=replace(default_sae(), n_seeds=1))
 
 
 def _names(n_layers: int, n_heads: int) -> list[str]:
@@ -283,10 +287,19 @@ def test_unique_code_difference(toy_run, tmp_path):
     assert "L1H2" in text
 
 
-def test_unique_counts_match_the_scores_of_the_run(toy_run):
-    run = load_run(toy_run)
+def test_unique_counts_match_the_scores_of_a_one_sae_run(node_run):
+    run = load_run(node_run)
     up, _ = F.unique_code_counts(run.codes)
     np.testing.assert_array_equal(up, run.methods["sae-codes"].extras["unique_positive_codes"])
+    assert "SAEs" not in F.unique_code_difference(run).axes[0].get_title()
+
+
+def test_difference_chart_of_an_ensemble_says_whose_codes_it_counts(toy_run):
+    run = load_run(toy_run)  # the preset: 5 SAEs, their mean count in the scores, the first's codes on disk
+    n = run.metrics["sae"]["n_seeds"]
+    assert n == 5
+    fig = F.unique_code_difference(run)
+    assert f"the codes of the first of {n} SAEs (seed 0)" in fig.axes[0].get_title().replace("\n", " ")
 
 
 def test_unique_code_counts_known_answer():

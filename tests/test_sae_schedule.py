@@ -164,7 +164,7 @@ def test_cli_takes_the_schedule_and_refuses_bad_values(tmp_path, capsys):
     capsys.readouterr()
     cfg = json.loads((out / "config.json").read_text())["sae"]
     assert (cfg["lr_schedule"], cfg["batch_rows"], cfg["epochs"]) == ("linear", 16, 60)
-    for bad, match in ((["--lr-schedule", "step"], "invalid choice: 'step'"), (["--batch-rows", "0"], "--batch-rows"),
+    for bad, match in ((["--lr-schedule", "step"], "invalid choice: 'step'"), (["--batch-rows", "-1"], "--batch-rows"),
                        (["--batch-rows", "8", "--stop", "codes"], "use stop='epochs' or batch_rows=None")):
         try:
             rc = main([*base, "--out", str(tmp_path / "bad"), *bad])
@@ -176,11 +176,15 @@ def test_cli_takes_the_schedule_and_refuses_bad_values(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, want", [
-    ([], (200, "cosine")),  # the circuitscan preset (docs/CALIBRATION.md "SAE schedule (issue 14)")
-    (["--compat", "paper"], (500, "constant")),  # the paper's schedule, unchanged
-    (["--compat", "authors"], (500, "constant")),
-    (["--epochs", "70"], (70, "cosine")),  # a given --epochs wins over the preset's
-    (["--compat", "paper", "--epochs", "70", "--lr-schedule", "linear"], (70, "linear")),
+    # the circuitscan preset: 5 SAEs of 256-row steps (docs/CALIBRATION.md "SAE ensemble (issues 13 and 14)")
+    ([], (200, "cosine", 256, 5)),
+    (["--compat", "paper"], (500, "constant", None, 1)),  # the paper's schedule, unchanged
+    (["--compat", "authors"], (500, "constant", None, 1)),
+    (["--epochs", "70"], (70, "cosine", 256, 5)),  # a given --epochs wins over the preset's
+    (["--batch-rows", "0"], (200, "cosine", None, 5)),  # 0 = the full batch
+    (["--sae-seeds", "1", "--batch-rows", "64"], (200, "cosine", 64, 1)),
+    (["--stop", "codes"], (200, "cosine", None, 5)),  # settled codes are judged on every row: full batch
+    (["--compat", "paper", "--epochs", "70", "--lr-schedule", "linear"], (70, "linear", None, 1)),
 ])
 def test_cli_epochs_and_schedule_follow_the_preset_unless_given(argv, want):
     from circuitscan.cli import build_parser
@@ -188,4 +192,4 @@ def test_cli_epochs_and_schedule_follow_the_preset_unless_given(argv, want):
 
     args = build_parser().parse_args(["discover", "--model", "toy-planted", "--task", "planted", "--out", "x", *argv])
     sae, _ = configs_from_args(args)
-    assert (sae.epochs, sae.lr_schedule, sae.batch_rows) == (*want, None)
+    assert (sae.epochs, sae.lr_schedule, sae.batch_rows, sae.n_seeds) == want

@@ -23,7 +23,7 @@ from .common import (
     load_model_from_args,
     positive_int,
 )
-from .evaluate import add_intervention_args, print_evaluation
+from .evaluate import add_intervention_args, non_negative_int, print_evaluation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -113,8 +113,10 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
     b.add_argument("--check-every", type=positive_int, default=None, help="with --stop codes: epochs between checks")
     b.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="SAE step size over the --epochs steps: constant (paper), cosine or linear decay to ~0")
-    b.add_argument("--batch-rows", type=positive_int, default=None,
-                   help="SAE training rows per step, from a shuffled pass over all of them (paper: every row)")
+    b.add_argument("--batch-rows", type=non_negative_int, default=None,
+                   help="SAE training rows per step, from a shuffled pass over all of them; 0 = every row, the "
+                   "paper's full batch (default: the --compat preset's; circuitscan 256; with --stop codes "
+                   "full batch)")
     b.add_argument("--statistic", choices=("unique-positive", "tv"), default=None,
                    help="per-head statistic: codes seen only on positives (paper) or the total-variation distance "
                    "between the head's codes on positives and on negatives")
@@ -146,7 +148,12 @@ def configs_from_args(args: argparse.Namespace):
         scoring = replace(scoring, count_on=args.count_on if args.count_on != "held-out" else "all")
     if args.epochs is not None:  # after the preset, which sets its own
         sae = replace(sae, epochs=args.epochs)
-    sae = replace(sae, **{f: getattr(args, a) for a, f in BEYOND_PAPER_SAE.items() if getattr(args, a) is not None})
+    given_sae = {f: getattr(args, a) for a, f in BEYOND_PAPER_SAE.items() if getattr(args, a) is not None}
+    if given_sae.get("batch_rows") == 0:
+        given_sae["batch_rows"] = None  # --batch-rows 0: the paper's full batch
+    if given_sae.get("stop") == "codes":  # settled codes are judged on all rows: full batch unless asked
+        given_sae.setdefault("batch_rows", None)
+    sae = replace(sae, **given_sae)
     given = {f: getattr(args, a) for a, f in BEYOND_PAPER_SCORING.items() if getattr(args, a) is not None}
     if given.get("circuit", "fdr") not in FDR_RULES:  # the preset's effect floor belongs to its FDR circuit
         given.setdefault("min_effect", 0.0)

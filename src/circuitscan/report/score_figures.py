@@ -143,8 +143,13 @@ def unique_code_difference(run: RunData, *, zoom: int = 30) -> Figure:
         ax.legend(handles=[Patch(color=GT_COLOR, label=f"in ground truth {run.ground_truth_name}"),
                            Patch(color=BAR_OTHER, label="not in ground truth")], fontsize=8, loc="upper right")
     n_counted = int(codes.count_mask.sum())
+    sae = run.metrics.get("sae") if isinstance(run.metrics.get("sae"), dict) else {}
+    members = sae.get("members") if isinstance(sae.get("members"), list) else []
+    whose = ""
+    if len(members) > 1 and isinstance(members[0], dict):  # codes.safetensors holds the first SAE's codes
+        whose = f"the codes of the first of {len(members)} SAEs (seed {members[0].get('seed')}), "
     _titles(fig, ax, "Codes unique to positives minus codes unique to negatives, per head",
-            f"{n} heads; codes counted on {n_counted} examples")
+            f"{n} heads; {whose}counted on {n_counted} examples")
     return fig
 
 
