@@ -119,6 +119,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
        for b, e in ((512, 250), (256, 250), (128, 500), (512, 200), (256, 200), (256, 300))},
     # issues 13 and 14: an ensemble of minibatch SAEs (the preset since: ens5), and what was tried on it
     **{f"sc-preset-b256-e200-cos-ens{k}": {"_compat": {}, "sae": {**_B256, "n_seeds": k}} for k in (3, 5)},
+    # cheaper ensembles (issue 14: sae-codes <= EAP at 12 + 12 prompts): half the rows or half the steps
+    "sc-preset-b128-e200-cos-ens5": {"_compat": {}, "sae": {**_B256, "batch_rows": 128, "n_seeds": 5}},
+    "sc-preset-b256-e100-cos-ens5": {"_compat": {}, "sae": {**_B256, "epochs": 100, "n_seeds": 5}},
     "sc-preset-b256-e200-cos-ens5-me10": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"min_effect": 0.1}},
     "sc-preset-b256-e200-cos-ens5-fdr01": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"fdr": 0.01}},
 }

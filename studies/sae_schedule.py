@@ -57,6 +57,8 @@ def verdict(rows, testbed: str, method: str, against: str = BASE) -> str:
         return ""
     fails = []
     for key in ("auc", "recovered"):
+        if any(base[r["seed"]].get(key) is None or r.get(key) is None for r in mine):
+            continue  # e.g. no reference to score the AUC against yet
         m, s = _ms([base[r["seed"]][key] for r in mine])
         if _ms([r[key] for r in mine])[0] < m - s - 1e-9:
             fails.append(key)
