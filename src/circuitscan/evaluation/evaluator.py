@@ -185,7 +185,10 @@ class CircuitEvaluator:
 
     Build with :meth:`build`. :meth:`evaluate` takes a ``[C, n_heads_total]`` mask and
     returns, per metric, ``[C, n]`` per-example values on the first ``n`` positive
-    prompts. Identical circuits are run once.
+    prompts. Identical circuits are run once, across calls too: the values of every
+    circuit run are kept (``n`` floats per metric), so the performance table, the
+    faithfulness curves and the empty baseline share what they have in common, and the
+    circuit of every head is the clean model (:attr:`clean`) without a pass.
 
     Some metrics read more than one forward pass per example: the greater-than metrics
     on a tokenizer that splits years into digits need P(d1) P(d2 | d1), so each prompt is
@@ -226,6 +229,8 @@ class CircuitEvaluator:
     progress: bool | None = None
     shared: Int[Tensor, " rows"] | None = None
     prefix_sharing: bool = True
+    _known: dict[tuple[bool, bytes], dict[str, Tensor]] = field(default_factory=dict, repr=False)
+    _prefixes: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -275,8 +280,10 @@ class CircuitEvaluator:
         ev.clean = ev._score(clean_logits, index)
         if ablation == "corrupt":
             ev.corrupted_input = ev._score(corrupt_cache.logits, index)
-        none = torch.zeros(1, model.layout.n_total, dtype=torch.bool)
-        ev.empty = {k: v[0] for k, v in ev.evaluate(none).items()}
+        every = torch.ones(model.layout.n_total, dtype=torch.bool)
+        for sharing in (True, False):  # keeping every head is the clean model
+            ev._known[ev._key(every, sharing)] = ev.clean
+        ev.empty = {k: v[0] for k, v in ev.evaluate(~every[None]).items()}
         ev.stats.seconds += time.perf_counter() - t0
         return ev
 
@@ -298,6 +305,25 @@ class CircuitEvaluator:
         t0 = time.perf_counter()
         keep = _as_keep(keep, self.model.layout).bool()
         unique, inverse = torch.unique(keep, dim=0, return_inverse=True)
+        keys = [self._key(row, self.prefix_sharing) for row in unique]
+        todo = [i for i, key in enumerate(keys) if key not in self._known]
+        if todo:
+            new = self._run(unique[todo])
+            for j, i in enumerate(todo):
+                self._known[keys[i]] = {name: values[j] for name, values in new.items()}
+        out = {name: torch.stack([self._known[key][name] for key in keys]) for name in self.metrics}
+        self.stats.seconds += time.perf_counter() - t0
+        return {name: values[inverse] for name, values in out.items()}
+
+    @staticmethod
+    def _key(keep: Tensor, sharing: bool) -> tuple[bool, bytes]:
+        """A circuit's key among the values already known (per prefix-sharing setting, which tests compare)."""
+        return sharing, keep.cpu().numpy().tobytes()
+
+    def _run(self, unique: Bool[Tensor, "C n_heads_total"]) -> dict[str, Float[Tensor, "C n"]]:
+        """Run distinct circuits: as many circuits and examples per pass as ``max_rows`` allows."""
+        import torch
+
         n_unique = unique.shape[0]
         out = {name: torch.empty(n_unique, self.n) for name in self.metrics}
         g = self.group
@@ -328,21 +354,23 @@ class CircuitEvaluator:
                     self.stats.rows += (c1 - c0) * (hi - lo) * g
                     advance()
         self.stats.circuits += n_unique
-        self.stats.seconds += time.perf_counter() - t0
-        return {name: values[inverse] for name, values in out.items()}
+        return out
 
     def _prefix(self, tokens: Tensor, mask: Tensor | None, rows: Tensor) -> Prefix | None:
-        """The cached first positions these rows share with their partners, or None."""
+        """The cached first positions these rows share with their partners, or None (computed once per rows)."""
         if self.shared is None or not self.prefix_sharing:
             return None
-        length = min(int(self.shared[rows].min()), int(self.positions.min()))
-        if length < 1:
-            return None
-        past = prefix_keys_values(self.model, tokens[:, :length], None if mask is None else mask[:, :length])
-        if past is not None:
-            self.stats.forward_passes += 1
-            self.stats.rows += tokens.shape[0]
-        return past
+        span = (int(rows[0]), int(rows[-1]) + 1)
+        if span not in self._prefixes:
+            length = min(int(self.shared[rows].min()), int(self.positions.min()))
+            past = None
+            if length >= 1:
+                past = prefix_keys_values(self.model, tokens[:, :length], None if mask is None else mask[:, :length])
+            if past is not None:
+                self.stats.forward_passes += 1
+                self.stats.rows += tokens.shape[0]
+            self._prefixes[span] = past
+        return self._prefixes[span]
 
     # ------------------------------------------------------------------ summaries
 
