@@ -95,6 +95,28 @@ def test_random_baseline_statistics(evaluator):
     assert again.random_mean == curve.random_mean  # seeded
 
 
+def test_random_circuits_of_a_size_do_not_depend_on_the_other_sizes_or_the_count():
+    from circuitscan.evaluation import random_circuits
+
+    both = random_circuits(12, [3, 5], 4, seed=1)
+    assert both.shape == (8, 12) and both.sum(1).tolist() == [3] * 4 + [5] * 4
+    assert torch.equal(both[4:], random_circuits(12, [5], 4, seed=1))
+    assert torch.equal(random_circuits(12, [3], 7, seed=1)[:4], both[:4])  # the table's 7 begin with the curve's 4
+    assert not torch.equal(random_circuits(12, [3], 4, seed=2), both[:4])
+    assert random_circuits(12, [3], 0).shape == (0, 12)
+
+
+def test_cpr_and_cmd_and_their_random_baselines_do_not_depend_on_the_other_curve_points(evaluator):
+    scores = _scores(_order_with_planted_at([2, 5, 9]))
+    dense = faithfulness_curves(evaluator, scores, random_samples=3, seed=4)["hand"]
+    sparse = faithfulness_curves(evaluator, scores, sizes=[], random_samples=3, seed=4)["hand"]
+    assert sparse.sizes == sorted(set(dense.mib_sizes)) and len(dense.sizes) == 13
+    for key in ("cpr", "cmd", "cpr_random", "cmd_random"):
+        assert getattr(sparse, key) == getattr(dense, key), key
+    at = {k: i for i, k in enumerate(dense.sizes)}
+    assert sparse.random_std == [dense.random_std[at[k]] for k in sparse.sizes]
+
+
 def test_any_scores_plug_in_and_bad_ones_are_refused(planted, planted_prompts):
     # a "baseline": scores from the planted heads' norm, no SAE involved
     w = planted.bridge.W_O.detach().norm(dim=(-1, -2))
