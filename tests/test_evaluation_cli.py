@@ -7,6 +7,7 @@ import json
 import pytest
 
 from circuitscan.cli import main
+from circuitscan.evaluation.curve_stats import curve_sizes
 from circuitscan.rundir import read_run_json
 
 
@@ -43,8 +44,8 @@ def test_evaluate_adds_performance_and_faithfulness(run_dir, capsys):
     faith = after["faithfulness"]
     assert set(faith["curves"]) == {"sae-codes", "sae-codes-pairs"}
     curve = faith["curves"]["sae-codes"]
-    assert curve["sizes"] == list(range(13)) and curve["values"][3] == pytest.approx(1.0, abs=1e-4)
-    assert len(curve["random_mean"]) == 13 and curve["random_samples"] == 3
+    assert curve["sizes"] == curve_sizes(12) and curve["values"][curve["sizes"].index(3)] == pytest.approx(1.0, abs=1e-4)
+    assert len(curve["random_mean"]) == len(curve["sizes"]) and curve["random_samples"] == 3
     assert faith["cpr"]["sae-codes"] > faith["cpr_random"]["sae-codes"]
     assert 0 <= faith["cmd"]["sae-codes"] < faith["cmd_random"]["sae-codes"]
     assert after["timings_s"]["evaluate_interventions"] > 0
@@ -121,7 +122,12 @@ def test_cli_and_library_share_the_random_samples_default():
     import inspect
 
     from circuitscan.commands import evaluate as cmd
-    from circuitscan.evaluation import performance
+    from circuitscan.comparison import compare
+    from circuitscan.evaluation import curve_stats, performance
 
     assert cmd.RANDOM_SAMPLES == performance.RANDOM_SAMPLES
     assert inspect.signature(performance.evaluate_run).parameters["random_samples"].default == cmd.RANDOM_SAMPLES
+    assert cmd.CURVE_POINTS == curve_stats.CURVE_POINTS
+    for fn, name in ((performance.evaluate_run, "faithfulness_points"), (compare, "faithfulness_points"),
+                     (curve_stats.curve_sizes, "max_points")):
+        assert inspect.signature(fn).parameters[name].default == cmd.CURVE_POINTS

@@ -29,6 +29,7 @@ def non_negative_int(text: str) -> int:
 
 
 RANDOM_SAMPLES = 30  # = evaluation.performance.RANDOM_SAMPLES (why 30: there); importing it here would load torch
+CURVE_POINTS = 9  # = evaluation.curve_stats.CURVE_POINTS (why 9: there)
 
 
 def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") -> None:
@@ -55,8 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--faithfulness", action="store_true", help="also compute faithfulness curves, CPR and CMD")
     p.add_argument("--faithfulness-samples", type=non_negative_int, default=10,
                    help="random circuits per size on the faithfulness curve (default 10)")
-    p.add_argument("--faithfulness-points", type=positive_int, default=20,
-                   help="about how many circuit sizes the curve visits (default 20; every size for small models)")
+    p.add_argument("--faithfulness-points", type=positive_int, default=CURVE_POINTS,
+                   help=f"about how many circuit sizes the curve visits (default {CURVE_POINTS}: the MIB sizes, "
+                   "which CPR and CMD read; every size for small models)")
     p.add_argument("--ground-truth", default=None,
                    help="registry name, JSON file or heads like L9H6,L9H9 (default: the run's ground truth)")
     p.add_argument("--circuit", default=None, metavar="FILE.json",

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from .curve_stats import (
+    CURVE_POINTS,
     MIB_FRACTIONS,
     cmd,
     cpr,
@@ -232,5 +233,5 @@ def faithfulness_curve(
                                seed=seed)[scores.method]
 
 
-__all__ = ["MIB_FRACTIONS", "EdgeFaithfulnessCurve", "FaithfulnessCurve", "cmd", "cpr", "curve_sizes", "curves_summary",
+__all__ = ["CURVE_POINTS", "MIB_FRACTIONS", "EdgeFaithfulnessCurve", "FaithfulnessCurve", "cmd", "cpr", "curve_sizes", "curves_summary",
            "edge_faithfulness_curves", "faithfulness_curve", "faithfulness_curves", "mib_sizes"]

@@ -20,7 +20,13 @@ from ..runfiles import RunFiles, read_run
 from ..tasks import build_prompts
 from ..types import GroundTruth, Scores
 from .circuit_rule import predicted_circuit
-from .faithfulness import curve_sizes, curves_summary, edge_faithfulness_curves, faithfulness_curves
+from .faithfulness import (
+    CURVE_POINTS,
+    curve_sizes,
+    curves_summary,
+    edge_faithfulness_curves,
+    faithfulness_curves,
+)
 from .intervention import CircuitEvaluator
 from .metrics import table_metrics
 from .mib import imported_circuit, mib_blocks
@@ -200,7 +206,7 @@ def evaluate_run(
     faithfulness: bool = False,
     random_samples: int = RANDOM_SAMPLES,
     faithfulness_samples: int = 10,
-    faithfulness_points: int = 20,
+    faithfulness_points: int = CURVE_POINTS,
     ground_truth: str | None = None,
     threshold: float | None = None,
     size: int | None = None,
