@@ -54,9 +54,9 @@ def test_evaluate_adds_performance_and_faithfulness(run_dir, capsys):
 
 def test_evaluate_with_other_ablation_size_and_ground_truth(run_dir, capsys):
     assert main(["evaluate", str(run_dir), "--ablation", "zero", "--size", "2", "--random-samples", "0",
-                 "--ground-truth", "L0H1,L1H2", "--examples", "8"]) == 0
+                 "--ground-truth", "L0H1,L1H2", "--examples", "8", "--eval-precision", "bf16"]) == 0
     perf = _metrics(run_dir)["circuit_performance"]
-    assert perf["ablation"] == "zero" and perf["n_examples"] == 8
+    assert perf["ablation"] == "zero" and perf["n_examples"] == 8 and perf["precision"] == "bf16"
     names = [r["name"] for r in perf["rows"]]
     assert "ground truth (user)" in names and not any(n.startswith("random") for n in names)
     assert "corrupted input" not in names  # only for corrupt ablation
@@ -82,6 +82,9 @@ def test_bad_input_exits_2_and_leaves_metrics_untouched(run_dir, tmp_path, capsy
         main(["evaluate", str(run_dir), "--ablation", "resample"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(run_dir), "--eval-precision", "half"])
+    assert exc.value.code == 2 and "invalid choice: 'half'" in capsys.readouterr().err
     assert (run_dir / "metrics.json").read_bytes() == before
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temp files left
 

@@ -270,6 +270,22 @@ def test_circuits_seen_in_an_earlier_call_are_not_run_again(toy, kind):
     assert torch.allclose(every["logit_diff"][0], hooked["logit_diff"][0], atol=1e-5)
 
 
+def test_bfloat16_evaluation_is_the_float32_one_to_bfloat16_rounding(toy):
+    prompts = _toy_prompts()
+    masks = random_masks(toy.layout.n_total, 4, 5, generator=torch.Generator().manual_seed(3))
+    ev32 = CircuitEvaluator.build(toy, prompts, metrics=["logit_diff", "kl"])
+    ev16 = CircuitEvaluator.build(toy, prompts, metrics=["logit_diff", "kl"], precision="bf16")
+    a, b = ev32.evaluate(masks), ev16.evaluate(masks)
+    span = float((ev32.clean["logit_diff"] - ev32.empty["logit_diff"]).abs().mean())
+    for name in a:
+        assert b[name].dtype == torch.float32
+        assert torch.allclose(a[name], b[name], atol=0.02 * span + 0.02), name
+    assert not torch.equal(a["logit_diff"], b["logit_diff"])  # it did run in bfloat16
+    assert ev16.describe()["precision"] == "bf16" and ev32.describe()["precision"] == "fp32"
+    with pytest.raises(CircuitscanError, match="precision 'half' is not one of fp32, bf16"):
+        CircuitEvaluator.build(toy, prompts, precision="half")
+
+
 def test_bad_inputs_are_clear_errors(planted, planted_prompts):
     with pytest.raises(CircuitscanError, match="ablation 'resample' is not one of corrupt, mean, zero"):
         CircuitEvaluator.build(planted, planted_prompts, ablation="resample")

@@ -39,6 +39,9 @@ def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") 
     p.add_argument("--random-samples", type=non_negative_int, default=RANDOM_SAMPLES,
                    help=f"{prefix_help}random circuits of each predicted circuit's size, reported as mean ± std "
                    f"(default {RANDOM_SAMPLES})")
+    p.add_argument("--eval-precision", choices=("fp32", "bf16"), default="fp32",
+                   help=f"{prefix_help}the head-level evaluation's passes: fp32, or bf16 matrix products "
+                   "(about 3x faster on CPUs with AVX-512 BF16; faithfulness moves by ~0.005) (default: fp32)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             random_samples=args.random_samples, faithfulness_samples=args.faithfulness_samples,
             faithfulness_points=args.faithfulness_points, ground_truth=args.ground_truth,
             threshold=args.threshold, size=args.size, metric=args.metric, n_examples=args.examples,
-            max_rows=args.max_rows, seed=args.seed, circuit=args.circuit,
+            max_rows=args.max_rows, seed=args.seed, circuit=args.circuit, precision=args.eval_precision,
         )
     print_evaluation(result)
     print(f"wrote  {args.run_dir}/metrics.json")

@@ -15,7 +15,7 @@ from .ablation import (
     check_ablation,
     paired_negatives,
 )
-from .forward import HeadCache, cache_heads
+from .forward import HeadCache, cache_heads, precision_context
 from .head_masks import (
     _as_keep,
     run_with_heads,
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 
 LOGITS_BUDGET = 2**27  # most logits one evaluation pass may hold (512 MiB in float32)
-
 # --------------------------------------------------------------------------- the evaluator
 
 
@@ -229,6 +228,7 @@ class CircuitEvaluator:
     progress: bool | None = None
     shared: Int[Tensor, " rows"] | None = None
     prefix_sharing: bool = True
+    precision: str = "fp32"
     _known: dict[tuple[bool, bytes], dict[str, Tensor]] = field(default_factory=dict, repr=False)
     _prefixes: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
 
@@ -244,6 +244,7 @@ class CircuitEvaluator:
         max_rows: int = 256,
         batch_size: int = 64,
         progress: bool | None = None,
+        precision: str = "fp32",
     ) -> CircuitEvaluator:
         """Check inputs, cache the ablation source and run the clean and empty baselines.
 
@@ -257,6 +258,8 @@ class CircuitEvaluator:
                 when the logits kept would pass :data:`LOGITS_BUDGET` (all-position metrics).
             batch_size: prompts per pass when caching.
             progress: progress bar for long evaluations (default: on a terminal).
+            precision: ``fp32`` or ``bf16`` (every pass, baselines included:
+                :func:`~circuitscan.evaluation.forward.precision_context`).
         """
         import time
 
@@ -266,7 +269,8 @@ class CircuitEvaluator:
         names, metric_objs, n = _checked_metrics(model, prompts, ablation, metrics, n_examples, max_rows)
         rows = _EvalRows.of(prompts, metric_objs, names, n, ablation)
         stats = EvaluatorStats()
-        clean_cache, corrupt_cache, source = _baselines(model, prompts, rows, ablation, n, batch_size, stats)
+        with precision_context(model, precision):
+            clean_cache, corrupt_cache, source = _baselines(model, prompts, rows, ablation, n, batch_size, stats)
         group, last = rows.group, rows.last
         clean_logits = clean_cache.logits[: n * group]
         needs_ref = any(m.needs_reference for m in metric_objs)
@@ -275,14 +279,14 @@ class CircuitEvaluator:
                   if ablation == "corrupt" else None)
         ev = cls(model=model, prompts=prompts, ablation=ablation, metrics=names, source=source, n=n,
                  max_rows=max_rows, positions=rows.positions, last=last, group=group, tokens=rows.pos_tok,
-                 mask=rows.pos_mask, reference_logprobs=ref, stats=stats, progress=progress, shared=shared)
+                 mask=rows.pos_mask, reference_logprobs=ref, stats=stats, progress=progress, shared=shared,
+                 precision=precision)
         index = torch.arange(n)
         ev.clean = ev._score(clean_logits, index)
         if ablation == "corrupt":
             ev.corrupted_input = ev._score(corrupt_cache.logits, index)
         every = torch.ones(model.layout.n_total, dtype=torch.bool)
-        for sharing in (True, False):  # keeping every head is the clean model
-            ev._known[ev._key(every, sharing)] = ev.clean
+        ev._known.update({ev._key(every, s): ev.clean for s in (True, False)})  # every head kept: the clean model
         ev.empty = {k: v[0] for k, v in ev.evaluate(~every[None]).items()}
         ev.stats.seconds += time.perf_counter() - t0
         return ev
@@ -294,6 +298,7 @@ class CircuitEvaluator:
         ref = None if self.reference_logprobs is None else self.reference_logprobs[index]
         batch = MetricBatch(prompts=self.prompts, index=index, positions=self.positions, last=self.last,
                             group=self.group, reference_logprobs=ref)
+        logits = logits.float()
         return {name: get_metric(name)(logits, batch).detach().float().cpu() for name in self.metrics}
 
     def evaluate(self, keep: Bool[Tensor, "C n_heads_total"]) -> dict[str, Float[Tensor, "C n"]]:
@@ -334,8 +339,8 @@ class CircuitEvaluator:
         per_pass = max(1, budget // (chunk * g))  # circuits per pass
         n_passes = -(-self.n // chunk) * -(-n_unique // per_pass)
         show = self.progress if self.progress is not None else None
-        with torch.inference_mode(), bar("evaluating circuits", n_passes,
-                                         show=show if n_passes > 4 else False) as advance:
+        with torch.inference_mode(), precision_context(self.model, self.precision), \
+                bar("evaluating circuits", n_passes, show=show if n_passes > 4 else False) as advance:
             for lo in range(0, self.n, chunk):
                 hi = min(self.n, lo + chunk)
                 index = torch.arange(lo, hi)
@@ -390,4 +395,4 @@ class CircuitEvaluator:
 
     def describe(self) -> dict[str, Any]:
         return {"ablation": self.ablation, "metrics": list(self.metrics), "n_examples": self.n,
-                "max_rows": self.max_rows, "group": self.group}
+                "max_rows": self.max_rows, "group": self.group, "precision": self.precision}
