@@ -8,6 +8,7 @@ resident memory of the process so far beside it:
   2. sae-codes against EAP at 12 + 12 and at 48 + 48 prompts       target <= 1.0
   3. discover --evaluate: evaluate_run (performance table + faithfulness, defaults)
      against discover alone, at --eval-examples (60)               target <= 3.0
+     (and the same with --eval-precision bf16, with its CPR and CMD beside fp32's)
   4. `report RUN_DIR` on that run                                  target <= 5 s
   and the checks against the slow paths: the Hugging Face activations path against the
   TransformerBridge one (node ranking equal), the shared-prefix evaluator against the
@@ -35,6 +36,12 @@ def _line(name: str, ratio: float, target: str, detail: str) -> None:
     print(f"{name:<44} ratio {ratio:6.2f}  (target {target})  {detail}; {_peak()}", flush=True)
 
 
+def _cpr_cmd(ev) -> str:
+    f = ev.faithfulness or {}
+    return "CPR " + ", ".join(f"{m} {v:.4f}" for m, v in f.get("cpr", {}).items()) + "; CMD " + ", ".join(
+        f"{m} {v:.4f}" for m, v in f.get("cmd", {}).items())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=250)
@@ -43,7 +50,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (40 / 12 prompts): a smoke run")
     ap.add_argument("--before", action="store_true",
                     help="also time step 3 the way it ran before issue 14 (bridge hooks, no shared prefix, "
-                    "100 random circuits per size), in this process")
+                    "100 random circuits per size, 20 curve points) and with the 20 curve points of before "
+                    "issue 14's last round, in this process")
     args = ap.parse_args()
     if args.quick:
         args.examples, args.eval_examples = 40, 12
@@ -107,12 +115,21 @@ def main() -> None:
         e_s = time.perf_counter() - t
         _line(f"3. evaluate / discover ({args.eval_examples} examples)", e_s / d_s, "<= 3.0",
               f"{e_s:.1f}s vs {d_s:.1f}s, {ev.stats['forward_passes']} passes, {ev.stats['rows']} rows")
-        cpr = ", ".join(f"{m} {v:.3f}" for m, v in (ev.faithfulness or {}).get("cpr", {}).items())
-        print(f"   CPR {cpr}", flush=True)
+        print(f"   {_cpr_cmd(ev)}", flush=True)
+        t = time.perf_counter()
+        bf = evaluate_run(res.out, faithfulness=True, model=model, prompts=p, precision="bf16")
+        b_s = time.perf_counter() - t
+        _line("   the same, --eval-precision bf16", b_s / d_s, "<= 3.0", f"{b_s:.1f}s; {_cpr_cmd(bf)}")
         if args.before:
+            t = time.perf_counter()
+            pts = evaluate_run(res.out, faithfulness=True, model=model, prompts=p, faithfulness_points=20)
+            p_s = time.perf_counter() - t
+            _line("   20 curve points (the default until now)", p_s / d_s, "<= 3.0",
+                  f"{p_s:.1f}s, {pts.stats['rows']} rows; {_cpr_cmd(pts)}")
             with bridge_only(model):
                 t = time.perf_counter()
-                old = evaluate_run(res.out, faithfulness=True, model=model, prompts=p, random_samples=100)
+                old = evaluate_run(res.out, faithfulness=True, model=model, prompts=p, random_samples=100,
+                                   faithfulness_points=20)
                 o_s = time.perf_counter() - t
             old_cpr = ", ".join(f"{m} {v:.3f}" for m, v in (old.faithfulness or {}).get("cpr", {}).items())
             _line("   before: evaluate / discover", o_s / d_s, "<= 3.0",

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from circuitscan.cli import main
+from circuitscan.evaluation.curve_stats import curve_sizes
 from circuitscan.rundir import read_run_json
 
 
@@ -43,8 +44,8 @@ def test_evaluate_adds_performance_and_faithfulness(run_dir, capsys):
     faith = after["faithfulness"]
     assert set(faith["curves"]) == {"sae-codes", "sae-codes-pairs"}
     curve = faith["curves"]["sae-codes"]
-    assert curve["sizes"] == list(range(13)) and curve["values"][3] == pytest.approx(1.0, abs=1e-4)
-    assert len(curve["random_mean"]) == 13 and curve["random_samples"] == 3
+    assert curve["sizes"] == curve_sizes(12) and curve["values"][curve["sizes"].index(3)] == pytest.approx(1.0, abs=1e-4)
+    assert len(curve["random_mean"]) == len(curve["sizes"]) and curve["random_samples"] == 3
     assert faith["cpr"]["sae-codes"] > faith["cpr_random"]["sae-codes"]
     assert 0 <= faith["cmd"]["sae-codes"] < faith["cmd_random"]["sae-codes"]
     assert after["timings_s"]["evaluate_interventions"] > 0
@@ -53,9 +54,9 @@ def test_evaluate_adds_performance_and_faithfulness(run_dir, capsys):
 
 def test_evaluate_with_other_ablation_size_and_ground_truth(run_dir, capsys):
     assert main(["evaluate", str(run_dir), "--ablation", "zero", "--size", "2", "--random-samples", "0",
-                 "--ground-truth", "L0H1,L1H2", "--examples", "8"]) == 0
+                 "--ground-truth", "L0H1,L1H2", "--examples", "8", "--eval-precision", "bf16"]) == 0
     perf = _metrics(run_dir)["circuit_performance"]
-    assert perf["ablation"] == "zero" and perf["n_examples"] == 8
+    assert perf["ablation"] == "zero" and perf["n_examples"] == 8 and perf["precision"] == "bf16"
     names = [r["name"] for r in perf["rows"]]
     assert "ground truth (user)" in names and not any(n.startswith("random") for n in names)
     assert "corrupted input" not in names  # only for corrupt ablation
@@ -81,6 +82,9 @@ def test_bad_input_exits_2_and_leaves_metrics_untouched(run_dir, tmp_path, capsy
         main(["evaluate", str(run_dir), "--ablation", "resample"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(run_dir), "--eval-precision", "half"])
+    assert exc.value.code == 2 and "invalid choice: 'half'" in capsys.readouterr().err
     assert (run_dir / "metrics.json").read_bytes() == before
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -121,7 +125,12 @@ def test_cli_and_library_share_the_random_samples_default():
     import inspect
 
     from circuitscan.commands import evaluate as cmd
-    from circuitscan.evaluation import performance
+    from circuitscan.comparison import compare
+    from circuitscan.evaluation import curve_stats, performance
 
     assert cmd.RANDOM_SAMPLES == performance.RANDOM_SAMPLES
     assert inspect.signature(performance.evaluate_run).parameters["random_samples"].default == cmd.RANDOM_SAMPLES
+    assert cmd.CURVE_POINTS == curve_stats.CURVE_POINTS
+    for fn, name in ((performance.evaluate_run, "faithfulness_points"), (compare, "faithfulness_points"),
+                     (curve_stats.curve_sizes, "max_points")):
+        assert inspect.signature(fn).parameters[name].default == cmd.CURVE_POINTS

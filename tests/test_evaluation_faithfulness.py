@@ -14,6 +14,7 @@ from circuitscan.evaluation import (
     circuit_performance,
     cmd,
     cpr,
+    curve_sizes,
     faithfulness_curve,
     faithfulness_curves,
 )
@@ -22,6 +23,7 @@ from circuitscan.types import GroundTruth, HeadLayout, Scores
 
 LAYOUT = HeadLayout(3, 4)
 PLANTED = {LAYOUT.index(h) for h in PLANTED_HEADS}  # flat 1, 6, 8
+EVERY = list(range(LAYOUT.n_total + 1))  # every circuit size (the default visits CURVE_POINTS of them)
 
 
 def _scores(order: list[int], name: str = "hand") -> Scores:
@@ -47,7 +49,7 @@ def evaluator(request, planted, planted_prompts):
 def test_planted_circuit_is_faithful_and_its_complement_is_not(evaluator):
     first = _scores(_order_with_planted_at([1, 2, 3]), "planted-first")
     last = _scores(_order_with_planted_at([10, 11, 12]), "planted-last")
-    curves = faithfulness_curves(evaluator, [first, last], random_samples=4)
+    curves = faithfulness_curves(evaluator, [first, last], sizes=EVERY, random_samples=4)
     f_first, f_last = curves["planted-first"], curves["planted-last"]
     assert f_first.sizes == list(range(13))
     assert f_first.values[3] == pytest.approx(1.0, abs=1e-4)  # the planted circuit
@@ -61,7 +63,7 @@ def test_planted_circuit_is_faithful_and_its_complement_is_not(evaluator):
 
 def test_curve_rises_exactly_where_planted_heads_enter(evaluator):
     ranks = [2, 5, 9]
-    curve = faithfulness_curves(evaluator, _scores(_order_with_planted_at(ranks)), random_samples=0)["hand"]
+    curve = faithfulness_curves(evaluator, _scores(_order_with_planted_at(ranks)), sizes=EVERY, random_samples=0)["hand"]
     steps = [b - a for a, b in zip(curve.values, curve.values[1:], strict=False)]
     for k, step in enumerate(steps, start=1):  # step k: the k-th head enters
         if k in ranks:
@@ -73,7 +75,8 @@ def test_curve_rises_exactly_where_planted_heads_enter(evaluator):
 
 
 def test_cpr_and_cmd_are_read_off_the_curve_at_the_mib_sizes(evaluator):
-    curve = faithfulness_curves(evaluator, _scores(_order_with_planted_at([1, 2, 3])), random_samples=3)["hand"]
+    curve = faithfulness_curves(evaluator, _scores(_order_with_planted_at([1, 2, 3])), sizes=EVERY,
+                                random_samples=3)["hand"]
     # 12 heads: MIB sizes are 0 (x7), 1, 2, 6, 12
     assert curve.mib_sizes == [0, 0, 0, 0, 0, 0, 0, 1, 2, 6, 12]
     at = [curve.values[k] for k in curve.mib_sizes]
@@ -95,12 +98,34 @@ def test_random_baseline_statistics(evaluator):
     assert again.random_mean == curve.random_mean  # seeded
 
 
+def test_random_circuits_of_a_size_do_not_depend_on_the_other_sizes_or_the_count():
+    from circuitscan.evaluation import random_circuits
+
+    both = random_circuits(12, [3, 5], 4, seed=1)
+    assert both.shape == (8, 12) and both.sum(1).tolist() == [3] * 4 + [5] * 4
+    assert torch.equal(both[4:], random_circuits(12, [5], 4, seed=1))
+    assert torch.equal(random_circuits(12, [3], 7, seed=1)[:4], both[:4])  # the table's 7 begin with the curve's 4
+    assert not torch.equal(random_circuits(12, [3], 4, seed=2), both[:4])
+    assert random_circuits(12, [3], 0).shape == (0, 12)
+
+
+def test_cpr_and_cmd_and_their_random_baselines_do_not_depend_on_the_other_curve_points(evaluator):
+    scores = _scores(_order_with_planted_at([2, 5, 9]))
+    dense = faithfulness_curves(evaluator, scores, sizes=EVERY, random_samples=3, seed=4)["hand"]
+    sparse = faithfulness_curves(evaluator, scores, sizes=[], random_samples=3, seed=4)["hand"]
+    assert sparse.sizes == sorted(set(dense.mib_sizes)) and len(dense.sizes) == 13
+    for key in ("cpr", "cmd", "cpr_random", "cmd_random"):
+        assert getattr(sparse, key) == getattr(dense, key), key
+    at = {k: i for i, k in enumerate(dense.sizes)}
+    assert sparse.random_std == [dense.random_std[at[k]] for k in sparse.sizes]
+
+
 def test_any_scores_plug_in_and_bad_ones_are_refused(planted, planted_prompts):
     # a "baseline": scores from the planted heads' norm, no SAE involved
     w = planted.bridge.W_O.detach().norm(dim=(-1, -2))
     baseline = Scores(method="wo-norm", node=w, layout=LAYOUT)
     curve = faithfulness_curve(planted, planted_prompts, baseline, random_samples=2, n_examples=10)
-    assert len(curve.values) == 13 and curve.method == "wo-norm"
+    assert curve.sizes == curve_sizes(12) and len(curve.values) == len(curve.sizes) and curve.method == "wo-norm"
     ev = CircuitEvaluator.build(planted, planted_prompts, n_examples=5)
     with pytest.raises(CircuitscanError, match="distinct"):
         faithfulness_curves(ev, [baseline, baseline])

@@ -243,6 +243,49 @@ def test_one_pass_serves_many_circuits_and_duplicates_run_once(planted, planted_
     assert ev.stats.rows - before[1] == 5 * 40
 
 
+@pytest.mark.parametrize("kind", ABLATIONS)
+def test_circuits_seen_in_an_earlier_call_are_not_run_again(toy, kind):
+    """Values are kept across calls (table, curves, the empty baseline): only new circuits cost passes,
+    and what comes back equals a fresh evaluator's; keeping every head is the clean model, free."""
+    prompts = _toy_prompts()
+    n_total = toy.layout.n_total
+    g = torch.Generator().manual_seed(2)
+    first = torch.cat([random_masks(n_total, k, 3, generator=g) for k in (2, 5)])
+    second = torch.cat([first[:4], random_masks(n_total, 3, 2, generator=g)])
+    ev = CircuitEvaluator.build(toy, prompts, ablation=kind, metrics=["logit_diff", "kl"], max_rows=12)
+    ev.evaluate(first)
+    before = ev.stats.circuits, ev.stats.rows
+    got = ev.evaluate(second)
+    assert ev.stats.circuits - before[0] == len(torch.unique(second[4:], dim=0))
+    assert ev.stats.rows - before[1] == (ev.stats.circuits - before[0]) * prompts.n_positive
+    fresh = CircuitEvaluator.build(toy, prompts, ablation=kind, metrics=["logit_diff", "kl"], max_rows=12)
+    want = fresh.evaluate(second)
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-5)
+    before = ev.stats.forward_passes, ev.stats.circuits
+    every = ev.evaluate(torch.ones(2, n_total, dtype=torch.bool))
+    assert (ev.stats.forward_passes, ev.stats.circuits) == before
+    assert torch.equal(every["logit_diff"][1], ev.clean["logit_diff"])
+    hooked = fresh._run(torch.ones(1, n_total, dtype=torch.bool))  # what a pass with every head kept gives
+    assert torch.allclose(every["logit_diff"][0], hooked["logit_diff"][0], atol=1e-5)
+
+
+def test_bfloat16_evaluation_is_the_float32_one_to_bfloat16_rounding(toy):
+    prompts = _toy_prompts()
+    masks = random_masks(toy.layout.n_total, 4, 5, generator=torch.Generator().manual_seed(3))
+    ev32 = CircuitEvaluator.build(toy, prompts, metrics=["logit_diff", "kl"])
+    ev16 = CircuitEvaluator.build(toy, prompts, metrics=["logit_diff", "kl"], precision="bf16")
+    a, b = ev32.evaluate(masks), ev16.evaluate(masks)
+    span = float((ev32.clean["logit_diff"] - ev32.empty["logit_diff"]).abs().mean())
+    for name in a:
+        assert b[name].dtype == torch.float32
+        assert torch.allclose(a[name], b[name], atol=0.02 * span + 0.02), name
+    assert not torch.equal(a["logit_diff"], b["logit_diff"])  # it did run in bfloat16
+    assert ev16.describe()["precision"] == "bf16" and ev32.describe()["precision"] == "fp32"
+    with pytest.raises(CircuitscanError, match="precision 'half' is not one of fp32, bf16"):
+        CircuitEvaluator.build(toy, prompts, precision="half")
+
+
 def test_bad_inputs_are_clear_errors(planted, planted_prompts):
     with pytest.raises(CircuitscanError, match="ablation 'resample' is not one of corrupt, mean, zero"):
         CircuitEvaluator.build(planted, planted_prompts, ablation="resample")

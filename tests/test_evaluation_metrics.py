@@ -162,7 +162,9 @@ def test_cpr_and_cmd_by_hand():
 def test_mib_and_curve_sizes():
     assert mib_sizes(144) == [0, 0, 0, 0, 1, 2, 7, 14, 28, 72, 144]
     assert mib_sizes(12) == [0, 0, 0, 0, 0, 0, 0, 1, 2, 6, 12]
-    assert curve_sizes(12) == list(range(13))
+    assert curve_sizes(12, 20) == list(range(13)) and curve_sizes(8) == list(range(9))
+    assert curve_sizes(270) == sorted(set(mib_sizes(270)))  # the default: the MIB sizes, what CPR and CMD read
+    assert set(mib_sizes(12)) < set(curve_sizes(12)) and len(curve_sizes(12)) <= 9
     sizes = curve_sizes(270, 20)
     assert sizes[0] == 0 and sizes[-1] == 270 and sizes == sorted(set(sizes))
     assert set(mib_sizes(270)) <= set(sizes)

@@ -196,8 +196,8 @@ def test_kl_faithfulness_curves_appendix_h(toy_induction, gt):
         run_sae_codes(toy_induction, prompts, SAECodesConfig()).node,
         eap.score(toy_induction, prompts),
     ]
-    curves = faithfulness_curves(ev, scores, metric="kl", random_samples=10, seed=0)
     n = toy_induction.layout.n_total
+    curves = faithfulness_curves(ev, scores, metric="kl", sizes=range(n + 1), random_samples=10, seed=0)  # every size
     for c in curves.values():
         kl = dict(zip(c.sizes, c.metric_values, strict=True))
         assert kl[n] == pytest.approx(0.0, abs=1e-6) and kl[0] > 1.0

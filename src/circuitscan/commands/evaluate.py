@@ -29,6 +29,7 @@ def non_negative_int(text: str) -> int:
 
 
 RANDOM_SAMPLES = 30  # = evaluation.performance.RANDOM_SAMPLES (why 30: there); importing it here would load torch
+CURVE_POINTS = 9  # = evaluation.curve_stats.CURVE_POINTS (why 9: there)
 
 
 def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") -> None:
@@ -38,6 +39,9 @@ def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") 
     p.add_argument("--random-samples", type=non_negative_int, default=RANDOM_SAMPLES,
                    help=f"{prefix_help}random circuits of each predicted circuit's size, reported as mean ± std "
                    f"(default {RANDOM_SAMPLES})")
+    p.add_argument("--eval-precision", choices=("fp32", "bf16"), default="fp32",
+                   help=f"{prefix_help}the head-level evaluation's passes: fp32, or bf16 matrix products "
+                   "(about 3x faster on CPUs with AVX-512 BF16; faithfulness moves by ~0.005) (default: fp32)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,8 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--faithfulness", action="store_true", help="also compute faithfulness curves, CPR and CMD")
     p.add_argument("--faithfulness-samples", type=non_negative_int, default=10,
                    help="random circuits per size on the faithfulness curve (default 10)")
-    p.add_argument("--faithfulness-points", type=positive_int, default=20,
-                   help="about how many circuit sizes the curve visits (default 20; every size for small models)")
+    p.add_argument("--faithfulness-points", type=positive_int, default=CURVE_POINTS,
+                   help=f"about how many circuit sizes the curve visits (default {CURVE_POINTS}: the MIB sizes, "
+                   "which CPR and CMD read; every size for small models)")
     p.add_argument("--ground-truth", default=None,
                    help="registry name, JSON file or heads like L9H6,L9H9 (default: the run's ground truth)")
     p.add_argument("--circuit", default=None, metavar="FILE.json",
@@ -82,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             random_samples=args.random_samples, faithfulness_samples=args.faithfulness_samples,
             faithfulness_points=args.faithfulness_points, ground_truth=args.ground_truth,
             threshold=args.threshold, size=args.size, metric=args.metric, n_examples=args.examples,
-            max_rows=args.max_rows, seed=args.seed, circuit=args.circuit,
+            max_rows=args.max_rows, seed=args.seed, circuit=args.circuit, precision=args.eval_precision,
         )
     print_evaluation(result)
     print(f"wrote  {args.run_dir}/metrics.json")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..evaluation.curve_stats import CURVE_POINTS
 from ..run import scores_to_json
 from ..rundir import CONFIG, METRICS, SCORES, open_run
 from ..runfiles import config_header, ground_truth_block, task_block
@@ -87,7 +88,7 @@ def compare(
     edge_ground_truth: str | None = None,
     faithfulness: bool = True,
     faithfulness_samples: int = 10,
-    faithfulness_points: int = 20,
+    faithfulness_points: int = CURVE_POINTS,
     overwrite: bool = False,
     extra_config: dict[str, Any] | None = None,
     timings: dict[str, float] | None = None,

@@ -15,7 +15,7 @@ from .ablation import (
     check_ablation,
     paired_negatives,
 )
-from .forward import HeadCache, cache_heads
+from .forward import HeadCache, cache_heads, precision_context
 from .head_masks import (
     _as_keep,
     run_with_heads,
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 
 LOGITS_BUDGET = 2**27  # most logits one evaluation pass may hold (512 MiB in float32)
-
 # --------------------------------------------------------------------------- the evaluator
 
 
@@ -185,7 +184,10 @@ class CircuitEvaluator:
 
     Build with :meth:`build`. :meth:`evaluate` takes a ``[C, n_heads_total]`` mask and
     returns, per metric, ``[C, n]`` per-example values on the first ``n`` positive
-    prompts. Identical circuits are run once.
+    prompts. Identical circuits are run once, across calls too: the values of every
+    circuit run are kept (``n`` floats per metric), so the performance table, the
+    faithfulness curves and the empty baseline share what they have in common, and the
+    circuit of every head is the clean model (:attr:`clean`) without a pass.
 
     Some metrics read more than one forward pass per example: the greater-than metrics
     on a tokenizer that splits years into digits need P(d1) P(d2 | d1), so each prompt is
@@ -226,6 +228,9 @@ class CircuitEvaluator:
     progress: bool | None = None
     shared: Int[Tensor, " rows"] | None = None
     prefix_sharing: bool = True
+    precision: str = "fp32"
+    _known: dict[tuple[bool, bytes], dict[str, Tensor]] = field(default_factory=dict, repr=False)
+    _prefixes: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -239,6 +244,7 @@ class CircuitEvaluator:
         max_rows: int = 256,
         batch_size: int = 64,
         progress: bool | None = None,
+        precision: str = "fp32",
     ) -> CircuitEvaluator:
         """Check inputs, cache the ablation source and run the clean and empty baselines.
 
@@ -252,6 +258,8 @@ class CircuitEvaluator:
                 when the logits kept would pass :data:`LOGITS_BUDGET` (all-position metrics).
             batch_size: prompts per pass when caching.
             progress: progress bar for long evaluations (default: on a terminal).
+            precision: ``fp32`` or ``bf16`` (every pass, baselines included:
+                :func:`~circuitscan.evaluation.forward.precision_context`).
         """
         import time
 
@@ -261,7 +269,8 @@ class CircuitEvaluator:
         names, metric_objs, n = _checked_metrics(model, prompts, ablation, metrics, n_examples, max_rows)
         rows = _EvalRows.of(prompts, metric_objs, names, n, ablation)
         stats = EvaluatorStats()
-        clean_cache, corrupt_cache, source = _baselines(model, prompts, rows, ablation, n, batch_size, stats)
+        with precision_context(model, precision):
+            clean_cache, corrupt_cache, source = _baselines(model, prompts, rows, ablation, n, batch_size, stats)
         group, last = rows.group, rows.last
         clean_logits = clean_cache.logits[: n * group]
         needs_ref = any(m.needs_reference for m in metric_objs)
@@ -270,13 +279,15 @@ class CircuitEvaluator:
                   if ablation == "corrupt" else None)
         ev = cls(model=model, prompts=prompts, ablation=ablation, metrics=names, source=source, n=n,
                  max_rows=max_rows, positions=rows.positions, last=last, group=group, tokens=rows.pos_tok,
-                 mask=rows.pos_mask, reference_logprobs=ref, stats=stats, progress=progress, shared=shared)
+                 mask=rows.pos_mask, reference_logprobs=ref, stats=stats, progress=progress, shared=shared,
+                 precision=precision)
         index = torch.arange(n)
         ev.clean = ev._score(clean_logits, index)
         if ablation == "corrupt":
             ev.corrupted_input = ev._score(corrupt_cache.logits, index)
-        none = torch.zeros(1, model.layout.n_total, dtype=torch.bool)
-        ev.empty = {k: v[0] for k, v in ev.evaluate(none).items()}
+        every = torch.ones(model.layout.n_total, dtype=torch.bool)
+        ev._known.update({ev._key(every, s): ev.clean for s in (True, False)})  # every head kept: the clean model
+        ev.empty = {k: v[0] for k, v in ev.evaluate(~every[None]).items()}
         ev.stats.seconds += time.perf_counter() - t0
         return ev
 
@@ -287,6 +298,7 @@ class CircuitEvaluator:
         ref = None if self.reference_logprobs is None else self.reference_logprobs[index]
         batch = MetricBatch(prompts=self.prompts, index=index, positions=self.positions, last=self.last,
                             group=self.group, reference_logprobs=ref)
+        logits = logits.float()
         return {name: get_metric(name)(logits, batch).detach().float().cpu() for name in self.metrics}
 
     def evaluate(self, keep: Bool[Tensor, "C n_heads_total"]) -> dict[str, Float[Tensor, "C n"]]:
@@ -298,6 +310,25 @@ class CircuitEvaluator:
         t0 = time.perf_counter()
         keep = _as_keep(keep, self.model.layout).bool()
         unique, inverse = torch.unique(keep, dim=0, return_inverse=True)
+        keys = [self._key(row, self.prefix_sharing) for row in unique]
+        todo = [i for i, key in enumerate(keys) if key not in self._known]
+        if todo:
+            new = self._run(unique[todo])
+            for j, i in enumerate(todo):
+                self._known[keys[i]] = {name: values[j] for name, values in new.items()}
+        out = {name: torch.stack([self._known[key][name] for key in keys]) for name in self.metrics}
+        self.stats.seconds += time.perf_counter() - t0
+        return {name: values[inverse] for name, values in out.items()}
+
+    @staticmethod
+    def _key(keep: Tensor, sharing: bool) -> tuple[bool, bytes]:
+        """A circuit's key among the values already known (per prefix-sharing setting, which tests compare)."""
+        return sharing, keep.cpu().numpy().tobytes()
+
+    def _run(self, unique: Bool[Tensor, "C n_heads_total"]) -> dict[str, Float[Tensor, "C n"]]:
+        """Run distinct circuits: as many circuits and examples per pass as ``max_rows`` allows."""
+        import torch
+
         n_unique = unique.shape[0]
         out = {name: torch.empty(n_unique, self.n) for name in self.metrics}
         g = self.group
@@ -308,8 +339,8 @@ class CircuitEvaluator:
         per_pass = max(1, budget // (chunk * g))  # circuits per pass
         n_passes = -(-self.n // chunk) * -(-n_unique // per_pass)
         show = self.progress if self.progress is not None else None
-        with torch.inference_mode(), bar("evaluating circuits", n_passes,
-                                         show=show if n_passes > 4 else False) as advance:
+        with torch.inference_mode(), precision_context(self.model, self.precision), \
+                bar("evaluating circuits", n_passes, show=show if n_passes > 4 else False) as advance:
             for lo in range(0, self.n, chunk):
                 hi = min(self.n, lo + chunk)
                 index = torch.arange(lo, hi)
@@ -328,21 +359,23 @@ class CircuitEvaluator:
                     self.stats.rows += (c1 - c0) * (hi - lo) * g
                     advance()
         self.stats.circuits += n_unique
-        self.stats.seconds += time.perf_counter() - t0
-        return {name: values[inverse] for name, values in out.items()}
+        return out
 
     def _prefix(self, tokens: Tensor, mask: Tensor | None, rows: Tensor) -> Prefix | None:
-        """The cached first positions these rows share with their partners, or None."""
+        """The cached first positions these rows share with their partners, or None (computed once per rows)."""
         if self.shared is None or not self.prefix_sharing:
             return None
-        length = min(int(self.shared[rows].min()), int(self.positions.min()))
-        if length < 1:
-            return None
-        past = prefix_keys_values(self.model, tokens[:, :length], None if mask is None else mask[:, :length])
-        if past is not None:
-            self.stats.forward_passes += 1
-            self.stats.rows += tokens.shape[0]
-        return past
+        span = (int(rows[0]), int(rows[-1]) + 1)
+        if span not in self._prefixes:
+            length = min(int(self.shared[rows].min()), int(self.positions.min()))
+            past = None
+            if length >= 1:
+                past = prefix_keys_values(self.model, tokens[:, :length], None if mask is None else mask[:, :length])
+            if past is not None:
+                self.stats.forward_passes += 1
+                self.stats.rows += tokens.shape[0]
+            self._prefixes[span] = past
+        return self._prefixes[span]
 
     # ------------------------------------------------------------------ summaries
 
@@ -362,4 +395,4 @@ class CircuitEvaluator:
 
     def describe(self) -> dict[str, Any]:
         return {"ablation": self.ablation, "metrics": list(self.metrics), "n_examples": self.n,
-                "max_rows": self.max_rows, "group": self.group}
+                "max_rows": self.max_rows, "group": self.group, "precision": self.precision}

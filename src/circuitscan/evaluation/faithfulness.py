@@ -8,7 +8,10 @@ with m the task metric averaged over examples, M the unablated model and ∅ the
 with every head ablated. A curve adds heads in score order (``Scores.ranking()``:
 highest score first, ties broken by head index) and is compared with random circuits
 of the same sizes (10 samples by default, as in the paper), drawn uniformly and shared
-by every method evaluated in the same call.
+by every method evaluated in the same call; each size's draws come from their own seed
+(:func:`~circuitscan.evaluation.head_masks.random_circuits`), so they do not depend on
+which other sizes the curve visits, and the performance table's random circuits of a
+size begin with the same ones.
 
 CPR and CMD (Mueller et al. 2025, MIB) summarise a curve over circuit sizes given as
 fractions of all heads, :data:`MIB_FRACTIONS` = 0, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from .curve_stats import (
+    CURVE_POINTS,
     MIB_FRACTIONS,
     cmd,
     cpr,
@@ -45,7 +49,7 @@ from .curve_stats import (
     random_band,
 )
 from .edge_faithfulness import EdgeFaithfulnessCurve, edge_faithfulness_curves
-from .intervention import CircuitEvaluator, random_masks, top_k_masks
+from .intervention import CircuitEvaluator, random_circuits, top_k_masks
 from .metrics import table_metrics
 
 if TYPE_CHECKING:
@@ -128,12 +132,7 @@ def faithfulness_curves(
 
     orders = [[layout.index(h) for h in s.ranking()] for s in scores_list]
     blocks = [top_k_masks(order, chosen, n_total) for order in orders]
-    g = torch.Generator().manual_seed(seed)
-    random_block = (
-        torch.cat([random_masks(n_total, k, random_samples, generator=g) for k in chosen])
-        if random_samples
-        else torch.zeros(0, n_total, dtype=torch.bool)
-    )
+    random_block = random_circuits(n_total, chosen, random_samples, seed)
     values = evaluator.evaluate(torch.cat([*blocks, random_block]))[metric]
     faith = evaluator.faithfulness(values, metric)
     means = values.mean(-1)
@@ -234,5 +233,5 @@ def faithfulness_curve(
                                seed=seed)[scores.method]
 
 
-__all__ = ["MIB_FRACTIONS", "EdgeFaithfulnessCurve", "FaithfulnessCurve", "cmd", "cpr", "curve_sizes", "curves_summary",
+__all__ = ["CURVE_POINTS", "MIB_FRACTIONS", "EdgeFaithfulnessCurve", "FaithfulnessCurve", "cmd", "cpr", "curve_sizes", "curves_summary",
            "edge_faithfulness_curves", "faithfulness_curve", "faithfulness_curves", "mib_sizes"]

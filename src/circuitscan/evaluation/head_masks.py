@@ -172,6 +172,22 @@ def random_masks(
     return masks
 
 
+def random_circuits(n_total: int, sizes: Sequence[int], samples: int, seed: int = 0) -> Bool[Tensor, "k n_total"]:
+    """``samples`` uniform circuits of each size in ``sizes``, size-major (``len(sizes) * samples`` rows).
+
+    Each size is drawn from its own generator, seeded by ``seed`` and the size, so the
+    circuits of a size do not depend on which other sizes are asked for, and the first s
+    draws of a size are the same whatever ``samples`` is: the performance table and the
+    faithfulness curves share their random circuits where their sizes meet (the
+    evaluator runs each once).
+    """
+    import torch
+
+    blocks = [random_masks(n_total, k, samples, generator=torch.Generator().manual_seed(seed * (n_total + 1) + k))
+              for k in sizes]
+    return torch.cat(blocks) if blocks else torch.zeros(0, n_total, dtype=torch.bool)
+
+
 def top_k_masks(order: Sequence[int], sizes: Sequence[int], n_total: int) -> Bool[Tensor, "n_sizes n_total"]:
     """Circuits made of the first k heads of ``order`` (flat indices, best first), one per k."""
     import torch

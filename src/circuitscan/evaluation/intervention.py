@@ -58,6 +58,7 @@ from .head_masks import (
     circuit_mask,
     head_mask_hooks,
     heads_ablated,
+    random_circuits,
     random_masks,
     run_with_heads,
     top_k_masks,
@@ -66,6 +67,6 @@ from .head_masks import (
 __all__ = [
     "ABLATIONS", "LOGITS_BUDGET", "AblationSource", "CircuitEvaluator", "EvaluatorStats", "HeadCache",
     "ablation_source", "cache_heads", "check_ablation", "circuit_mask", "expand_with_suffixes", "head_mask_hooks",
-    "heads_ablated", "logits_at", "masked_position_mean", "paired_negatives", "random_masks", "resolve_positions",
-    "run_with_heads", "shared_prefix_lengths", "top_k_masks",
+    "heads_ablated", "logits_at", "masked_position_mean", "paired_negatives", "random_circuits", "random_masks",
+    "resolve_positions", "run_with_heads", "shared_prefix_lengths", "top_k_masks",
 ]

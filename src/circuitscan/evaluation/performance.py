@@ -20,7 +20,13 @@ from ..runfiles import RunFiles, read_run
 from ..tasks import build_prompts
 from ..types import GroundTruth, Scores
 from .circuit_rule import predicted_circuit
-from .faithfulness import curve_sizes, curves_summary, edge_faithfulness_curves, faithfulness_curves
+from .faithfulness import (
+    CURVE_POINTS,
+    curve_sizes,
+    curves_summary,
+    edge_faithfulness_curves,
+    faithfulness_curves,
+)
 from .intervention import CircuitEvaluator
 from .metrics import table_metrics
 from .mib import imported_circuit, mib_blocks
@@ -200,7 +206,7 @@ def evaluate_run(
     faithfulness: bool = False,
     random_samples: int = RANDOM_SAMPLES,
     faithfulness_samples: int = 10,
-    faithfulness_points: int = 20,
+    faithfulness_points: int = CURVE_POINTS,
     ground_truth: str | None = None,
     threshold: float | None = None,
     size: int | None = None,
@@ -211,6 +217,7 @@ def evaluate_run(
     model: ModelHandle | None = None,
     prompts: PromptSet | None = None,
     circuit: str | None = None,
+    precision: str = "fp32",
 ) -> RunEvaluation:
     """Evaluate every method of a run directory by intervention; rewrite its metrics.json.
 
@@ -219,7 +226,8 @@ def evaluate_run(
     ``faithfulness``, ``faithfulness`` (with MIB's own CPR/CMD under ``mib``); it is
     replaced atomically, so an interrupted evaluation leaves the previous file intact.
     ``circuit`` is an EAP-IG / MIB graph file: its heads become a row of the table and its
-    edges are measured as an edge circuit (``imported_circuit``).
+    edges are measured as an edge circuit (``imported_circuit``). ``precision``: the head-level
+    evaluator's (table and node curves; :func:`~circuitscan.evaluation.forward.precision_context`).
     """
     t0 = time.perf_counter()
     run = Path(run_dir)
@@ -238,7 +246,7 @@ def evaluate_run(
 
     names = table_metrics(prompts, metric)
     ev = CircuitEvaluator.build(model, prompts, ablation=ablation, metrics=names, n_examples=n_examples,
-                                max_rows=max_rows)
+                                max_rows=max_rows, precision=precision)
     table = circuit_performance(ev, chosen, ground_truth=gt, random_samples=random_samples, seed=seed)
     curves: dict[str, Any] = {}
     faith_json = None
@@ -254,6 +262,7 @@ def evaluate_run(
         **table.to_dict(),
         "n_examples": ev.n,
         "random_samples": random_samples,
+        "precision": precision,
         "circuit_rule": "given size" if size is not None else "given threshold" if threshold is not None
         else "the run's circuits (metrics.json 'circuits')",
         "cost": stats,

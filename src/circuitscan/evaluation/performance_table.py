@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
-from .intervention import circuit_mask, random_masks
+from .intervention import circuit_mask, random_circuits
 from .metrics import normalise, probability_multiplier
 
 RANDOM_SAMPLES = 30
@@ -109,8 +109,7 @@ def circuit_performance(
         if complements:
             named.append((f"{name} complement", "complement", ~m, None))
     sizes = sorted({int(m.sum()) for _, kind, m, _ in named if kind == "circuit"}) if random_samples else []
-    g = torch.Generator().manual_seed(seed)
-    rand = [random_masks(layout.n_total, k, random_samples, generator=g) for k in sizes]
+    rand = [random_circuits(layout.n_total, [k], random_samples, seed) for k in sizes]
     fixed = torch.stack([m for _, _, m, _ in named]) if named else torch.zeros(0, layout.n_total, dtype=torch.bool)
     values = evaluator.evaluate(torch.cat([fixed, *rand])) if (named or rand) else {}
 

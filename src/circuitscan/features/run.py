@@ -264,7 +264,7 @@ def _evaluate(result: FeatureRun, model, prompts, gt, faithfulness: bool) -> Non
     if faithfulness and prompts is not None and result.scores:
         t = time.perf_counter()
         ev = CircuitEvaluator.build(model, prompts, ablation="corrupt")
-        curves = faithfulness_curves(ev, result.scores, sizes=curve_sizes(model.layout.n_total, 20))
+        curves = faithfulness_curves(ev, result.scores, sizes=curve_sizes(model.layout.n_total))
         metrics["faithfulness"] = curves_summary(ev, curves)
         result.timings["faithfulness"] = time.perf_counter() - t
     result.metrics = metrics
