@@ -97,7 +97,7 @@ def top_pairs(
     heads = U.shape[0]
     iu = torch.triu_indices(heads, heads, offset=1)
     vals = U[iu[0], iu[1]]
-    second = torch.zeros_like(vals) if tiebreak is None else tiebreak[iu[0], iu[1]].to(vals.dtype)
+    second = torch.zeros_like(vals) if tiebreak is None else tiebreak[iu[0], iu[1]]
     n_pairs = vals.numel()
     k = n_pairs // 2 if k is None else min(k, n_pairs)
     positive = vals > 0

@@ -242,16 +242,18 @@ def _edge_level(acts, members, masks, sc: ScoringConfig, node: Scores) -> Scores
         pair_stat = dist.clone().fill_diagonal_(0)
         score = dist.sum(1)  # over every head, itself included (its own distance): a 2-head model still ranks
         # a pair of one separating head and any other is as distant as the head alone (and with few
-        # prompts most pairs separate): ties are broken by the score of the pair's weaker head
-        weaker = torch.minimum(score[:, None], score[None, :])
+        # prompts most pairs separate): ties are broken by the score of the pair's weaker head, then
+        # of its stronger one (dense ranks: exact, and equal scores stay tied whatever the head order)
+        rank = torch.unique(score, return_inverse=True)[1].double()
+        weaker = torch.minimum(rank[:, None], rank[None, :]) * H + torch.maximum(rank[:, None], rank[None, :])
         m = _node_circuit_size(node, H)
         k = sc.edge_k if sc.edge_k is not None else m * (m - 1) // 2
         pairs = top_pairs(pair_stat, k, weaker) if k > 0 else torch.zeros(0, 2, dtype=torch.long)
-        stats["pair_ties"] = tie_fraction(torch.stack([pair_stat[iu[0], iu[1]], weaker[iu[0], iu[1]]], 1))
+        stats["pair_ties"] = tie_fraction(torch.stack([pair_stat[iu[0], iu[1]].double(), weaker[iu[0], iu[1]]], 1))
         stats.update({"head_score": score / score.sum().clamp_min(1e-12), "circuit_size": m,
                       "edge_rule": f"head score: the head's share of the summed joint-code distances (TV between "
                       f"the pair's codes on positives and negatives, over every partner and itself); circuit: the "
-                      f"top {m} heads (as many as the node circuit); pairs: the top {k} by distance, then by the weaker head's score"})
+                      f"top {m} heads (as many as the node circuit); pairs: the top {k} by distance, then by the scores of the weaker and the stronger head"})
     elif sc.edge_rule == "top-k-tv":
         dist = _pair_distance(members, masks, sc, groups, H)
         step = 1.0 / len(members) if sc.combine == "mean" else 0.5  # the smallest step of a combined count
