@@ -118,6 +118,22 @@ def test_top_k_tv_keeps_the_top_k_circuit_and_breaks_its_ties(planted_run, singl
     assert bool((o[order][:-1] >= o[order][1:]).all())  # the tiebreak never reorders different counts
 
 
+def test_two_codes_per_head_keep_the_distance_in_0_1(planted, planted_prompts, single_thread):
+    from circuitscan.activations import head_outputs
+    from circuitscan.methods.sae_codes import _groups, _pair_distance
+
+    acts = head_outputs(planted, planted_prompts, aggregation="mean+last")
+    d, sc = _edge(acts, "tv")
+    H = acts.layout.n_total
+    dist = _pair_distance(list(d.member_codes), list(d.count_masks), sc, _groups(acts), H)
+    assert dist.shape == (H, H) and float(dist.max()) <= 1 + 1e-6 and float(dist.max()) > 0.5
+    k, _ = _edge(acts, "top-k")
+    kt, _ = _edge(acts, "top-k-tv")
+    o, n = k.edge.flat, kt.edge.flat
+    order = torch.argsort(n, descending=True)
+    assert bool((o[order][:-1] >= o[order][1:]).all())  # the tiebreak stays below one count
+
+
 def test_bad_edge_rules_are_refused(tmp_path, capsys):
     from circuitscan.cli import main
 

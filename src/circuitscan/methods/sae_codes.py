@@ -174,10 +174,12 @@ def _pair_counts(members, masks, labels, how: str, groups: torch.Tensor, n: int)
 
 
 def _pair_distance(members, masks, sc: ScoringConfig, groups, n: int) -> torch.Tensor:
-    """Joint-code distance of every head pair [heads, heads], combined over the ensemble."""
+    """Joint-code distance of every head pair [heads, heads] in [0, 1], combined over the
+    ensemble (with two codes per head: the mean over the four slot pairs)."""
     L = members[0].labels[:, None]
     per = torch.stack([_fold(joint_distance(c.codes, m, L)[0], groups, n) for c, m in zip(members, masks, strict=True)])
-    return combine(per, sc.combine)
+    slots = groups.numel() // n
+    return combine(per, sc.combine) / slots**2
 
 
 def tie_fraction(x: torch.Tensor) -> float:
