@@ -124,6 +124,10 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "sc-preset-b256-e100-cos-ens5": {"_compat": {}, "sae": {**_B256, "epochs": 100, "n_seeds": 5}},
     "sc-preset-b256-e200-cos-ens5-me10": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"min_effect": 0.1}},
     "sc-preset-b256-e200-cos-ens5-fdr01": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"fdr": 0.01}},
+    # issue 13 item 4: the edge level's rule, on the preset with the ensemble default (5 SAEs, 256-row steps)
+    **{f"sc-preset-pairs-{r}": {"_compat": {}, "_edge": {}, "sae": {"n_seeds": 5, "batch_rows": 256},
+                                "scoring": {"edge_rule": r}} for r in ("top-k", "fdr", "tv", "top-k-tv")},
+    "sc-preset-pairs-node": {"_compat": {}, "sae": {"n_seeds": 5, "batch_rows": 256}},  # their node level
 }
 
 
@@ -287,6 +291,14 @@ def run_variant(bed: Bed, name: str, faith: bool) -> list[tuple[str, dict[str, A
     if ra is not None:
         extra["rank_agreement"] = float(ra)
     s = d.edge if "_edge" in VARIANTS[name] else d.node
+    import torch
+
+    from circuitscan.methods.sae_codes import tie_fraction
+
+    extra["head_ties"] = tie_fraction(s.flat)  # at full precision ("scores" are rounded)
+    extra["head_largest_tie"] = int(torch.unique(s.flat, return_counts=True)[1].max())
+    if "pair_ties" in s.stats:
+        extra["pair_ties"] = float(s.stats["pair_ties"])
     return [(name, measure(bed, s, cfg, secs, faith, extra))]
 
 

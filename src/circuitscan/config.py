@@ -154,6 +154,8 @@ CIRCUIT_RULES = ("above-uniform", "fdr", "fdr-top")
 """``ScoringConfig.circuit``: how the printed circuit is chosen when no threshold is given."""
 FDR_RULES = ("fdr", "fdr-top")
 """The circuit rules that read the permutation null's Benjamini-Hochberg decisions."""
+EDGE_RULES = ("top-k", "fdr", "tv", "top-k-tv")
+"""``ScoringConfig.edge_rule``: how the edge level turns head pairs into head scores (``--edge-rule``)."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,14 @@ class ScoringConfig:
         edge_rule: ``"top-k"`` (``edge_k`` pairs, the paper) or ``"fdr"``: pairs whose
             count U is significant under ``edge_permutations`` label swaps (per-pair z,
             normal tail, Benjamini-Hochberg at ``fdr``); a head's score is then the sum of
-            its positive pair z-scores, which does not saturate.
+            its positive pair z-scores, which does not saturate. ``"tv"``: every pair's
+            total-variation distance between its joint codes on positives and negatives
+            (:func:`circuitscan.codes.edge.joint_distance`); a head's score is its share of
+            the summed distances over all heads (itself included), the circuit the top m
+            heads, m = the size of the node level's circuit, and the pairs the top
+            ``edge_k`` by distance (default m (m - 1) / 2). ``"top-k-tv"``: the paper's
+            top-k counts with ties broken by the head's mean pair distance (same pairs and
+            circuit as top-k).
         edge_permutations: label swaps for ``edge_rule="fdr"``.
     """
 
@@ -249,7 +258,8 @@ class ScoringConfig:
         _check(self.node_score in ("softmax", "count", "z"),
                f"node_score must be 'softmax', 'count' or 'z', got {self.node_score!r}")
         _check(self.combine in ("mean", "median"), f"combine must be 'mean' or 'median', got {self.combine!r}")
-        _check(self.edge_rule in ("top-k", "fdr"), f"edge_rule must be 'top-k' or 'fdr', got {self.edge_rule!r}")
+        _check(self.edge_rule in EDGE_RULES,
+               f"edge_rule must be one of {', '.join(map(repr, EDGE_RULES))}, got {self.edge_rule!r}")
         _check(self.edge_permutations >= 2, f"edge_permutations must be >= 2, got {self.edge_permutations}")
         needs = [k for k, v in ((f"circuit={self.circuit!r}", self.circuit in FDR_RULES),
                                 ("node_score='z'", self.node_score == "z")) if v]

@@ -84,8 +84,10 @@ def cooccurrence_unique_reference(
     return U
 
 
-def top_pairs(U: Float[torch.Tensor, "heads heads"], k: int | None) -> Int[torch.Tensor, "k 2"]:
-    """The top-k unordered head pairs (h1 < h2) by U.
+def top_pairs(
+    U: Float[torch.Tensor, "heads heads"], k: int | None, tiebreak: Float[torch.Tensor, "heads heads"] | None = None
+) -> Int[torch.Tensor, "k 2"]:
+    """The top-k unordered head pairs (h1 < h2) by U (then by ``tiebreak``, when given).
 
     Only pairs with U > 0 are eligible: a pair with no positive-only code pair carries
     no evidence, and letting index order pick among the zero-U ties would inject noise.
@@ -95,13 +97,16 @@ def top_pairs(U: Float[torch.Tensor, "heads heads"], k: int | None) -> Int[torch
     heads = U.shape[0]
     iu = torch.triu_indices(heads, heads, offset=1)
     vals = U[iu[0], iu[1]]
+    second = torch.zeros_like(vals) if tiebreak is None else tiebreak[iu[0], iu[1]]
     n_pairs = vals.numel()
     k = n_pairs // 2 if k is None else min(k, n_pairs)
     positive = vals > 0
     if k == 0 or not positive.any():
         return torch.zeros(0, 2, dtype=torch.long)
-    kth = torch.sort(vals, descending=True).values[k - 1]
-    chosen = positive & (vals >= kth)
+    order = torch.argsort(second, descending=True, stable=True)
+    order = order[torch.argsort(vals[order], descending=True, stable=True)]
+    kth = order[k - 1]
+    chosen = positive & ((vals > vals[kth]) | ((vals == vals[kth]) & (second >= second[kth])))
     return iu[:, chosen].T.contiguous()
 
 
@@ -119,3 +124,45 @@ def edge_scores(
         u.index_add_(0, pairs[:, 0], torch.ones(pairs.shape[0]))
         u.index_add_(0, pairs[:, 1], torch.ones(pairs.shape[0]))
     return u, U, pairs
+
+
+def joint_distance(
+    codes: Int[torch.Tensor, "n heads"], keep: Bool[torch.Tensor, " n"], L: Bool[torch.Tensor, "n B"], chunk: int = 16
+) -> Float[torch.Tensor, "B heads heads"]:
+    """Total-variation distance between the joint codes (c_h1, c_h2) of every head pair on
+    positives and on negatives, for every column of the positive-label matrix ``L``.
+
+    The diagonal is the node-level distance. No [codes, codes] table is built: an example
+    in a cell (its code pair) of ``t`` examples, ``a`` of them positive, adds
+    ``|a / n_pos - (t - a) / n_neg| / t``, so each cell adds its ``|p - q|`` once.
+    """
+    c, Y = codes[keep], L[keep].float()
+    if Y.shape[0] == 0:
+        raise CircuitscanError("edge scores need examples to count on")
+    n_pos, n_neg = Y.sum(0).clamp_min(1), (1.0 - Y).sum(0).clamp_min(1)
+    heads = c.shape[1]
+    out = torch.zeros(Y.shape[1], heads, heads)
+    for lo in range(0, c.shape[0], chunk):
+        eq = (c[lo : lo + chunk, None, :] == c[None, :, :]).float()  # [b, n, heads]
+        eqT = eq.transpose(1, 2)
+        total = torch.bmm(eqT, eq)  # examples in each example's cell (>= 1: itself)
+        for j in range(Y.shape[1]):
+            pos = torch.bmm(eqT, eq * Y[None, :, j, None])
+            out[j] += ((pos / n_pos[j] - (total - pos) / n_neg[j]).abs() / total).sum(0)
+    return 0.5 * out
+
+
+def joint_distance_reference(codes: Codes, *, mask: Bool[torch.Tensor, " n"] | None = None) -> Float[torch.Tensor, "heads heads"]:
+    """The obvious, slow definition of :func:`joint_distance` with dictionaries (for tests)."""
+    from collections import Counter
+
+    keep = torch.ones_like(codes.labels) if mask is None else mask
+    pos = codes.codes[keep & codes.labels].tolist()
+    neg = codes.codes[keep & ~codes.labels].tolist()
+    heads = codes.codes.shape[1]
+    out = torch.zeros(heads, heads)
+    for h1 in range(heads):
+        for h2 in range(heads):
+            p, q = Counter((r[h1], r[h2]) for r in pos), Counter((r[h1], r[h2]) for r in neg)
+            out[h1, h2] = 0.5 * sum(abs(p[k] / len(pos) - q[k] / len(neg)) for k in set(p) | set(q))
+    return out

@@ -9,7 +9,15 @@ from pathlib import Path
 
 from .. import circuits
 from ..activations import AGGREGATIONS
-from ..config import CIRCUIT_RULES, FDR_RULES, LR_SCHEDULES, SAEConfig, ScoringConfig, apply_compat
+from ..config import (
+    CIRCUIT_RULES,
+    EDGE_RULES,
+    FDR_RULES,
+    LR_SCHEDULES,
+    SAEConfig,
+    ScoringConfig,
+    apply_compat,
+)
 from ..evaluation.performance import evaluate_run
 from ..guards import check_discover_memory
 from ..report import write_report
@@ -132,8 +140,10 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
     b.add_argument("--node-score", choices=("softmax", "count", "z"), default=None,
                    help="per-head score: softmax of the count (paper), the count, or its z under the null")
     b.add_argument("--combine", choices=("mean", "median"), default=None, help="over the ensemble's SAEs")
-    b.add_argument("--edge-rule", choices=("top-k", "fdr"), default=None,
-                   help="head pairs kept: top-k (paper) or those significant under label swaps")
+    b.add_argument("--edge-rule", choices=EDGE_RULES, default=None,
+                   help="edge level: top-k pairs by U (paper); fdr: pairs significant under label swaps; tv: head "
+                   "score = summed joint-code distances of its pairs, as many heads as the node circuit; "
+                   "top-k-tv: top-k with ties broken by the joint-code distance")
     b.add_argument("--edge-permutations", type=int, default=None, help="label swaps for --edge-rule fdr")
 
 

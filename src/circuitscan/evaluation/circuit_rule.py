@@ -19,7 +19,8 @@ def predicted_circuit(
     level 1 / n_heads": heads with more positive-only evidence than average. With
     ``scoring.circuit == "fdr"`` it is the heads the permutation null finds significant
     (node level: Benjamini-Hochberg on the heads' p-values; edge level: heads in a
-    significant pair, or all heads of the node-level rule when ``edge_rule`` is top-k).
+    significant pair, the heads in the top-k pairs when ``edge_rule`` is top-k or top-k-tv, and
+    as many heads as the node circuit from the top of the edge score when it is tv).
     """
     if threshold is None and scoring is not None and scoring.circuit in FDR_RULES and "significant" in scores.stats:
         sig = scores.stats["significant"].reshape(-1)
@@ -31,8 +32,10 @@ def predicted_circuit(
         if scoring.circuit == "fdr-top" and scores.method == "sae-codes":
             chosen = [h.name for h in scores.ranking()[:len(chosen)]]
             rule = f"the top {len(chosen)} heads by score, as many as there are {rule}"
-        if scores.method != "sae-codes" and scoring.edge_rule == "top-k":
-            rule = f"heads in the top-k pairs (edge_rule top-k; FDR {scoring.fdr:g} applies to the node level)"
+        if scores.method != "sae-codes" and scoring.edge_rule in ("top-k", "top-k-tv"):
+            rule = f"heads in the top-k pairs (edge_rule {scoring.edge_rule}; FDR {scoring.fdr:g} applies to the node level)"
+        elif scores.method != "sae-codes" and scoring.edge_rule == "tv":
+            rule = f"the top {len(chosen)} heads by the edge score (edge_rule tv), as many as the node level's circuit"
         return {"threshold": float(scoring.fdr), "rule": rule, "heads": chosen, "size": len(chosen)}
     if threshold is not None:
         thr, rule = threshold, "given threshold"

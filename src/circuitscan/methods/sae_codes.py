@@ -20,7 +20,7 @@ import torch
 
 from ..activations import head_outputs
 from ..codes import code_statistic, discretise, softmax_scores
-from ..codes.edge import cooccurrence_both, top_pairs
+from ..codes.edge import cooccurrence_both, joint_distance, top_pairs
 from ..codes.null import NullResult, benjamini_hochberg, combine, label_matrix, label_swap_null
 from ..config import SAEConfig, ScoringConfig, default_sae, default_scoring
 from ..errors import CircuitscanError
@@ -159,8 +159,8 @@ def _z(obs: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
 
 
 def _fold(m: torch.Tensor, groups: torch.Tensor, n: int) -> torch.Tensor:
-    """[V, V] over virtual heads (slot, head) -> [heads, heads]: the sum over slot pairs."""
-    if m.shape[0] == n:
+    """[..., V, V] over virtual heads (slot, head) -> [..., heads, heads]: the sum over slot pairs."""
+    if m.shape[-1] == n:
         return m
     g = torch.nn.functional.one_hot(groups, n).to(m.dtype)
     return g.T @ m @ g
@@ -173,13 +173,59 @@ def _pair_counts(members, masks, labels, how: str, groups: torch.Tensor, n: int)
             combine(torch.stack([_fold(j, groups, n) for _, j in per]), how))
 
 
-def _edge_level(acts, members, masks, sc: ScoringConfig) -> Scores:
-    """Head-pair counts; head scores from the top-k pairs (paper) or from per-pair z-scores.
+def _pair_distance(members, masks, sc: ScoringConfig, groups, n: int) -> torch.Tensor:
+    """Joint-code distance of every head pair [heads, heads] in [0, 1], combined over the
+    ensemble (with two codes per head: the mean over the four slot pairs)."""
+    L = members[0].labels[:, None]
+    per = torch.stack([_fold(joint_distance(c.codes, m, L)[0], groups, n) for c, m in zip(members, masks, strict=True)])
+    slots = groups.numel() // n
+    return combine(per, sc.combine) / slots**2
 
-    With ``edge_rule="fdr"``: every pair's U and joint-only U get z-scores under
+
+def tie_fraction(x: torch.Tensor) -> float:
+    """The fraction of values equal to some other value (0: all distinct; 1: no value alone);
+    for a 2-d ``x``, of rows (lexicographic keys) equal to another row."""
+    x = x.reshape(-1) if x.ndim < 2 else x
+    _, counts = torch.unique(x, dim=0, return_counts=True)
+    return float(counts[counts > 1].sum()) / max(1, x.shape[0])
+
+
+def _node_circuit_size(node: Scores, n: int) -> int:
+    """Heads in the node level's circuit: its significant heads, else those above uniform."""
+    sig = node.stats.get("significant")
+    return int(sig.sum()) if sig is not None else int((node.flat > (1 + 1e-6) / n).sum())
+
+
+def _fdr_pairs(members, masks, U, J, sc: ScoringConfig, groups, H: int, stats: dict[str, Any]) -> torch.Tensor:
+    from scipy.stats import norm
+
+    labels = members[0].labels
+    union = torch.stack(masks).any(0)
+    L, _ = label_matrix(labels, union, sc.edge_permutations, torch.Generator().manual_seed(sc.null_seed + 1))
+    null = [_pair_counts(members, masks, L[:, b].clone(), sc.combine, groups, H) for b in range(L.shape[1])]
+    zu = _z(U, torch.stack([u for u, _ in null])).fill_diagonal_(0)
+    zj = _z(J, torch.stack([j for _, j in null]))
+    iu = torch.triu_indices(H, H, offset=1)
+    p = torch.from_numpy(norm.sf(zj[iu[0], iu[1]].double().numpy())).float()
+    keep, _ = benjamini_hochberg(p, sc.fdr)
+    stats.update({"head_score": zu.clamp_min(0).sum(1), "pair_ties": tie_fraction(zj[iu[0], iu[1]]),
+                  "edge_rule": f"head score: sum of positive pair z-scores of U; pairs: joint-only count "
+                  f"significant at FDR {sc.fdr:g} ({sc.edge_permutations} label swaps)"})
+    return iu[:, keep].T.contiguous()
+
+
+def _edge_level(acts, members, masks, sc: ScoringConfig, node: Scores) -> Scores:
+    """Head-pair counts; head scores from the top-k pairs (paper), per-pair z-scores, or pair distances.
+
+    ``edge_rule="fdr"``: every pair's U and joint-only U get z-scores under
     ``edge_permutations`` label swaps; a head's score is the sum of its positive U
-    z-scores (no saturation, no ties), and the listed pairs are those whose joint-only
-    count is significant (normal tail, Benjamini-Hochberg at ``fdr``).
+    z-scores, and the listed pairs are those whose joint-only count is significant
+    (normal tail, Benjamini-Hochberg at ``fdr``). ``"tv"``: a pair's statistic is the
+    total-variation distance of its joint codes on positives and negatives; a head's
+    score is its share of the summed distances over all partners and itself; the circuit
+    is the top m heads, m = the node circuit's size, and the pairs the top ``edge_k``
+    (default m (m - 1) / 2). ``"top-k-tv"``: top-k counts, ties broken by the mean pair
+    distance (< 1, so it only orders heads of equal count).
     """
     layout = acts.layout
     if acts.aggregation == "all":
@@ -189,29 +235,51 @@ def _edge_level(acts, members, masks, sc: ScoringConfig) -> Scores:
     labels, groups = members[0].labels, _groups(acts)
     U, J = _pair_counts(members, masks, labels, sc.combine, groups, H)
     stats: dict[str, Any] = {"level": "edge (head-level score from head pairs)"}
-    if sc.edge_rule == "top-k":
-        pairs = top_pairs(U, sc.edge_k)
+    iu = torch.triu_indices(H, H, offset=1)
+    pair_stat = U  # what ranks the pairs
+    if sc.edge_rule == "fdr":
+        pairs = _fdr_pairs(members, masks, U, J, sc, groups, H, stats)
+    elif sc.edge_rule == "tv":
+        dist = _pair_distance(members, masks, sc, groups, H)
+        pair_stat = dist.clone().fill_diagonal_(0)
+        score = dist.sum(1)  # over every head, itself included (its own distance): a 2-head model still ranks
+        # a pair of one separating head and any other is as distant as the head alone (and with few
+        # prompts most pairs separate): ties are broken by the score of the pair's weaker head, then
+        # of its stronger one (dense ranks: exact, and equal scores stay tied whatever the head order)
+        rank = torch.unique(score, return_inverse=True)[1].double()
+        weaker = torch.minimum(rank[:, None], rank[None, :]) * H + torch.maximum(rank[:, None], rank[None, :])
+        m = _node_circuit_size(node, H)
+        k = sc.edge_k if sc.edge_k is not None else m * (m - 1) // 2
+        pairs = top_pairs(pair_stat, k, weaker) if k > 0 else torch.zeros(0, 2, dtype=torch.long)
+        stats["pair_ties"] = tie_fraction(torch.stack([pair_stat[iu[0], iu[1]].double(), weaker[iu[0], iu[1]]], 1))
+        stats.update({"head_score": score / score.sum().clamp_min(1e-12), "circuit_size": m,
+                      "edge_rule": f"head score: the head's share of the summed joint-code distances (TV between "
+                      f"the pair's codes on positives and negatives, over every partner and itself); circuit: the "
+                      f"top {m} heads (as many as the node circuit); pairs: the top {k} by distance, then by the scores of the weaker and the stronger head"})
+    elif sc.edge_rule == "top-k-tv":
+        dist = _pair_distance(members, masks, sc, groups, H)
+        step = 1.0 / len(members) if sc.combine == "mean" else 0.5  # the smallest step of a combined count
+        pair_stat = U + 0.5 * step * dist  # dist <= 1: orders pairs of equal U only (the ranking shown)
+        pairs = top_pairs(U, sc.edge_k)  # the paper's pairs, those tied with the k-th kept
+        stats["edge_rule"] = "top-k pairs by U; heads by their count, ties broken by their mean joint-code distance"
     else:
-        from scipy.stats import norm
-
-        union = torch.stack(masks).any(0)
-        L, _ = label_matrix(labels, union, sc.edge_permutations, torch.Generator().manual_seed(sc.null_seed + 1))
-        null = [_pair_counts(members, masks, L[:, b].clone(), sc.combine, groups, H) for b in range(L.shape[1])]
-        zu = _z(U, torch.stack([u for u, _ in null])).fill_diagonal_(0)
-        zj = _z(J, torch.stack([j for _, j in null]))
-        iu = torch.triu_indices(H, H, offset=1)
-        p = torch.from_numpy(norm.sf(zj[iu[0], iu[1]].double().numpy())).float()
-        keep, _ = benjamini_hochberg(p, sc.fdr)
-        pairs = iu[:, keep].T.contiguous()
-        stats.update({"pair_z_sum": zu.clamp_min(0).sum(1).reshape(shape),
-                      "edge_rule": f"head score: sum of positive pair z-scores of U; pairs: joint-only count "
-                      f"significant at FDR {sc.fdr:g} ({sc.edge_permutations} label swaps)"})
+        pairs = top_pairs(U, sc.edge_k)
     ue = torch.zeros(H)
     if pairs.numel():
         ue.index_add_(0, pairs[:, 0], torch.ones(pairs.shape[0]))
         ue.index_add_(0, pairs[:, 1], torch.ones(pairs.shape[0]))
+    stats.setdefault("pair_ties", tie_fraction(pair_stat[iu[0], iu[1]]))
     stats.update({"pair_counts": ue.reshape(shape), "top_pairs": pairs, "significant": (ue > 0).reshape(shape)})
-    score = stats["pair_z_sum"].reshape(-1) if sc.edge_rule == "fdr" else softmax_scores(ue, layout.n_heads, sc.softmax)
+    if "head_score" in stats:
+        score = stats.pop("head_score")
+        stats["pair_z_sum" if sc.edge_rule == "fdr" else "pair_distance_share"] = score.reshape(shape)
+    elif sc.edge_rule == "top-k-tv":  # + the mean pair distance (< 1): orders heads of equal count only
+        score = softmax_scores(ue + (pair_stat - U).sum(1) / (0.5 * step * (H + 1)), layout.n_heads, sc.softmax)
+    else:
+        score = softmax_scores(ue, layout.n_heads, sc.softmax)
+    if sc.edge_rule == "tv":  # the circuit: the top m heads by score
+        top = torch.argsort(score, descending=True, stable=True)[: stats["circuit_size"]]
+        stats["significant"] = torch.zeros(H, dtype=torch.bool).index_fill_(0, top, True).reshape(shape)
     return Scores(method="sae-codes-pairs", node=score.reshape(shape), layout=layout, pairs=U, stats=stats)
 
 
@@ -257,7 +325,7 @@ def discover_from_activations(
     edge = None
     if cfg.level in ("edge", "both"):
         t = time.perf_counter()
-        edge = _edge_level(acts, members, masks, cfg.scoring)
+        edge = _edge_level(acts, members, masks, cfg.scoring, node)
         timings["edge_scores"] = time.perf_counter() - t
     return Discovery(node=node, edge=edge, codes=members[0], train=train, count_mask=masks[0], timings=timings,
                      member_codes=tuple(members), count_masks=tuple(masks), null=null)
