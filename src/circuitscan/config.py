@@ -276,7 +276,7 @@ AUTHORS_COMPAT = {
 CIRCUITSCAN_COMPAT = {
     "sae": {"input_scale": "d_model", "head_norm": "center", "epochs": 200, "lr_schedule": "cosine",
             "batch_rows": 256, "n_seeds": 5},
-    "scoring": {"statistic": "tv", "permutations": 1000, "circuit": "fdr-top", "min_effect": 0.05},
+    "scoring": {"statistic": "tv", "permutations": 1000, "circuit": "fdr-top", "min_effect": 0.05, "edge_rule": "tv"},
 }
 """``--compat circuitscan``, the default of ``discover``, ``compare`` and :class:`SAECodesConfig`:
 rows scaled to mean squared norm d_model and each head's mean output removed before the
@@ -290,7 +290,10 @@ distance, k = the number of heads significant at FDR 0.05 under the label-swap n
 distance exceeds its null mean by at least 0.05 (``circuit="fdr-top"``: the null's set itself
 recovers far less of the task on SmolLM2, docs/CALIBRATION.md "Round 4"; ``min_effect``:
 without it the circuit grows with the number of prompts; 0.05 is the largest floor that changes
-no toy or tracr circuit, "Round 3") (the edge level stays the paper's top-k: ``edge_rule="fdr"`` finds no significant joint-only pair on the centred codes of toy-planted). Chosen over every known-answer testbed, 5 seeds
+no toy or tracr circuit, "Round 3"); the edge level scores a head by its share of the total-variation distances between the
+joint codes of its head pairs on positives and negatives, its circuit as many heads as the
+node circuit (``edge_rule="tv"``: the paper's top-k saturates, most head scores tied and the
+circuit every head; docs/CALIBRATION.md "Edge rule (issue 13 item 4)"). Chosen over every known-answer testbed, 5 seeds
 (docs/CALIBRATION.md); ``--compat paper`` (:class:`SAEConfig` and :class:`ScoringConfig`
 as constructed) is the paper's method."""
 
