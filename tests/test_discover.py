@@ -65,6 +65,7 @@ def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ROC AUC over heads 1.000" in printed and "L0H1" in printed
     assert "SAE    5 SAEs (seeds 0..4) of 200 features, mean final MSE" in printed  # the preset's ensemble
+    assert "codes  distinct codes per head" in printed and "rank agreement over seeds" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["sae"]["n_seeds"] == 5 and [m["seed"] for m in metrics["sae"]["members"]] == [0, 1, 2, 3, 4]
     assert sorted(p.name for p in out.iterdir()) == [

@@ -216,10 +216,10 @@ def print_sae_line(d) -> None:
         print(f"SAE    {n} SAEs (seeds {members[0].seed}..{members[-1].seed}) of {t.sae.n_features} features, mean "
               f"final MSE {mse:.4g}, L0 {l0:.2f}, dead {dead:g}; l1 {t.l1:.3g}, input scale {t.input_scale:.3g} (first "
               f"SAE), {t.epochs_run} epochs, trained on {len(t.train_indices)} examples each")
-        return
-    print(f"SAE    {t.sae.n_features} features, final MSE {t.final_mse:.4g}, L0 {l0:.2f}, dead {dead:g}, "
-          f"l1 {t.l1:.3g}, input scale {t.input_scale:.3g}, {t.epochs_run} epochs, "
-          f"trained on {len(t.train_indices)} examples")
+    else:
+        print(f"SAE    {t.sae.n_features} features, final MSE {t.final_mse:.4g}, L0 {l0:.2f}, dead {dead:g}, "
+              f"l1 {t.l1:.3g}, input scale {t.input_scale:.3g}, {t.epochs_run} epochs, "
+              f"trained on {len(t.train_indices)} examples")
     if codes is not None:
         c = codes.reshape(-1).float()
         extra = ""
