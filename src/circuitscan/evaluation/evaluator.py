@@ -188,10 +188,9 @@ class CircuitEvaluator:
     faithfulness curves and the empty baseline share what they have in common, and the
     circuit of every head is the clean model (:attr:`clean`) without a pass.
 
-    Some metrics read more than one forward pass per example: the greater-than metrics
-    on a tokenizer that splits years into digits need P(d1) P(d2 | d1), so each prompt is
-    run ``group = 10`` times, followed by each digit (the corrupted prompts likewise, so
-    ablated heads see the same suffix). ``group`` is 1 otherwise.
+    Some metrics read more than one pass per example: the greater-than metrics on a tokenizer
+    that splits years into digits need P(d1) P(d2 | d1), so each prompt is run ``group = 10``
+    times, followed by each digit (the corrupted prompts likewise). ``group`` is 1 otherwise.
 
     Attributes:
         clean: metric values of the unablated model (every head kept).

@@ -83,6 +83,27 @@ def _with_multiplier(means: dict[str, float]) -> dict[str, float]:
     return means
 
 
+def _random_row(k: int, per: dict[str, Any], clean: dict[str, float], empty: dict[str, float],
+                examples: int) -> PerformanceRow:
+    """The row of the random circuits of ``k`` heads from each draw's metric means ``per``, normalised
+    by the clean and empty means over the same ``examples`` prompts."""
+    import torch
+
+    means = {name: float(v.mean()) for name, v in per.items()}
+    std = {name: float(v.std()) if v.numel() > 1 else 0.0 for name, v in per.items()}
+    normed = {name: normalise(means[name], clean[name], empty[name]) for name in per}
+    for name in list(per):
+        span = clean[name] - empty[name]
+        std[f"normalised_{name}"] = std[name] / abs(span) if span else float("nan")
+    if "logit_diff" in per:
+        mult = torch.tensor([probability_multiplier(float(v)) for v in per["logit_diff"]])
+        means["prob_multiplier"] = float(mult.mean())
+        std["prob_multiplier"] = float(mult.std()) if mult.numel() > 1 else 0.0
+    samples = len(next(iter(per.values())))
+    return PerformanceRow(f"random {k} heads", "random", k, means, normed, std=std, samples=samples,
+                          examples=examples)
+
+
 def circuit_performance(
     evaluator: CircuitEvaluator,
     circuits: Mapping[str, Sequence[HeadId | str]],
@@ -120,16 +141,13 @@ def circuit_performance(
     none = torch.zeros(0, layout.n_total, dtype=torch.bool)
     fixed = torch.stack([m for _, _, m, _ in named]) if named else none
     values, rand_values = evaluate_with_random(evaluator, fixed, torch.cat([none, *rand]), random_examples)
-    r = random_example_count(evaluator.n, random_examples)
 
     metric_names = list(evaluator.metrics)
     clean = {k: evaluator.mean_clean(k) for k in metric_names}
     empty = {k: evaluator.mean_empty(k) for k in metric_names}
-    clean_r = {k: evaluator.mean_clean(k, r) for k in metric_names}  # over the random circuits' prompts
-    empty_r = {k: evaluator.mean_empty(k, r) for k in metric_names}
 
-    def norm(means: dict[str, float], c: dict[str, float] = clean, e: dict[str, float] = empty) -> dict[str, float]:
-        return {k: normalise(means[k], c[k], e[k]) for k in metric_names}
+    def norm(means: dict[str, float]) -> dict[str, float]:
+        return {k: normalise(means[k], clean[k], empty[k]) for k in metric_names}
 
     rows = [
         PerformanceRow("clean model", "clean", layout.n_total, _with_multiplier(clean), norm(clean)),
@@ -141,23 +159,14 @@ def circuit_performance(
     for i, (name, kind, m, heads) in enumerate(named):
         means = {k: float(values[k][i].mean()) for k in metric_names}
         rows.append(PerformanceRow(name, kind, int(m.sum()), _with_multiplier(means), norm(means), heads=heads))
+    r = random_example_count(evaluator.n, random_examples)
+    clean_r = {k: evaluator.mean_clean(k, r) for k in metric_names}  # over the random circuits' prompts
+    empty_r = {k: evaluator.mean_empty(k, r) for k in metric_names}
     offset = 0
     for k, block in zip(sizes, rand, strict=True):
         per = {name: rand_values[name][offset : offset + block.shape[0]].mean(-1) for name in metric_names}
         offset += block.shape[0]
-        means = {name: float(v.mean()) for name, v in per.items()}
-        std = {name: float(v.std()) if v.numel() > 1 else 0.0 for name, v in per.items()}
-        normed = norm(means, clean_r, empty_r)
-        for name in metric_names:
-            span = clean_r[name] - empty_r[name]
-            normed_std = std[name] / abs(span) if span else float("nan")
-            std[f"normalised_{name}"] = normed_std
-        if "logit_diff" in per:
-            mult = torch.tensor([probability_multiplier(float(v)) for v in per["logit_diff"]])
-            means["prob_multiplier"] = float(mult.mean())
-            std["prob_multiplier"] = float(mult.std()) if mult.numel() > 1 else 0.0
-        rows.append(PerformanceRow(f"random {k} heads", "random", k, means, normed, std=std, samples=block.shape[0],
-                                   examples=r))
+        rows.append(_random_row(k, per, clean_r, empty_r, r))
     return PerformanceTable(
         ablation=evaluator.ablation,
         metric=metric_names[0],
