@@ -42,8 +42,8 @@ def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") 
                    f"(default {RANDOM_SAMPLES})")
     p.add_argument("--random-examples", type=non_negative_int, default=RANDOM_EXAMPLES, metavar="N",
                    help=f"{prefix_help}run the random circuits (table and faithfulness curves) on the first N "
-                   "prompts only, normalised over the same prompts; the method circuits use every prompt "
-                   f"(0 = every prompt too) (default {RANDOM_EXAMPLES})")
+                   "prompts only, normalised over the same prompts (0, or N at least the number of prompts: "
+                   f"every prompt); the method circuits always use every prompt (default {RANDOM_EXAMPLES})")
     p.add_argument("--eval-precision", choices=("fp32", "bf16"), default="fp32",
                    help=f"{prefix_help}the head-level evaluation's passes: fp32, or bf16 matrix products "
                    "(about 3x faster on CPUs with AVX-512 BF16; faithfulness moves by ~0.005) (default: fp32)")
