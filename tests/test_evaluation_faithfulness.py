@@ -159,7 +159,9 @@ def test_performance_table_rows(planted, planted_prompts):
     rand = row["random 3 heads"]
     assert rand.samples == 7 and rand.std["logit_diff"] > 0
     assert rand.normalised["logit_diff"] < 0.5
-    span = row["clean model"].metrics["logit_diff"] - row["all heads ablated"].metrics["logit_diff"]
+    r = rand.examples  # random rows are normalised over the prompts they ran on
+    assert r == min(ev.n, 16) and all(x.examples is None for x in table.rows if x.kind != "random")
+    span = float(ev.clean["logit_diff"][:r].mean() - ev.empty["logit_diff"][:r].mean())
     assert rand.std["normalised_logit_diff"] == pytest.approx(rand.std["logit_diff"] / abs(span))
     assert table.to_dict()["rows"][0]["name"] == "clean model"
 

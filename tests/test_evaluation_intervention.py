@@ -266,7 +266,7 @@ def test_circuits_seen_in_an_earlier_call_are_not_run_again(toy, kind):
     every = ev.evaluate(torch.ones(2, n_total, dtype=torch.bool))
     assert (ev.stats.forward_passes, ev.stats.circuits) == before
     assert torch.equal(every["logit_diff"][1], ev.clean["logit_diff"])
-    hooked = fresh._run(torch.ones(1, n_total, dtype=torch.bool))  # what a pass with every head kept gives
+    hooked = fresh._run(torch.ones(1, n_total, dtype=torch.bool), fresh.n)  # what a pass with every head kept gives
     assert torch.allclose(every["logit_diff"][0], hooked["logit_diff"][0], atol=1e-5)
 
 

@@ -198,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
         print()
         print_evaluation(evaluate_run(result.out, ablation=args.ablation, faithfulness=True,
                                       random_samples=args.random_samples, model=result.model,
-                                      prompts=result.prompts, precision=args.eval_precision))
+                                      prompts=result.prompts, precision=args.eval_precision,
+                                      random_examples=args.random_examples))
     if args.report:
         print(f"wrote  {write_report(result.out)}")
     return 0

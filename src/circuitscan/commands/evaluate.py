@@ -29,6 +29,7 @@ def non_negative_int(text: str) -> int:
 
 
 RANDOM_SAMPLES = 30  # = evaluation.performance.RANDOM_SAMPLES (why 30: there); importing it here would load torch
+RANDOM_EXAMPLES = 16  # = evaluation.curve_stats.RANDOM_EXAMPLES (why 16: there)
 CURVE_POINTS = 9  # = evaluation.curve_stats.CURVE_POINTS (why 9: there)
 
 
@@ -39,6 +40,10 @@ def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") 
     p.add_argument("--random-samples", type=non_negative_int, default=RANDOM_SAMPLES,
                    help=f"{prefix_help}random circuits of each predicted circuit's size, reported as mean ± std "
                    f"(default {RANDOM_SAMPLES})")
+    p.add_argument("--random-examples", type=non_negative_int, default=RANDOM_EXAMPLES, metavar="N",
+                   help=f"{prefix_help}run the random circuits (table and faithfulness curves) on the first N "
+                   "prompts only, normalised over the same prompts (0, or N at least the number of prompts: "
+                   f"every prompt); the method circuits always use every prompt (default {RANDOM_EXAMPLES})")
     p.add_argument("--eval-precision", choices=("fp32", "bf16"), default="fp32",
                    help=f"{prefix_help}the head-level evaluation's passes: fp32, or bf16 matrix products "
                    "(about 3x faster on CPUs with AVX-512 BF16; faithfulness moves by ~0.005) (default: fp32)")
@@ -88,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             faithfulness_points=args.faithfulness_points, ground_truth=args.ground_truth,
             threshold=args.threshold, size=args.size, metric=args.metric, n_examples=args.examples,
             max_rows=args.max_rows, seed=args.seed, circuit=args.circuit, precision=args.eval_precision,
+            random_examples=args.random_examples,
         )
     print_evaluation(result)
     print(f"wrote  {args.run_dir}/metrics.json")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
@@ -45,8 +45,7 @@ class EvaluatorStats:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
-        return {"forward_passes": self.forward_passes, "rows": self.rows, "circuits": self.circuits,
-                "seconds": self.seconds}
+        return asdict(self)
 
 
 def expand_with_suffixes(
@@ -184,15 +183,14 @@ class CircuitEvaluator:
 
     Build with :meth:`build`. :meth:`evaluate` takes a ``[C, n_heads_total]`` mask and
     returns, per metric, ``[C, n]`` per-example values on the first ``n`` positive
-    prompts. Identical circuits are run once, across calls too: the values of every
-    circuit run are kept (``n`` floats per metric), so the performance table, the
+    prompts (or the first few: random baselines). Identical circuits are run once, across
+    calls too: the values of every circuit run are kept, so the performance table, the
     faithfulness curves and the empty baseline share what they have in common, and the
     circuit of every head is the clean model (:attr:`clean`) without a pass.
 
-    Some metrics read more than one forward pass per example: the greater-than metrics
-    on a tokenizer that splits years into digits need P(d1) P(d2 | d1), so each prompt is
-    run ``group = 10`` times, followed by each digit (the corrupted prompts likewise, so
-    ablated heads see the same suffix). ``group`` is 1 otherwise.
+    Some metrics read more than one pass per example: the greater-than metrics on a tokenizer
+    that splits years into digits need P(d1) P(d2 | d1), so each prompt is run ``group = 10``
+    times, followed by each digit (the corrupted prompts likewise). ``group`` is 1 otherwise.
 
     Attributes:
         clean: metric values of the unablated model (every head kept).
@@ -301,48 +299,50 @@ class CircuitEvaluator:
         logits = logits.float()
         return {name: get_metric(name)(logits, batch).detach().float().cpu() for name in self.metrics}
 
-    def evaluate(self, keep: Bool[Tensor, "C n_heads_total"]) -> dict[str, Float[Tensor, "C n"]]:
-        """Per-example metric values of each circuit in ``keep`` (True = head kept clean)."""
+    def evaluate(self, keep: Bool[Tensor, "C n_heads_total"], n: int | None = None) -> dict[str, Float[Tensor, "C n"]]:
+        """Per-example metric values of each circuit in ``keep`` (True = head kept clean), on the
+        first ``n`` examples (default: all ``self.n``); a circuit known on at least ``n`` is not run."""
         import time
 
         import torch
 
         t0 = time.perf_counter()
+        if not 1 <= (n := self.n if n is None else int(n)) <= self.n:
+            raise CircuitscanError(f"n must be in 1..{self.n} (the evaluator's examples), got {n}")
         keep = _as_keep(keep, self.model.layout).bool()
         unique, inverse = torch.unique(keep, dim=0, return_inverse=True)
         keys = [self._key(row, self.prefix_sharing) for row in unique]
-        todo = [i for i, key in enumerate(keys) if key not in self._known]
+        todo = [i for i, key in enumerate(keys) if key not in self._known or len(self._known[key][self.metrics[0]]) < n]
         if todo:
-            new = self._run(unique[todo])
+            new = self._run(unique[todo], n)
             for j, i in enumerate(todo):
                 self._known[keys[i]] = {name: values[j] for name, values in new.items()}
-        out = {name: torch.stack([self._known[key][name] for key in keys]) for name in self.metrics}
+        out = {name: torch.stack([self._known[key][name][:n] for key in keys]) for name in self.metrics}
         self.stats.seconds += time.perf_counter() - t0
         return {name: values[inverse] for name, values in out.items()}
 
     @staticmethod
-    def _key(keep: Tensor, sharing: bool) -> tuple[bool, bytes]:
-        """A circuit's key among the values already known (per prefix-sharing setting, which tests compare)."""
+    def _key(keep: Tensor, sharing: bool) -> tuple[bool, bytes]:  # per prefix-sharing setting (tests compare them)
         return sharing, keep.cpu().numpy().tobytes()
 
-    def _run(self, unique: Bool[Tensor, "C n_heads_total"]) -> dict[str, Float[Tensor, "C n"]]:
-        """Run distinct circuits: as many circuits and examples per pass as ``max_rows`` allows."""
+    def _run(self, unique: Bool[Tensor, "C n_heads_total"], n: int) -> dict[str, Float[Tensor, "C n"]]:
+        """Run distinct circuits on the first ``n`` examples, as many circuits and examples per pass as ``max_rows`` allows."""
         import torch
 
         n_unique = unique.shape[0]
-        out = {name: torch.empty(n_unique, self.n) for name in self.metrics}
+        out = {name: torch.empty(n_unique, n) for name in self.metrics}
         g = self.group
         # rows per pass: max_rows, and at most LOGITS_BUDGET logits (all-position metrics)
         vocab = int(self.model.bridge.cfg.d_vocab)
         budget = max(g, min(self.max_rows, LOGITS_BUDGET // (len(self.positions) * vocab)))
-        chunk = max(1, min(self.n, budget // g))  # examples per pass
+        chunk = max(1, min(n, budget // g))  # examples per pass
         per_pass = max(1, budget // (chunk * g))  # circuits per pass
-        n_passes = -(-self.n // chunk) * -(-n_unique // per_pass)
+        n_passes = -(-n // chunk) * -(-n_unique // per_pass)
         show = self.progress if self.progress is not None else None
         with torch.inference_mode(), precision_context(self.model, self.precision), \
                 bar("evaluating circuits", n_passes, show=show if n_passes > 4 else False) as advance:
-            for lo in range(0, self.n, chunk):
-                hi = min(self.n, lo + chunk)
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
                 index = torch.arange(lo, hi)
                 rows = torch.arange(lo * g, hi * g)
                 tokens = self.tokens[lo * g : hi * g]
@@ -379,17 +379,18 @@ class CircuitEvaluator:
 
     # ------------------------------------------------------------------ summaries
 
-    def mean_clean(self, metric: str) -> float:
-        return float(self.clean[metric].mean())
+    def mean_clean(self, metric: str, n: int | None = None) -> float:  # over the first n examples (default all)
+        return float(self.clean[metric][:n].mean())
 
-    def mean_empty(self, metric: str) -> float:
-        return float(self.empty[metric].mean())
+    def mean_empty(self, metric: str, n: int | None = None) -> float:
+        return float(self.empty[metric][:n].mean())
 
     def faithfulness(self, values: Float[Tensor, "C n"], metric: str) -> Float[Tensor, " C"]:
-        """(m(C) - m(∅)) / (m(M) - m(∅)) of each circuit, on example means (NaN if M and ∅ agree)."""
+        """(m(C) - m(∅)) / (m(M) - m(∅)) of each circuit, on example means (NaN if M and ∅ agree);
+        m(M) and m(∅) over the same first ``values.shape[-1]`` examples as the circuits."""
         import torch
 
-        clean, empty = self.mean_clean(metric), self.mean_empty(metric)
+        clean, empty = self.mean_clean(metric, values.shape[-1]), self.mean_empty(metric, values.shape[-1])
         means = values.mean(-1)
         return torch.tensor([normalise(float(v), clean, empty) for v in means])
 

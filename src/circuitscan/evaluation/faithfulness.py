@@ -42,11 +42,14 @@ from ..errors import CircuitscanError
 from .curve_stats import (
     CURVE_POINTS,
     MIB_FRACTIONS,
+    RANDOM_EXAMPLES,
     cmd,
     cpr,
     curve_sizes,
+    evaluate_with_random,
     mib_sizes,
     random_band,
+    random_example_count,
 )
 from .edge_faithfulness import EdgeFaithfulnessCurve, edge_faithfulness_curves
 from .intervention import CircuitEvaluator, random_circuits, top_k_masks
@@ -66,7 +69,8 @@ class FaithfulnessCurve:
         values: faithfulness of the top-k circuit at each size.
         metric_values: the metric's mean m(C) at each size.
         random_mean, random_std: faithfulness of random circuits of each size
-            (over ``random_samples`` draws; std with Bessel's correction).
+            (over ``random_samples`` draws; std with Bessel's correction), each run on
+            the first ``random_examples`` examples and normalised over those.
         cpr, cmd: MIB summaries of ``values`` at :data:`MIB_FRACTIONS`; ``cpr_random``
             and ``cmd_random`` the same for ``random_mean``.
         order: the heads in the order they were added.
@@ -83,6 +87,7 @@ class FaithfulnessCurve:
     random_mean: list[float]
     random_std: list[float]
     random_samples: int
+    random_examples: int
     cpr: float
     cmd: float
     cpr_random: float
@@ -103,6 +108,7 @@ def faithfulness_curves(
     sizes: Sequence[int] | None = None,
     random_samples: int = 10,
     seed: int = 0,
+    random_examples: int = RANDOM_EXAMPLES,
 ) -> dict[str, FaithfulnessCurve]:
     """Faithfulness curves of several methods, all circuits batched together.
 
@@ -116,6 +122,8 @@ def faithfulness_curves(
             are always added.
         random_samples: random circuits per size (0: none).
         seed: seed of the random circuits.
+        random_examples: the random circuits run on the evaluator's first this many
+            examples (0 or >= its n: all; :data:`~.curve_stats.RANDOM_EXAMPLES`).
 
     Returns:
         ``{method: FaithfulnessCurve}``.
@@ -133,12 +141,13 @@ def faithfulness_curves(
     orders = [[layout.index(h) for h in s.ranking()] for s in scores_list]
     blocks = [top_k_masks(order, chosen, n_total) for order in orders]
     random_block = random_circuits(n_total, chosen, random_samples, seed)
-    values = evaluator.evaluate(torch.cat([*blocks, random_block]))[metric]
-    faith = evaluator.faithfulness(values, metric)
-    means = values.mean(-1)
+    fixed, rand = evaluate_with_random(evaluator, torch.cat(blocks), random_block, random_examples)
+    faith = evaluator.faithfulness(fixed[metric], metric)
+    means = fixed[metric].mean(-1)
 
     n_sizes = len(chosen)
-    r_mean, r_std = random_band(faith[len(blocks) * n_sizes :] if random_samples else None, n_sizes, random_samples)
+    rand_faith = evaluator.faithfulness(rand[metric], metric) if random_samples else None
+    r_mean, r_std = random_band(rand_faith, n_sizes, random_samples)
     at = {k: i for i, k in enumerate(chosen)}
     fractions = [k / n_total for k in chosen]
     out: dict[str, FaithfulnessCurve] = {}
@@ -159,6 +168,7 @@ def faithfulness_curves(
             random_mean=r_mean,
             random_std=r_std,
             random_samples=random_samples,
+            random_examples=random_example_count(evaluator.n, random_examples),
             cpr=cpr(f_mib),
             cmd=cmd(f_mib),
             cpr_random=cpr(r_mib) if random_samples else float("nan"),
@@ -224,13 +234,14 @@ def faithfulness_curve(
     seed: int = 0,
     n_examples: int | None = None,
     max_rows: int = 256,
+    random_examples: int = RANDOM_EXAMPLES,
 ) -> FaithfulnessCurve:
     """One method's faithfulness curve, building the evaluator on the way."""
     metrics = table_metrics(prompts, metric) if metric else None
     ev = CircuitEvaluator.build(model, prompts, ablation=ablation, metrics=metrics, n_examples=n_examples,
                                 max_rows=max_rows)
     return faithfulness_curves(ev, scores, metric=metric, sizes=sizes, random_samples=random_samples,
-                               seed=seed)[scores.method]
+                               seed=seed, random_examples=random_examples)[scores.method]
 
 
 __all__ = ["CURVE_POINTS", "MIB_FRACTIONS", "EdgeFaithfulnessCurve", "FaithfulnessCurve", "cmd", "cpr", "curve_sizes", "curves_summary",

@@ -20,6 +20,7 @@ from ..runfiles import RunFiles, read_run
 from ..tasks import build_prompts
 from ..types import GroundTruth, Scores
 from .circuit_rule import predicted_circuit
+from .curve_stats import RANDOM_EXAMPLES, random_example_count
 from .faithfulness import (
     CURVE_POINTS,
     curve_sizes,
@@ -165,10 +166,12 @@ def _read_run(run: Path, threshold: float | None, size: int | None) -> RunFiles:
 
 
 def _faithfulness(ev: Any, model: ModelHandle, prompts: PromptSet, scores: list[Scores], *, ablation: str,
-                  points: int, samples: int, seed: int, n_examples: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+                  points: int, samples: int, seed: int, n_examples: int | None,
+                  random_examples: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Node-level curves and the ``faithfulness`` block, with the edge-level curves under ``edge_level``."""
     sizes = curve_sizes(model.layout.n_total, points)
-    curves = faithfulness_curves(ev, scores, sizes=sizes, random_samples=samples, seed=seed)
+    curves = faithfulness_curves(ev, scores, sizes=sizes, random_samples=samples, seed=seed,
+                                 random_examples=random_examples)
     faith_json = curves_summary(ev, curves)
     edge_curves = edge_faithfulness_curves(model, prompts, scores, ablation=ablation, metric=ev.metrics[0],
                                            random_samples=samples, seed=seed, n_examples=n_examples)
@@ -218,6 +221,7 @@ def evaluate_run(
     prompts: PromptSet | None = None,
     circuit: str | None = None,
     precision: str = "fp32",
+    random_examples: int = RANDOM_EXAMPLES,
 ) -> RunEvaluation:
     """Evaluate every method of a run directory by intervention; rewrite its metrics.json.
 
@@ -228,8 +232,12 @@ def evaluate_run(
     ``circuit`` is an EAP-IG / MIB graph file: its heads become a row of the table and its
     edges are measured as an edge circuit (``imported_circuit``). ``precision``: the head-level
     evaluator's (table and node curves; :func:`~circuitscan.evaluation.forward.precision_context`).
+    ``random_examples``: the random circuits of the table and the node curves run on the first
+    this many examples (0: all; :data:`~circuitscan.evaluation.curve_stats.RANDOM_EXAMPLES`).
     """
     t0 = time.perf_counter()
+    if random_examples < 0:
+        raise CircuitscanError(f"random_examples must be >= 0 (0 = all examples), got {random_examples}")
     run = Path(run_dir)
     files = _read_run(run, threshold, size)
     config, scores_json, metrics_json = files.config, files.scores, files.metrics
@@ -247,12 +255,14 @@ def evaluate_run(
     names = table_metrics(prompts, metric)
     ev = CircuitEvaluator.build(model, prompts, ablation=ablation, metrics=names, n_examples=n_examples,
                                 max_rows=max_rows, precision=precision)
-    table = circuit_performance(ev, chosen, ground_truth=gt, random_samples=random_samples, seed=seed)
+    table = circuit_performance(ev, chosen, ground_truth=gt, random_samples=random_samples, seed=seed,
+                                random_examples=random_examples)
     curves: dict[str, Any] = {}
     faith_json = None
     if faithfulness:
         curves, faith_json = _faithfulness(ev, model, prompts, scores, ablation=ablation, points=faithfulness_points,
-                                           samples=faithfulness_samples, seed=seed, n_examples=n_examples)
+                                           samples=faithfulness_samples, seed=seed, n_examples=n_examples,
+                                           random_examples=random_examples)
     mib_json, imported_json = mib_blocks(model, prompts, scores if faithfulness else [], imported,
                                          ablation=ablation, metric=ev.metrics[0], n_examples=n_examples)
     if mib_json:
@@ -262,6 +272,7 @@ def evaluate_run(
         **table.to_dict(),
         "n_examples": ev.n,
         "random_samples": random_samples,
+        "random_examples": random_example_count(ev.n, random_examples),
         "precision": precision,
         "circuit_rule": "given size" if size is not None else "given threshold" if threshold is not None
         else "the run's circuits (metrics.json 'circuits')",

@@ -10,11 +10,13 @@ Rows:
 ``ground truth``       the reference circuit, where one exists
 ``<method>``           a method's predicted circuit (best-F1 threshold, a given θ or size)
 ``<method> complement`` every head except that circuit
-``random k heads``     k heads drawn uniformly, mean and std over ``random_samples`` draws
+``random k heads``     k heads drawn uniformly, mean and std over ``random_samples`` draws,
+                       each on the first ``random_examples`` prompts (``samples``, ``examples``)
 =====================  ==================================================================
 
 ``normalised`` values are (m - m(∅)) / (m(M) - m(∅)): 0 = all heads ablated, 1 = the
-clean model (the paper's normalised logit difference). Where the task metric is a
+clean model (the paper's normalised logit difference); a random row's m(M) and m(∅) are
+means over the same prompts as its circuits. Where the task metric is a
 logit difference, ``prob_multiplier`` = exp(mean logit difference) is added (for the
 random row: the mean and std over draws of each draw's multiplier).
 """
@@ -26,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from .curve_stats import RANDOM_EXAMPLES, evaluate_with_random, random_example_count
 from .intervention import circuit_mask, random_circuits
 from .metrics import normalise, probability_multiplier
 
@@ -53,6 +56,7 @@ class PerformanceRow:
     std: dict[str, float] = field(default_factory=dict)
     samples: int | None = None
     heads: list[str] | None = None
+    examples: int | None = None  # random rows: the prompts each draw ran on (the table's n otherwise)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,27 @@ def _with_multiplier(means: dict[str, float]) -> dict[str, float]:
     return means
 
 
+def _random_row(k: int, per: dict[str, Any], clean: dict[str, float], empty: dict[str, float],
+                examples: int) -> PerformanceRow:
+    """The row of the random circuits of ``k`` heads from each draw's metric means ``per``, normalised
+    by the clean and empty means over the same ``examples`` prompts."""
+    import torch
+
+    means = {name: float(v.mean()) for name, v in per.items()}
+    std = {name: float(v.std()) if v.numel() > 1 else 0.0 for name, v in per.items()}
+    normed = {name: normalise(means[name], clean[name], empty[name]) for name in per}
+    for name in list(per):
+        span = clean[name] - empty[name]
+        std[f"normalised_{name}"] = std[name] / abs(span) if span else float("nan")
+    if "logit_diff" in per:
+        mult = torch.tensor([probability_multiplier(float(v)) for v in per["logit_diff"]])
+        means["prob_multiplier"] = float(mult.mean())
+        std["prob_multiplier"] = float(mult.std()) if mult.numel() > 1 else 0.0
+    samples = len(next(iter(per.values())))
+    return PerformanceRow(f"random {k} heads", "random", k, means, normed, std=std, samples=samples,
+                          examples=examples)
+
+
 def circuit_performance(
     evaluator: CircuitEvaluator,
     circuits: Mapping[str, Sequence[HeadId | str]],
@@ -87,10 +112,13 @@ def circuit_performance(
     random_samples: int = RANDOM_SAMPLES,
     complements: bool = True,
     seed: int = 0,
+    random_examples: int = RANDOM_EXAMPLES,
 ) -> PerformanceTable:
     """The performance table for ``circuits`` ({name: heads}), all circuits in one batch.
 
-    Random rows are drawn for each distinct circuit size (uniformly over all heads).
+    Random rows are drawn for each distinct circuit size (uniformly over all heads) and
+    run on the evaluator's first ``random_examples`` prompts (0 or >= its n: all;
+    :data:`~.curve_stats.RANDOM_EXAMPLES`).
     """
     import torch
 
@@ -110,8 +138,9 @@ def circuit_performance(
             named.append((f"{name} complement", "complement", ~m, None))
     sizes = sorted({int(m.sum()) for _, kind, m, _ in named if kind == "circuit"}) if random_samples else []
     rand = [random_circuits(layout.n_total, [k], random_samples, seed) for k in sizes]
-    fixed = torch.stack([m for _, _, m, _ in named]) if named else torch.zeros(0, layout.n_total, dtype=torch.bool)
-    values = evaluator.evaluate(torch.cat([fixed, *rand])) if (named or rand) else {}
+    none = torch.zeros(0, layout.n_total, dtype=torch.bool)
+    fixed = torch.stack([m for _, _, m, _ in named]) if named else none
+    values, rand_values = evaluate_with_random(evaluator, fixed, torch.cat([none, *rand]), random_examples)
 
     metric_names = list(evaluator.metrics)
     clean = {k: evaluator.mean_clean(k) for k in metric_names}
@@ -130,22 +159,14 @@ def circuit_performance(
     for i, (name, kind, m, heads) in enumerate(named):
         means = {k: float(values[k][i].mean()) for k in metric_names}
         rows.append(PerformanceRow(name, kind, int(m.sum()), _with_multiplier(means), norm(means), heads=heads))
-    offset = len(named)
+    r = random_example_count(evaluator.n, random_examples)
+    clean_r = {k: evaluator.mean_clean(k, r) for k in metric_names}  # over the random circuits' prompts
+    empty_r = {k: evaluator.mean_empty(k, r) for k in metric_names}
+    offset = 0
     for k, block in zip(sizes, rand, strict=True):
-        per = {name: values[name][offset : offset + block.shape[0]].mean(-1) for name in metric_names}
+        per = {name: rand_values[name][offset : offset + block.shape[0]].mean(-1) for name in metric_names}
         offset += block.shape[0]
-        means = {name: float(v.mean()) for name, v in per.items()}
-        std = {name: float(v.std()) if v.numel() > 1 else 0.0 for name, v in per.items()}
-        normed = norm(means)
-        for name in metric_names:
-            span = clean[name] - empty[name]
-            normed_std = std[name] / abs(span) if span else float("nan")
-            std[f"normalised_{name}"] = normed_std
-        if "logit_diff" in per:
-            mult = torch.tensor([probability_multiplier(float(v)) for v in per["logit_diff"]])
-            means["prob_multiplier"] = float(mult.mean())
-            std["prob_multiplier"] = float(mult.std()) if mult.numel() > 1 else 0.0
-        rows.append(PerformanceRow(f"random {k} heads", "random", k, means, normed, std=std, samples=block.shape[0]))
+        rows.append(_random_row(k, per, clean_r, empty_r, r))
     return PerformanceTable(
         ablation=evaluator.ablation,
         metric=metric_names[0],
