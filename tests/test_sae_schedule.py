@@ -177,13 +177,13 @@ def test_cli_takes_the_schedule_and_refuses_bad_values(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, want", [
     # the circuitscan preset: 5 SAEs of 256-row steps (docs/CALIBRATION.md "SAE ensemble (issues 13 and 14)")
-    ([], (200, "cosine", 256, 5)),
+    ([], (100, "cosine", 256, 5)),
     (["--compat", "paper"], (500, "constant", None, 1)),  # the paper's schedule, unchanged
     (["--compat", "authors"], (500, "constant", None, 1)),
     (["--epochs", "70"], (70, "cosine", 256, 5)),  # a given --epochs wins over the preset's
-    (["--batch-rows", "0"], (200, "cosine", None, 5)),  # 0 = the full batch
-    (["--sae-seeds", "1", "--batch-rows", "64"], (200, "cosine", 64, 1)),
-    (["--stop", "codes"], (200, "cosine", None, 5)),  # settled codes are judged on every row: full batch
+    (["--batch-rows", "0"], (100, "cosine", None, 5)),  # 0 = the full batch
+    (["--sae-seeds", "1", "--batch-rows", "64"], (100, "cosine", 64, 1)),
+    (["--stop", "codes"], (100, "cosine", None, 5)),  # settled codes are judged on every row: full batch
     (["--compat", "paper", "--epochs", "70", "--lr-schedule", "linear"], (70, "linear", None, 1)),
 ])
 def test_cli_epochs_and_schedule_follow_the_preset_unless_given(argv, want):

@@ -274,16 +274,17 @@ AUTHORS_COMPAT = {
 
 
 CIRCUITSCAN_COMPAT = {
-    "sae": {"input_scale": "d_model", "head_norm": "center", "epochs": 200, "lr_schedule": "cosine",
+    "sae": {"input_scale": "d_model", "head_norm": "center", "epochs": 100, "lr_schedule": "cosine",
             "batch_rows": 256, "n_seeds": 5},
     "scoring": {"statistic": "tv", "permutations": 1000, "circuit": "fdr-top", "min_effect": 0.05, "edge_rule": "tv"},
 }
 """``--compat circuitscan``, the default of ``discover``, ``compare`` and :class:`SAECodesConfig`:
 rows scaled to mean squared norm d_model and each head's mean output removed before the
 SAE; an ensemble of 5 SAEs (seeds ``seed`` .. ``seed + 4``) trained as one batched model,
-200 steps of 256 shuffled rows each with a cosine step size, their statistics averaged
-(AUC std over seeds and SAE seconds both down against one full-batch SAE: docs/CALIBRATION.md
-"SAE ensemble (issues 13 and 14)"; the schedule: "SAE schedule (issue 14)"),
+100 steps of 256 shuffled rows each with a cosine step size, their statistics averaged
+(AUC std over seeds and SAE seconds both down against one full-batch SAE of 200 steps, and
+100 steps as good as 200 on every testbed: docs/CALIBRATION.md "SAE ensemble (issues 13 and
+14)"; the schedule: "SAE schedule (issue 14)"),
 the total-variation distance between a head's codes on positives and negatives
 instead of the count of positive-only codes, and the circuit = the top k heads by that
 distance, k = the number of heads significant at FDR 0.05 under the label-swap null whose

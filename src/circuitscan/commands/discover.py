@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=finite_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     g.add_argument("--epochs", type=positive_int, default=None,
                    help="SAE training steps, full batch unless --batch-rows (default: the --compat preset's; "
-                   "circuitscan 200, paper and authors 500)")
+                   "circuitscan 100, paper and authors 500)")
     g.add_argument("--train-examples", type=positive_int, default=10, help="SAE training examples (default 10)")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="SAE training matmuls; bf16 is ~2x faster on CPUs with bf16 units (default fp32)")
