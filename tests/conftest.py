@@ -1,7 +1,9 @@
 """Shared fixtures. Models are loaded once per session; tiers:
 
 * unit: toy models only, no files outside the repo, seconds;
-* integration (``@pytest.mark.slow``): the real smollm2-135m (and gpt2-random).
+* integration (``@pytest.mark.slow``): the real smollm2-135m (and gpt2-random), or another
+  program: a Ray cluster, a headless browser, process trees killed by signals, tracr's
+  own JAX forward. ``make test`` (and CI) runs both tiers.
 """
 
 from __future__ import annotations

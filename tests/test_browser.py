@@ -145,6 +145,7 @@ def _screenshot(driver, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow  # a headless Chromium
 def test_report_in_a_real_browser(browser, report_run):
     _load(browser, report_run / "report.html")
 

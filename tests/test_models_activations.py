@@ -218,3 +218,27 @@ def test_toy_models_have_no_hf_view(planted):
 def test_smollm2_hf_path_equals_bridge_path(smollm2, aggregation):
     prompts = build_task("ioi", smollm2, 6, seed=0)
     _hf_vs_bridge(smollm2, prompts, aggregation)
+
+
+def test_offline_mode_set_after_import_reaches_the_hub_library(monkeypatch):
+    """HF_HUB_OFFLINE=1 set after huggingface_hub was imported (a notebook, a test) still means
+    offline: the hub library reads it once at import, so the loader puts it in its constants
+    for the load (without it the hub retries a network that is not there for ~20 s)."""
+    import huggingface_hub.constants as hub_constants
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from circuitscan.models import loading
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: True)  # as if there were a network
+    seen = []
+
+    def boot(name, device=None, **kw):
+        seen.append(hub_constants.HF_HUB_OFFLINE)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(boot))
+    with pytest.raises(OSError, match="stop here"):
+        loading._load_hf_dir_like_hub("no-such-org/model", "cpu")
+    assert seen == [True] and hub_constants.HF_HUB_OFFLINE is False  # offline for the load, restored after

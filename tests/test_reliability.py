@@ -189,6 +189,7 @@ def test_a_full_disk_is_named(tmp_path, monkeypatch, capsys):
 
 # --------------------------------------------------------------------------- 4. orphans
 
+@pytest.mark.slow  # a process tree killed by a signal
 def test_pool_workers_die_with_a_killed_parent(tmp_path):
     script = f"""
 import sys, threading, time
@@ -269,6 +270,7 @@ def test_run_files_without_timings_json_read_as_written(tmp_path):
     assert read_run_json(new, "scores.json") == kept
 
 
+@pytest.mark.slow  # a child process stopped by SIGTERM
 def test_sigterm_cleans_up_like_sigint(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "circuitscan.cli", *D[:5], "-n", "40", "--epochs", "100000", "--out", str(out)]

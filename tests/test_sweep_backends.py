@@ -69,6 +69,7 @@ def test_a_dead_worker_costs_only_its_own_unit():
     assert all(by_unit[k]["rows"][0]["status"] == "ok" for k in keys if k != "boom")
 
 
+@pytest.mark.slow  # starts a Ray cluster
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Ray's start-up chatter (auth tokens, /dev/shm)
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_ray_equals_local_and_puts_activations_once_per_variant(planted, inline_table, tmp_path, monkeypatch):

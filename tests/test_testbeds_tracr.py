@@ -81,6 +81,7 @@ def _inputs(vocab, seed: int = 0) -> list[list]:
     return rng.sample(everything, 300)
 
 
+@pytest.mark.slow  # runs tracr's own JAX forward over hundreds of inputs
 @pytest.mark.parametrize("name", PROGRAMS)
 def test_converted_forward_equals_tracr(compiled, name):
     import numpy as np

@@ -219,8 +219,10 @@ def _load_hf_dir_like_hub(name: str, device: str) -> ModelHandle:
     from transformer_lens.model_bridge import TransformerBridge
 
     quiet_transformers()
-    if os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable():
-        # no network: skip the hub's retries (tens of seconds), use only its local cache
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
+        # offline asked for, or no network: skip the hub's retries (tens of seconds) and use only
+        # its local cache; huggingface_hub reads HF_HUB_OFFLINE once, at import, so an offline
+        # mode set later (a notebook, a test) must be put into its constants too
         with _hub_offline():
             bridge = TransformerBridge.boot_transformers(name, device=device)
     else:
