@@ -236,8 +236,7 @@ def evaluate_run(
     this many examples (0: all; :data:`~circuitscan.evaluation.curve_stats.RANDOM_EXAMPLES`).
     """
     t0 = time.perf_counter()
-    if random_examples < 0:
-        raise CircuitscanError(f"random_examples must be >= 0 (0 = all examples), got {random_examples}")
+    random_example_count(1, random_examples)  # refuse a bad value before any work
     run = Path(run_dir)
     files = _read_run(run, threshold, size)
     config, scores_json, metrics_json = files.config, files.scores, files.metrics
