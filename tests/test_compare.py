@@ -175,3 +175,52 @@ def test_cli_compare_exits_after_a_library_warning(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"wrote  {out}/" in proc.stdout
     assert proc.stderr.count("a library warning raised inside compare") == 1, proc.stderr
+
+
+def _faith(planted, prompts, **kw):
+    result = compare(planted, prompts, ["eap", "norm-diff"], None, settings=CompareSettings(batch_size=40),
+                     faithfulness_samples=3, **kw)
+    block = result.metrics["faithfulness"]
+    block["cost"].pop("seconds")
+    return block
+
+
+def test_random_examples_reach_the_faithfulness_curves(planted, planted_prompts):
+    """``random_examples`` reaches the curves: 0 and >= n give the same block, a small N runs the
+    random circuits on N prompts (fewer rows, the count recorded) and leaves the methods' curves alone."""
+    n = planted_prompts.n_positive
+    every = _faith(planted, planted_prompts, random_examples=0)
+    assert _faith(planted, planted_prompts, random_examples=n + 5) == every
+    assert all(c["random_examples"] == n for c in every["curves"].values())
+    few = _faith(planted, planted_prompts, random_examples=4)
+    assert all(c["random_examples"] == 4 for c in few["curves"].values())
+    assert few["cost"]["rows"] < every["cost"]["rows"]
+    for m, c in few["curves"].items():
+        assert c["values"] == every["curves"][m]["values"] and c["sizes"] == every["curves"][m]["sizes"], m
+        assert c["random_mean"] != every["curves"][m]["random_mean"], m
+    default = _faith(planted, planted_prompts)
+    assert all(c["random_examples"] == min(n, 16) for c in default["curves"].values())
+
+
+def test_compare_refuses_negative_random_examples_before_any_work(planted, planted_prompts, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(CircuitscanError, match="random_examples must be >= 0"):
+        compare(planted, planted_prompts, ["eap"], None, out, random_examples=-1)
+    assert not out.exists()
+
+
+def test_cli_compare_random_examples(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["compare", "--model", "toy-planted", "--task", "planted", "-n", "12", "--methods", "eap",
+                 "--out", str(out), "--faithfulness-samples", "2", "--random-examples", "5"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [c["random_examples"] for c in metrics["faithfulness"]["curves"].values()] == [5]
+    assert json.loads((out / "config.json").read_text())["argv"]["random_examples"] == 5
+    for bad in ("-1", "two"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["compare", "--model", "toy-planted", "--task", "planted", "--methods", "eap",
+                  "--out", str(tmp_path / "bad"), "--random-examples", bad])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "--random-examples" in err and bad in err
+    assert not (tmp_path / "bad").exists()

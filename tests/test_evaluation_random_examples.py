@@ -149,8 +149,9 @@ def test_cli_and_library_share_the_random_examples_default():
     import inspect
 
     from circuitscan.commands import evaluate as cmd
+    from circuitscan.comparison import compare
     from circuitscan.evaluation import performance
 
     assert cmd.RANDOM_EXAMPLES == RANDOM_EXAMPLES
-    for fn in (performance.evaluate_run, circuit_performance, faithfulness_curves):
+    for fn in (performance.evaluate_run, circuit_performance, faithfulness_curves, compare):
         assert inspect.signature(fn).parameters["random_examples"].default == RANDOM_EXAMPLES

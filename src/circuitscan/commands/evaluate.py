@@ -33,6 +33,15 @@ RANDOM_EXAMPLES = 16  # = evaluation.curve_stats.RANDOM_EXAMPLES (why 16: there)
 CURVE_POINTS = 9  # = evaluation.curve_stats.CURVE_POINTS (why 9: there)
 
 
+def add_random_examples_arg(p: argparse.ArgumentParser, *, prefix_help: str = "", what: str) -> None:
+    """``--random-examples N``, shared by ``evaluate``, ``discover --evaluate`` and ``compare``; ``what``
+    names where its random circuits are (a negative N stops argparse: exit 2)."""
+    p.add_argument("--random-examples", type=non_negative_int, default=RANDOM_EXAMPLES, metavar="N",
+                   help=f"{prefix_help}run the random circuits ({what}) on the first N "
+                   "prompts only, normalised over the same prompts (0, or N at least the number of prompts: "
+                   f"every prompt); the method circuits always use every prompt (default {RANDOM_EXAMPLES})")
+
+
 def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") -> None:
     """The flags shared by ``evaluate`` and ``discover --evaluate``."""
     p.add_argument("--ablation", choices=("corrupt", "mean", "zero"), default="corrupt",
@@ -40,10 +49,7 @@ def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") 
     p.add_argument("--random-samples", type=non_negative_int, default=RANDOM_SAMPLES,
                    help=f"{prefix_help}random circuits of each predicted circuit's size, reported as mean ± std "
                    f"(default {RANDOM_SAMPLES})")
-    p.add_argument("--random-examples", type=non_negative_int, default=RANDOM_EXAMPLES, metavar="N",
-                   help=f"{prefix_help}run the random circuits (table and faithfulness curves) on the first N "
-                   "prompts only, normalised over the same prompts (0, or N at least the number of prompts: "
-                   f"every prompt); the method circuits always use every prompt (default {RANDOM_EXAMPLES})")
+    add_random_examples_arg(p, prefix_help=prefix_help, what="table and faithfulness curves")
     p.add_argument("--eval-precision", choices=("fp32", "bf16"), default="fp32",
                    help=f"{prefix_help}the head-level evaluation's passes: fp32, or bf16 matrix products "
                    "(about 3x faster on CPUs with AVX-512 BF16; faithfulness moves by ~0.005) (default: fp32)")

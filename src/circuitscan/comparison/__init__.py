@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
-from ..evaluation.curve_stats import CURVE_POINTS
+from ..evaluation.curve_stats import CURVE_POINTS, RANDOM_EXAMPLES, random_example_count
 from ..run import scores_to_json
 from ..rundir import CONFIG, METRICS, SCORES, open_run
 from ..runfiles import config_header, ground_truth_block, task_block
@@ -89,6 +89,7 @@ def compare(
     faithfulness: bool = True,
     faithfulness_samples: int = 10,
     faithfulness_points: int = CURVE_POINTS,
+    random_examples: int = RANDOM_EXAMPLES,
     overwrite: bool = False,
     extra_config: dict[str, Any] | None = None,
     timings: dict[str, float] | None = None,
@@ -107,6 +108,9 @@ def compare(
         edge_ground_truth: name of an edge ground truth (default: the head ground truth's
             name, when an edge version exists; ``planted`` for the toy model).
         faithfulness: compute faithfulness curves, CPR and CMD.
+        random_examples: the curves' random circuits run on the first this many prompts (0 or
+            >= their number: all; :data:`~circuitscan.evaluation.curve_stats.RANDOM_EXAMPLES`);
+            each curve records the count it used (``random_examples``).
         log: where progress lines go (default: nowhere).
 
     Returns:
@@ -114,6 +118,7 @@ def compare(
     """
     methods = parse_methods(list(methods))
     settings = settings or CompareSettings()
+    random_example_count(1, random_examples)  # refuse a bad value before any method runs
     say = log or (lambda _msg: None)
     if ground_truth is not None:
         ground_truth.check_layout(model.layout)
@@ -126,7 +131,7 @@ def compare(
         if faithfulness:
             say("faithfulness curves ...")
             metrics["faithfulness"] = faithfulness_block(model, prompts, all_scores, settings, faithfulness_samples,
-                                                         faithfulness_points, seed)
+                                                         faithfulness_points, seed, random_examples)
         rows = comparison_rows(all_scores, metrics)
         metrics["comparison"] = comparison_block(rows)
         metrics["timings_s"] = {**(timings or {}), **{f"method:{k}": v for k, v in method_time.items()}}

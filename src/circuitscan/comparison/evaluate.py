@@ -115,11 +115,13 @@ def faithfulness_block(
     samples: int,
     points: int,
     seed: int,
+    random_examples: int,
 ) -> dict[str, Any]:
     names = table_metrics(prompts, settings.metric)
     ev = CircuitEvaluator.build(model, prompts, ablation=settings.ablation, metrics=names,
                                 n_examples=settings.n_examples, batch_size=settings.batch_size,
                                 progress=settings.progress)
     sizes = curve_sizes(model.layout.n_total, points)
-    curves = faithfulness_curves(ev, scores, sizes=sizes, random_samples=samples, seed=seed)
+    curves = faithfulness_curves(ev, scores, sizes=sizes, random_samples=samples, seed=seed,
+                                 random_examples=random_examples)
     return {**curves_summary(ev, curves), "cost": ev.stats.to_dict()}
