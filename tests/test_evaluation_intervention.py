@@ -350,4 +350,4 @@ def test_toy_models_run_without_a_shared_prefix(planted, planted_prompts):
 
     ev = CircuitEvaluator.build(planted, planted_prompts, ablation="corrupt")
     assert hf_view(planted) is None and ev.shared is not None
-    assert ev._prefix(ev.tokens, ev.mask, torch.arange(ev.tokens.shape[0])) is None
+    assert not ev._prefixes.has_view() and ev._prefix(1, ev.tokens, ev.mask, torch.arange(ev.tokens.shape[0])) is None

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
-from ..models.hf import prefix_keys_values
 from ..progress import bar
 from .ablation import (
     AblationSource,
@@ -21,6 +20,7 @@ from .head_masks import (
     run_with_heads,
 )
 from .metrics import MetricBatch, get_metric, normalise, table_metrics
+from .prefix_blocks import PrefixCache, example_lengths, prefix_blocks
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
@@ -201,9 +201,9 @@ class CircuitEvaluator:
         shared: corrupt ablation: per row, how many first positions the prompt shares
             with its corrupted partner (tokens and mask). No circuit can change the
             model there (every ablated head's replacement equals its clean value), so
-            :meth:`evaluate` runs those positions once per batch of prompts, unhooked,
-            and each circuit only on the rest (Hugging Face models; ``prefix_sharing``
-            False turns it off).
+            :meth:`evaluate` runs those positions once per block of prompts of one
+            shared length (:mod:`.prefix_blocks`), unhooked, and each circuit only on the
+            rest (Hugging Face models; ``prefix_sharing`` False turns it off).
     """
 
     model: ModelHandle
@@ -228,7 +228,11 @@ class CircuitEvaluator:
     prefix_sharing: bool = True
     precision: str = "fp32"
     _known: dict[tuple[bool, bytes], dict[str, Tensor]] = field(default_factory=dict, repr=False)
-    _prefixes: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
+    _prefixes: PrefixCache | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self._prefixes is None:
+            self._prefixes = PrefixCache(self.model)
 
     @classmethod
     def build(
@@ -326,7 +330,8 @@ class CircuitEvaluator:
         return sharing, keep.cpu().numpy().tobytes()
 
     def _run(self, unique: Bool[Tensor, "C n_heads_total"], n: int) -> dict[str, Float[Tensor, "C n"]]:
-        """Run distinct circuits on the first ``n`` examples, as many circuits and examples per pass as ``max_rows`` allows."""
+        """Run distinct circuits on the first ``n`` examples, as many circuits and examples per pass as
+        ``max_rows`` allows, the examples in blocks of one shared-prefix length (:mod:`.prefix_blocks`)."""
         import torch
 
         n_unique = unique.shape[0]
@@ -335,47 +340,40 @@ class CircuitEvaluator:
         # rows per pass: max_rows, and at most LOGITS_BUDGET logits (all-position metrics)
         vocab = int(self.model.bridge.cfg.d_vocab)
         budget = max(g, min(self.max_rows, LOGITS_BUDGET // (len(self.positions) * vocab)))
-        chunk = max(1, min(n, budget // g))  # examples per pass
-        per_pass = max(1, budget // (chunk * g))  # circuits per pass
-        n_passes = -(-n // chunk) * -(-n_unique // per_pass)
+        sharing = self.prefix_sharing and self.shared is not None and self._prefixes.has_view()
+        lengths = example_lengths(self.shared if sharing else None, n, g, int(self.positions.min()))
+        blocks = prefix_blocks(lengths, max(1, min(n, budget // g)))
+        plan = [(length, ex, max(1, budget // (len(ex) * g))) for length, ex in blocks]  # + circuits per pass
+        n_passes = sum(-(-n_unique // per_pass) for _, _, per_pass in plan)
         show = self.progress if self.progress is not None else None
         with torch.inference_mode(), precision_context(self.model, self.precision), \
                 bar("evaluating circuits", n_passes, show=show if n_passes > 4 else False) as advance:
-            for lo in range(0, n, chunk):
-                hi = min(n, lo + chunk)
-                index = torch.arange(lo, hi)
-                rows = torch.arange(lo * g, hi * g)
-                tokens = self.tokens[lo * g : hi * g]
-                mask = None if self.mask is None else self.mask[lo * g : hi * g]
-                past = self._prefix(tokens, mask, rows)
+            for length, examples, per_pass in plan:
+                index = torch.tensor(examples)
+                rows = (index[:, None] * g + torch.arange(g)).reshape(-1)
+                tokens = self.tokens[rows]
+                mask = None if self.mask is None else self.mask[rows]
+                past = self._prefix(length, tokens, mask, rows)
                 for c0 in range(0, n_unique, per_pass):
                     c1 = min(n_unique, c0 + per_pass)
                     logits = run_with_heads(self.model, tokens, unique[c0:c1], self.source, rows=rows,
                                             positions=self.positions, attention_mask=mask, past=past)
                     for c in range(c1 - c0):
                         for name, values in self._score(logits[c], index).items():
-                            out[name][c0 + c, lo:hi] = values
+                            out[name][c0 + c, index] = values
                     self.stats.forward_passes += 1
-                    self.stats.rows += (c1 - c0) * (hi - lo) * g
+                    self.stats.rows += (c1 - c0) * len(rows)
                     advance()
         self.stats.circuits += n_unique
         return out
 
-    def _prefix(self, tokens: Tensor, mask: Tensor | None, rows: Tensor) -> Prefix | None:
-        """The cached first positions these rows share with their partners, or None (computed once per rows)."""
-        if self.shared is None or not self.prefix_sharing:
-            return None
-        span = (int(rows[0]), int(rows[-1]) + 1)
-        if span not in self._prefixes:
-            length = min(int(self.shared[rows].min()), int(self.positions.min()))
-            past = None
-            if length >= 1:
-                past = prefix_keys_values(self.model, tokens[:, :length], None if mask is None else mask[:, :length])
-            if past is not None:
-                self.stats.forward_passes += 1
-                self.stats.rows += tokens.shape[0]
-            self._prefixes[span] = past
-        return self._prefixes[span]
+    def _prefix(self, length: int, tokens: Tensor, mask: Tensor | None, rows: Tensor) -> Prefix | None:
+        """The cached first ``length`` positions of these rows (computed once per length), or None."""
+        past, ran = self._prefixes.get(length, rows, tokens, mask)
+        if ran:
+            self.stats.forward_passes += 1
+            self.stats.rows += tokens.shape[0]
+        return past
 
     # ------------------------------------------------------------------ summaries
 
