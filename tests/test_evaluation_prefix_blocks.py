@@ -79,3 +79,24 @@ def test_blocks_equal_the_unshared_path_and_reuse_prefixes(tiny_llama):
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
     assert torch.allclose(few, ref[:, :9], atol=1e-5, rtol=1e-5)
     assert torch.allclose(mixed, ref[:, :16], atol=1e-5, rtol=1e-5)
+
+
+def test_baselines_through_the_shared_prefix_equal_whole_passes(tiny_llama):
+    """The clean logits (bit for bit), the corrupted logits and every head's corrupted z (prefix
+    positions from the clean pass, the rest from the corrupted pass after it) equal those of
+    whole-sequence passes."""
+    from circuitscan.evaluation import CircuitEvaluator
+    from circuitscan.evaluation.forward import cache_heads
+
+    prompts = _prompts()
+    ev = CircuitEvaluator.build(tiny_llama, prompts, ablation="corrupt", metrics=["logit_diff"], max_rows=64)
+    # per block (3 and 5): the clean prompts (keeping the prefix), the corrupted ones after it; then
+    # the empty circuit, one pass per block, from the kept prefixes (no prefix pass of its own)
+    assert ev.stats.forward_passes == 2 * 2 + 2 and ev.stats.rows == 2 * 24 + 24
+    clean = cache_heads(tiny_llama, prompts.positive, positions=ev.positions, with_z=False)
+    corrupt = cache_heads(tiny_llama, prompts.negative, positions=ev.positions)
+    assert torch.allclose(ev.source.cache.z, corrupt.z, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(ev.source.cache.logits, corrupt.logits, atol=1e-5, rtol=1e-5)
+    index = torch.arange(len(SHARED))
+    assert torch.equal(ev.clean["logit_diff"], ev._score(clean.logits, index)["logit_diff"])
+    assert torch.allclose(ev.corrupted_input["logit_diff"], ev._score(corrupt.logits, index)["logit_diff"], atol=1e-5)

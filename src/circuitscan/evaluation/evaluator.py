@@ -10,11 +10,11 @@ from ..errors import CircuitscanError
 from ..progress import bar
 from .ablation import (
     AblationSource,
-    _mean_of_caches,
     check_ablation,
     paired_negatives,
 )
-from .forward import HeadCache, cache_heads, precision_context
+from .baselines import baselines, expand_with_suffixes
+from .forward import precision_context
 from .head_masks import (
     _as_keep,
     run_with_heads,
@@ -46,20 +46,6 @@ class EvaluatorStats:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-def expand_with_suffixes(
-    tokens: Int[Tensor, "n seq"], mask: Int[Tensor, "n seq"] | None, suffix_ids: Sequence[int]
-) -> tuple[Tensor, Tensor | None]:
-    """Each prompt followed by each suffix token: ``[n * k, seq + 1]``, row ``k * i + j``."""
-    import torch
-
-    ids = torch.as_tensor(list(suffix_ids), dtype=tokens.dtype)
-    k = ids.numel()
-    out = torch.cat([tokens.repeat_interleave(k, 0), ids.repeat(tokens.shape[0])[:, None]], 1)
-    if mask is None:
-        return out, None
-    return out, torch.cat([mask.repeat_interleave(k, 0), torch.ones(out.shape[0], 1, dtype=mask.dtype)], 1)
 
 
 def shared_prefix_lengths(
@@ -142,39 +128,17 @@ class _EvalRows:
         return cls(pos_tok, pos_mask, neg, neg_mask, suffix, group, prefix, positions, last)
 
 
-def _baselines(model: ModelHandle, prompts: PromptSet, rows: _EvalRows, ablation: str, n: int, batch_size: int,
-               stats: EvaluatorStats) -> tuple[HeadCache, HeadCache | None, AblationSource]:
-    """Cache the clean rows (and the corrupted ones unless ``zero``) and build the ablation source."""
-    group, positions, prefix = rows.group, rows.positions, rows.prefix
-    rows_batch = max(1, batch_size // group) * group
+def _budget(max_rows: int, n_positions: int, vocab: int, group: int) -> int:
+    """Token rows per circuit pass: ``max_rows``, and at most :data:`LOGITS_BUDGET` logits (all-position metrics)."""
+    return max(group, min(max_rows, LOGITS_BUDGET // (n_positions * vocab)))
 
-    def passes(n_rows: int) -> int:
-        return -(-n_rows // rows_batch)
 
-    if ablation == "mean" and n < prompts.n_positive:  # the mean is over ALL the task's prompts
-        clean_tok, clean_mask = prompts.positive, prompts.positive_mask
-        if rows.suffix is not None:
-            clean_tok, clean_mask = expand_with_suffixes(clean_tok, clean_mask, rows.suffix)
-    else:
-        clean_tok, clean_mask = rows.pos_tok, rows.pos_mask
-    clean_cache = cache_heads(model, clean_tok, attention_mask=clean_mask, positions=positions,
-                              with_z=ablation == "mean", batch_size=batch_size, group=group, prefix=prefix)
-    stats.forward_passes += passes(clean_tok.shape[0])
-    stats.rows += clean_tok.shape[0]
-    corrupt_cache = None
-    if ablation != "zero":
-        corrupt_cache = cache_heads(model, rows.neg, attention_mask=rows.neg_mask, positions=positions,
-                                    with_logits=ablation == "corrupt", batch_size=batch_size, group=group,
-                                    prefix=prefix)
-        stats.forward_passes += passes(rows.neg.shape[0])
-        stats.rows += rows.neg.shape[0]
-    if ablation == "corrupt":
-        source = AblationSource("corrupt", cache=corrupt_cache)
-    elif ablation == "mean":
-        source = AblationSource("mean", z=_mean_of_caches([(clean_cache, clean_mask), (corrupt_cache, rows.neg_mask)]))
-    else:
-        source = AblationSource("zero")
-    return clean_cache, corrupt_cache, source
+def _blocks(model: ModelHandle, shared: Tensor | None, n: int, group: int, positions: Tensor,
+            max_rows: int) -> list[tuple[int, list[int]]]:
+    """The first ``n`` examples in blocks of one shared-prefix length (:func:`.prefix_blocks.prefix_blocks`),
+    each at most one pass of rows; one length 0 without sharing (``shared`` None)."""
+    budget = _budget(max_rows, len(positions), int(model.bridge.cfg.d_vocab), group)
+    return prefix_blocks(example_lengths(shared, n, group, int(positions.min())), max(1, min(n, budget // group)))
 
 
 @dataclass
@@ -270,19 +234,22 @@ class CircuitEvaluator:
         t0 = time.perf_counter()
         names, metric_objs, n = _checked_metrics(model, prompts, ablation, metrics, n_examples, max_rows)
         rows = _EvalRows.of(prompts, metric_objs, names, n, ablation)
-        stats = EvaluatorStats()
+        stats, prefixes = EvaluatorStats(), PrefixCache(model)
+        shared = (shared_prefix_lengths(rows.pos_tok, rows.neg, rows.pos_mask, rows.neg_mask)
+                  if ablation == "corrupt" else None)
+        blocks = _blocks(model, shared if prefixes.has_view() else None, n, rows.group, rows.positions, max_rows)
         with precision_context(model, precision):
-            clean_cache, corrupt_cache, source = _baselines(model, prompts, rows, ablation, n, batch_size, stats)
+            clean_cache, corrupt_cache, source = baselines(
+                model, prompts, rows, ablation, n, batch_size, stats,
+                blocks=blocks if any(length for length, _ in blocks) else None, prefixes=prefixes)
         group, last = rows.group, rows.last
         clean_logits = clean_cache.logits[: n * group]
         needs_ref = any(m.needs_reference for m in metric_objs)
         ref = clean_logits[::group, last].log_softmax(-1) if needs_ref else None
-        shared = (shared_prefix_lengths(rows.pos_tok, rows.neg, rows.pos_mask, rows.neg_mask)
-                  if ablation == "corrupt" else None)
         ev = cls(model=model, prompts=prompts, ablation=ablation, metrics=names, source=source, n=n,
                  max_rows=max_rows, positions=rows.positions, last=last, group=group, tokens=rows.pos_tok,
                  mask=rows.pos_mask, reference_logprobs=ref, stats=stats, progress=progress, shared=shared,
-                 precision=precision)
+                 precision=precision, _prefixes=prefixes)
         index = torch.arange(n)
         ev.clean = ev._score(clean_logits, index)
         if ablation == "corrupt":
@@ -337,12 +304,10 @@ class CircuitEvaluator:
         n_unique = unique.shape[0]
         out = {name: torch.empty(n_unique, n) for name in self.metrics}
         g = self.group
-        # rows per pass: max_rows, and at most LOGITS_BUDGET logits (all-position metrics)
         vocab = int(self.model.bridge.cfg.d_vocab)
-        budget = max(g, min(self.max_rows, LOGITS_BUDGET // (len(self.positions) * vocab)))
-        sharing = self.prefix_sharing and self.shared is not None and self._prefixes.has_view()
-        lengths = example_lengths(self.shared if sharing else None, n, g, int(self.positions.min()))
-        blocks = prefix_blocks(lengths, max(1, min(n, budget // g)))
+        budget = _budget(self.max_rows, len(self.positions), vocab, g)
+        sharing = self.prefix_sharing and self._prefixes.has_view()
+        blocks = _blocks(self.model, self.shared if sharing else None, n, g, self.positions, self.max_rows)
         plan = [(length, ex, max(1, budget // (len(ex) * g))) for length, ex in blocks]  # + circuits per pass
         n_passes = sum(-(-n_unique // per_pass) for _, _, per_pass in plan)
         show = self.progress if self.progress is not None else None

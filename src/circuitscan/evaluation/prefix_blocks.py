@@ -9,9 +9,10 @@ positions: one block of each, the 11s run 4 positions per circuit instead of 5),
 held by fewer than :data:`MIN_BLOCK` prompts joining the next shorter one (a small block
 costs a pass more than it saves in positions).
 
-:class:`PrefixCache` computes each length's prefix once, on every prompt that needs it,
-and hands out its rows to any smaller block of the same length (the random circuits' first
-prompts reuse the method circuits' prefix).
+:class:`PrefixCache` computes each block's prefix once and keeps, per length, every row
+computed so far; a later block of the same length whose rows are all among them takes them
+from there (the random circuits' first prompts reuse the method circuits' prefix, and the
+circuit passes the baseline passes', :mod:`.baselines`).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def prefix_blocks(lengths: list[int], chunk: int, min_block: int = MIN_BLOCK) ->
 
 @dataclass
 class PrefixCache:
-    """Per prefix length, the unhooked model's keys and values over the first positions of the rows
-    that asked for it (the largest such set of rows computed so far)."""
+    """Per prefix length, the unhooked model's keys and values over the first positions of every
+    row any block of that length asked for (rows ascending)."""
 
     model: ModelHandle
     cached: dict[int, tuple[Tensor, Prefix | None]] = field(default_factory=dict)
@@ -79,10 +80,33 @@ class PrefixCache:
             at = torch.searchsorted(have[0], rows).clamp_max(len(have[0]) - 1)
             if bool((have[0][at] == rows).all()):
                 return _rows_of(have[1], at), False
-        past = prefix_keys_values(self.model, tokens[:, :length], None if mask is None else mask[:, :length])
-        if have is None or len(rows) > len(have[0]):
-            self.cached[length] = (rows, past)
+        past = self.compute(length, rows, tokens, mask)
         return past, past is not None
+
+    def compute(self, length: int, rows: Tensor, tokens: Tensor, mask: Tensor | None) -> Prefix | None:
+        """Run the prefix of ``rows`` and :meth:`put` it; None without a Hugging Face view or for length 0."""
+        if length < 1:
+            return None
+        past = prefix_keys_values(self.model, tokens[:, :length], None if mask is None else mask[:, :length])
+        self.put(length, rows, past)
+        return past
+
+    def put(self, length: int, rows: Tensor, past: Prefix | None) -> None:
+        """Keep ``past`` (the prefix of ``rows``, ascending) with the rows already cached at this length."""
+        import torch
+
+        have = self.cached.get(length)
+        if have is None or have[1] is None or past is None:
+            self.cached[length] = (rows, past)
+            return
+        every = torch.cat([have[0], rows])
+        order = torch.argsort(every, stable=True)
+        first = torch.ones(len(order), dtype=torch.bool)
+        first[1:] = every[order][1:] != every[order][:-1]
+        keep = order[first]
+        kv = tuple((torch.cat([k0, k1])[keep], torch.cat([v0, v1])[keep])
+                   for (k0, v0), (k1, v1) in zip(have[1].keys_values, past.keys_values, strict=True))
+        self.cached[length] = (every[keep], Prefix(length, kv))
 
 
 def _rows_of(past: Prefix | None, at: Tensor) -> Prefix | None:

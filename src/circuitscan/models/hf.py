@@ -245,6 +245,30 @@ def prefix_keys_values(handle: ModelHandle, tokens: Tensor, attention_mask: Tens
     return Prefix(int(tokens.shape[1]), kv)
 
 
+def run_keeping_prefix(handle: ModelHandle, tokens: Tensor, fwd_hooks: Sequence[tuple[str, Any]], positions: Tensor,
+                       length: int, *, attention_mask: Tensor | None = None) -> tuple[Tensor, Prefix | None]:
+    """:func:`run_hooked` on the Hugging Face path (``hook_z`` hooks only), returning the logits at
+    ``positions`` and the keys and values of the first ``length`` positions (None for 0): the pass
+    that also yields a :func:`prefix_keys_values` of its rows without a pass of its own."""
+    view = hf_view(handle)
+    if view is None or not supports(view, fwd_hooks) or any(not _HOOK_Z.match(n) for n, _ in fwd_hooks):
+        raise ValueError("run_keeping_prefix needs the Hugging Face path and hook_z hooks only")
+    kwargs: dict[str, Any] = {} if attention_mask is None else {"attention_mask": attention_mask,
+                                                                **_positions(attention_mask, 0)}
+    handles = [view.out_proj[int(_HOOK_Z.match(name).group(1))].register_forward_pre_hook(_pre(fn))
+               for name, fn in fwd_hooks]
+    try:
+        out = view.model.base_model(input_ids=tokens.to(view.lm_head.weight.device), use_cache=length > 0, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    logits = view.lm_head(out.last_hidden_state[:, positions.to(out.last_hidden_state.device)])
+    if length < 1:
+        return logits, None
+    kv = tuple((layer.keys[:, :, :length], layer.values[:, :, :length]) for layer in out.past_key_values.layers)
+    return logits, Prefix(length, kv)
+
+
 def _pre(fn: Any) -> Any:
     def hook(module: Any, args: tuple) -> Any:  # noqa: ARG001
         new = fn(args[0], None)
