@@ -351,3 +351,14 @@ def test_toy_models_run_without_a_shared_prefix(planted, planted_prompts):
     ev = CircuitEvaluator.build(planted, planted_prompts, ablation="corrupt")
     assert hf_view(planted) is None and ev.shared is not None
     assert not ev._prefixes.has_view() and ev._prefix(1, ev.tokens, ev.mask, torch.arange(ev.tokens.shape[0])) is None
+
+
+def test_build_counts_its_seconds_once(planted, planted_prompts):
+    """build's seconds are its wall time; the empty circuit's evaluate() inside it is not added twice."""
+    import time
+
+    from circuitscan.evaluation.intervention import CircuitEvaluator
+
+    t = time.perf_counter()
+    ev = CircuitEvaluator.build(planted, planted_prompts, ablation="corrupt")
+    assert 0 < ev.stats.seconds <= time.perf_counter() - t
