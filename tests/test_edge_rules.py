@@ -36,6 +36,30 @@ def test_joint_distance_matches_the_slow_definition_for_every_label_column():
     assert not torch.allclose(got[0], got[1])
 
 
+def test_exact_counts_stay_exact_past_bfloat16s_integers():
+    from circuitscan.codes.edge import exact_counts
+
+    # 700 rows: 600 share one code pair (past 256, where a single bf16 product would round), 100 another
+    other = torch.zeros(700, 3, dtype=torch.long)
+    other[600:, 1] = 5
+    block = torch.tensor([[0, 0, 0], [0, 5, 0]])[:, None, :]
+    got = exact_counts(block, other)
+    assert got[0, 0, 2] == 700 and got[0, 0, 1] == 600 and got[1, 1, 1] == 100 and got[1, 1, 0] == 100
+    assert torch.equal(got, got.transpose(1, 2))
+    # many distinct cells, against a direct count
+    g = torch.Generator().manual_seed(1)
+    other = torch.randint(0, 3, (613, 4), generator=g)
+    block = other[:5, None, :]
+    want = ((block[:, :, :, None] == other[None, :, :, None]) & (block[:, :, None, :] == other[None, :, None, :])).sum(1)
+    assert torch.equal(exact_counts(block, other), want.float())
+
+
+def test_joint_distance_on_more_examples_than_bfloat16_counts():
+    c = _codes(n_pairs=300, heads=2)  # 600 examples, 4 codes: cells of ~40-150
+    mask = torch.ones(600, dtype=torch.bool)
+    assert torch.allclose(joint_distance(c.codes, mask, c.labels[:, None])[0], joint_distance_reference(c), atol=1e-5)
+
+
 def test_tie_fraction_and_top_pairs_tiebreak():
     from circuitscan.codes.edge import top_pairs
 
@@ -49,6 +73,8 @@ def test_tie_fraction_and_top_pairs_tiebreak():
     assert tie_fraction(torch.tensor([1.0, 2.0, 3.0])) == 0.0
     assert tie_fraction(torch.tensor([1.0, 1.0, 3.0, 3.0])) == 1.0
     assert tie_fraction(torch.tensor([0.0, 0.0, 0.5, 2.0])) == 0.5
+    assert tie_fraction(torch.tensor([0.1 + 0.2, 0.3, 1.0])) == 2 / 3  # float rounding is no tiebreak
+    assert tie_fraction(torch.tensor([0.3, 0.3001, 1.0])) == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +114,16 @@ def test_tv_rule_ranks_the_planted_heads_and_pairs_on_top(planted_run, single_th
     pairs = {tuple(sorted((names[a], names[b]))) for a, b in s.stats["top_pairs"].tolist()}
     assert pairs == {(a, b) for a in truth for b in truth if a < b}
     assert float(s.flat.sum()) == pytest.approx(1.0)
-    assert torch.equal(s.pairs, paper.edge.pairs)  # Scores.pairs stays U
+    # the pair matrix is what ranked the pairs: the joint-code distance (mean over the ensemble), named so
+    want = torch.stack([joint_distance(c.codes, m, c.labels[:, None])[0] for c, m in zip(d.member_codes, d.count_masks)])
+    assert torch.allclose(s.pairs, want.mean(0), atol=1e-6) and not torch.equal(s.pairs, paper.edge.pairs)
+    assert s.stats["pair_matrix"].startswith("D[h1,h2]") and paper.edge.stats["pair_matrix"].startswith("U[h1,h2]")
+    from circuitscan.run import scores_to_json
+
+    entry = scores_to_json(s)
+    assert entry["pairs"]["meaning"] == s.stats["pair_matrix"] and "pair_matrix" not in entry
+    a, b = s.stats["top_pairs"][0].tolist()
+    assert entry["top_pairs"][0][2] == pytest.approx(float(s.pairs[a, b]))  # the distance beside each pair
 
 
 def test_top_k_tv_keeps_the_top_k_circuit_and_breaks_its_ties(planted_run, single_thread):
@@ -110,7 +145,8 @@ def test_top_k_tv_keeps_the_top_k_circuit_and_breaks_its_ties(planted_run, singl
     new = _edge_level(fake, [c], keep, ScoringConfig(edge_rule="top-k-tv"), node)
     assert tie_fraction(old.flat) >= 0.5 and tie_fraction(new.flat) < tie_fraction(old.flat) / 2
     tv = _edge_level(fake, [c], keep, ScoringConfig(edge_rule="tv"), node)
-    assert tie_fraction(tv.flat) < tie_fraction(old.flat) / 2 and tv.stats["pair_ties"] < old.stats["pair_ties"]
+    # exact sums of distances tie too (4 codes, 20 + 20 examples: 5.65 four times), but fewer
+    assert tie_fraction(tv.flat) < tie_fraction(old.flat) and tv.stats["pair_ties"] < old.stats["pair_ties"]
     assert new.stats["pair_ties"] < old.stats["pair_ties"]
     assert torch.equal(new.stats["top_pairs"], old.stats["top_pairs"])
     o, n = old.flat, new.flat

@@ -19,6 +19,7 @@ from .rundir import (
     CODES,
     CONFIG,
     METRICS,
+    PAIR_COUNTS_MEANING,
     SAE,
     SCORES,
     RunWriter,
@@ -155,6 +156,8 @@ def scores_to_json(s: Scores) -> dict[str, Any]:
         "backward_passes": s.backward_passes,
     }
     for key, value in s.stats.items():
+        if key == "pair_matrix":
+            continue  # written with the matrix
         if key == "top_pairs":
             pairs = value.tolist()
             U = s.pairs
@@ -166,7 +169,8 @@ def scores_to_json(s: Scores) -> dict[str, Any]:
         else:
             out[key] = value
     if s.pairs is not None:
-        out["pairs"] = {"matrix": s.pairs.tolist(), "meaning": "U[h1,h2]: distinct code pairs seen on positives only"}
+        meaning = s.stats.get("pair_matrix", PAIR_COUNTS_MEANING)
+        out["pairs"] = {"matrix": s.pairs.tolist(), "meaning": meaning}
     return out
 
 

@@ -30,6 +30,8 @@ CODES = "codes.safetensors"
 SAE = "sae.safetensors"
 ACTIVATIONS = "activations.safetensors"
 TIMINGS = "timings.json"
+# scores.json: a method's ``pairs.meaning`` when it does not say (runs written before it did)
+PAIR_COUNTS_MEANING = "U[h1,h2]: distinct code pairs seen on positives only"
 """Every wall-clock figure of the run's JSON files, so that those files are byte-identical
 for the same seed: ``{file name: the subtree of that file's timed keys}``."""
 TIMED_FILES = ("scores.json", "metrics.json")

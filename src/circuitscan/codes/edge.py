@@ -20,6 +20,7 @@ from jaxtyping import Bool, Float, Int
 
 from ..errors import CircuitscanError
 from ..types import Codes
+from .exact import count_gram
 
 
 def cooccurrence_unique(
@@ -126,29 +127,35 @@ def edge_scores(
     return u, U, pairs
 
 
+def exact_counts(block: Int[torch.Tensor, "b 1 heads"], other: Int[torch.Tensor, "m heads"]) -> Float[torch.Tensor, "b heads heads"]:
+    """For every example of ``block`` and head pair (h1, h2): how many rows of ``other``
+    share its codes at both heads (exact; :mod:`circuitscan.codes.exact`)."""
+    return count_gram((block == other[None]).to(torch.bfloat16))
+
+
 def joint_distance(
-    codes: Int[torch.Tensor, "n heads"], keep: Bool[torch.Tensor, " n"], L: Bool[torch.Tensor, "n B"], chunk: int = 16
+    codes: Int[torch.Tensor, "n heads"], keep: Bool[torch.Tensor, " n"], L: Bool[torch.Tensor, "n B"], chunk: int = 8
 ) -> Float[torch.Tensor, "B heads heads"]:
     """Total-variation distance between the joint codes (c_h1, c_h2) of every head pair on
     positives and on negatives, for every column of the positive-label matrix ``L``.
 
     The diagonal is the node-level distance. No [codes, codes] table is built: an example
-    in a cell (its code pair) of ``t`` examples, ``a`` of them positive, adds
-    ``|a / n_pos - (t - a) / n_neg| / t``, so each cell adds its ``|p - q|`` once.
+    in a cell (its code pair) of ``a`` positives and ``b`` negatives adds
+    ``|a / n_pos - b / n_neg| / (a + b)``, so each cell adds its ``|p - q|`` once; ``a``
+    and ``b`` come from :func:`exact_counts` against the positives and the negatives.
     """
-    c, Y = codes[keep], L[keep].float()
+    c, Y = codes[keep], L[keep]
     if Y.shape[0] == 0:
         raise CircuitscanError("edge scores need examples to count on")
-    n_pos, n_neg = Y.sum(0).clamp_min(1), (1.0 - Y).sum(0).clamp_min(1)
     heads = c.shape[1]
     out = torch.zeros(Y.shape[1], heads, heads)
-    for lo in range(0, c.shape[0], chunk):
-        eq = (c[lo : lo + chunk, None, :] == c[None, :, :]).float()  # [b, n, heads]
-        eqT = eq.transpose(1, 2)
-        total = torch.bmm(eqT, eq)  # examples in each example's cell (>= 1: itself)
-        for j in range(Y.shape[1]):
-            pos = torch.bmm(eqT, eq * Y[None, :, j, None])
-            out[j] += ((pos / n_pos[j] - (total - pos) / n_neg[j]).abs() / total).sum(0)
+    for j in range(Y.shape[1]):
+        pos, neg = c[Y[:, j]], c[~Y[:, j]]
+        n_pos, n_neg = max(1, pos.shape[0]), max(1, neg.shape[0])
+        for lo in range(0, c.shape[0], chunk):
+            block = c[lo : lo + chunk, None, :]
+            a, b = exact_counts(block, pos), exact_counts(block, neg)
+            out[j] += ((a / n_pos - b / n_neg).abs() / (a + b)).sum(0)
     return 0.5 * out
 
 

@@ -8,8 +8,8 @@ are not all paired, the labels are shuffled among them instead (keeping their nu
 
 Recounting is vectorised: with ``X`` the one-hot [distinct (head, code), counted
 examples] matrix and ``L`` the [examples, permutations] positive-label matrix, the
-number of positives showing each (head, code) in every permutation is ``X @ L`` and of
-negatives ``X @ (1 - L)``; a head's count is the number of its rows with positives and
+number of positives showing each (head, code) in every permutation is ``X @ L`` (exact
+in bfloat16, :mod:`circuitscan.codes.exact`) and of negatives the rest of its examples; a head's count is the number of its rows with positives and
 no negatives; its total-variation distance (``statistic="tv"``) is half the sum over its
 rows of ``|pos / n_pos - neg / n_neg|``. An ensemble's statistic (mean or median over members) is recomputed in
 every permutation from the same label swaps.
@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..errors import CircuitscanError
 from ..types import Codes
+from .exact import count_matmul
 
 
 @dataclass(frozen=True)
@@ -82,15 +83,16 @@ def _counts(
     n_c, V = c.shape
     ids = (torch.arange(V)[None, :] * n_codes + c).reshape(-1)
     uniq, inv = torch.unique(ids, return_inverse=True)
-    X = torch.zeros(uniq.numel(), n_c)
+    X = torch.zeros(uniq.numel(), n_c, dtype=torch.bfloat16)
     X[inv, torch.arange(n_c).repeat_interleave(V)] = 1.0
+    shown = X.float().sum(1, keepdim=True)  # examples showing each (head, code)
     owner = groups[uniq // n_codes]
     Lk = L[keep].float()
     out = torch.zeros(L.shape[1], n_groups)
     for lo in range(0, L.shape[1], chunk):
         block = Lk[:, lo : lo + chunk]
-        pos = X @ block
-        neg = X @ (1.0 - block)
+        pos = count_matmul(X, block)  # exact counts, in bfloat16 blocks
+        neg = shown - pos
         if statistic == "tv":
             n_pos = block.sum(0).clamp_min(1)
             n_neg = (1.0 - block).sum(0).clamp_min(1)

@@ -25,6 +25,7 @@ from ..codes.null import NullResult, benjamini_hochberg, combine, label_matrix, 
 from ..config import SAEConfig, ScoringConfig, default_sae, default_scoring
 from ..errors import CircuitscanError
 from ..models.handle import ModelHandle
+from ..rundir import PAIR_COUNTS_MEANING
 from ..sae import TrainResult, fit
 from ..types import Codes, HeadActivations, PromptSet, Scores
 from .base import MethodSpec
@@ -184,8 +185,13 @@ def _pair_distance(members, masks, sc: ScoringConfig, groups, n: int) -> torch.T
 
 def tie_fraction(x: torch.Tensor) -> float:
     """The fraction of values equal to some other value (0: all distinct; 1: no value alone);
-    for a 2-d ``x``, of rows (lexicographic keys) equal to another row."""
-    x = x.reshape(-1) if x.ndim < 2 else x
+    for a 2-d ``x``, of rows (lexicographic keys) equal to another row. Values within a
+    millionth of the largest one count as equal, so float rounding neither makes nor
+    breaks a tie (equal sums of distances added in a different order stay tied)."""
+    x = x.reshape(-1, 1) if x.ndim < 2 else x
+    x = x.double()
+    scale = x.abs().amax(0).clamp_min(1e-300)
+    x = torch.round(x / scale * 1e6)
     _, counts = torch.unique(x, dim=0, return_counts=True)
     return float(counts[counts > 1].sum()) / max(1, x.shape[0])
 
@@ -233,8 +239,13 @@ def _edge_level(acts, members, masks, sc: ScoringConfig, node: Scores) -> Scores
                                f"gives {acts.n_slots}: use aggregation 'mean', 'last' or 'mean+last'")
     H, shape = layout.n_total, (layout.n_layers, layout.n_heads)
     labels, groups = members[0].labels, _groups(acts)
-    U, J = _pair_counts(members, masks, labels, sc.combine, groups, H)
     stats: dict[str, Any] = {"level": "edge (head-level score from head pairs)"}
+    if sc.edge_rule == "tv":  # the paper's counts U play no part: not computed
+        U = J = None
+        stats["pair_matrix"] = "D[h1,h2]: TV distance of the pair's joint codes on positives vs negatives"
+    else:
+        U, J = _pair_counts(members, masks, labels, sc.combine, groups, H)
+        stats["pair_matrix"] = PAIR_COUNTS_MEANING
     iu = torch.triu_indices(H, H, offset=1)
     pair_stat = U  # what ranks the pairs
     if sc.edge_rule == "fdr":
@@ -280,7 +291,8 @@ def _edge_level(acts, members, masks, sc: ScoringConfig, node: Scores) -> Scores
     if sc.edge_rule == "tv":  # the circuit: the top m heads by score
         top = torch.argsort(score, descending=True, stable=True)[: stats["circuit_size"]]
         stats["significant"] = torch.zeros(H, dtype=torch.bool).index_fill_(0, top, True).reshape(shape)
-    return Scores(method="sae-codes-pairs", node=score.reshape(shape), layout=layout, pairs=U, stats=stats)
+    matrix = dist if sc.edge_rule == "tv" else U  # what ranked the pairs (and their values in top_pairs)
+    return Scores(method="sae-codes-pairs", node=score.reshape(shape), layout=layout, pairs=matrix, stats=stats)
 
 
 def head_normalised(acts: HeadActivations, how: str) -> HeadActivations:

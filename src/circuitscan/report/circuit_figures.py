@@ -57,7 +57,7 @@ def _pair_links(run: RunData, method: str, limit: int = 20) -> tuple[list[tuple[
                 continue
             links.append((a, b, u if math.isfinite(u) else 1.0))
         links.sort(key=lambda t: -t[2])
-        return links[:limit], False, f"top {min(limit, len(links))} head pairs by U"
+        return links[:limit], False, f"top {min(limit, len(links))} head pairs by {ms.pairs_symbol}"
     return [], False, ""
 
 
@@ -184,7 +184,7 @@ def gt_pair_matrix(gt: np.ndarray) -> np.ndarray:
 
 
 def pair_matrix(run: RunData, method: str) -> Figure:
-    """The method's head x head matrix U beside the ground-truth pair matrix."""
+    """The method's head x head matrix (U, or the joint-code distance D) beside the ground-truth pair matrix."""
     from matplotlib.colors import ListedColormap, PowerNorm
     from matplotlib.patches import Patch
 
@@ -201,8 +201,9 @@ def pair_matrix(run: RunData, method: str) -> Figure:
     finite = U[np.isfinite(U)]
     vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     im = axes[0].imshow(U, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=vmax), interpolation="nearest")
-    fig.colorbar(im, ax=axes[0], label="distinct code pairs seen only on positives (U)", shrink=0.8)
-    axes[0].set_title(f"{method}: U[h1, h2]", fontsize=9)
+    sym = ms.pairs_symbol
+    fig.colorbar(im, ax=axes[0], label=f"{ms.pairs_label} ({sym})", shrink=0.8)
+    axes[0].set_title(f"{method}: {sym}[h1, h2]", fontsize=9)
     if gt is not None:
         cmap = ListedColormap(["#ffffff", "#9ecae1", "#08519c"])
         axes[1].imshow(gt_pair_matrix(gt), cmap=cmap, vmin=-0.5, vmax=2.5, interpolation="nearest")

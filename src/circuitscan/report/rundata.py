@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CircuitscanError
-from ..rundir import ACTIVATIONS, CODES, SAE, SCORES
+from ..rundir import ACTIVATIONS, CODES, PAIR_COUNTS_MEANING, SAE, SCORES
 from ..runfiles import read_run
 from ..types import HeadId, HeadLayout
 
@@ -55,10 +55,22 @@ class MethodScores:
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # per-head arrays
     top_pairs: list[tuple[str, str, float]] = field(default_factory=list)
     pairs: np.ndarray | None = None  # [n_total, n_total]
+    pairs_meaning: str = PAIR_COUNTS_MEANING  # scores.json's pairs.meaning
     edges: dict[str, float] = field(default_factory=dict)
     wall_time_s: float = math.nan
     forward_passes: int | None = None
     backward_passes: int | None = None
+
+    @property
+    def pairs_symbol(self) -> str:
+        """The pair matrix's symbol (``U`` for the paper's counts, ``D`` for joint-code distances)."""
+        head = self.pairs_meaning.split("[", 1)[0].strip()
+        return head if 0 < len(head) <= 3 else "U"
+
+    @property
+    def pairs_label(self) -> str:
+        """What a pair-matrix cell holds, in words (the meaning after its symbol)."""
+        return self.pairs_meaning.split(":", 1)[-1].strip() or self.pairs_meaning
 
     def display_values(self) -> tuple[np.ndarray, str]:
         """What a picture of this method should shade heads by, and its label."""
@@ -259,12 +271,14 @@ def _method(name: str, entry: dict[str, Any], n: int, where: Path) -> MethodScor
                 f"{str(where)!r}: method {name!r} has a pair matrix of shape {pairs.shape}, expected ({n}, {n})"
             )
     edges = {str(k): to_float(v) for k, v in (entry.get("edges") or {}).items()}
+    meaning = (entry.get("pairs") or {}).get("meaning") if isinstance(entry.get("pairs"), dict) else None
 
     def _int(v: Any) -> int | None:
         return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
     return MethodScores(
         name=name, scores=scores, extras=extras, top_pairs=top_pairs, pairs=pairs, edges=edges,
+        **({"pairs_meaning": meaning} if isinstance(meaning, str) and meaning else {}),
         wall_time_s=to_float(entry.get("wall_time_s")),
         forward_passes=_int(entry.get("forward_passes")), backward_passes=_int(entry.get("backward_passes")),
     )
