@@ -115,7 +115,7 @@ def test_tv_rule_ranks_the_planted_heads_and_pairs_on_top(planted_run, single_th
     assert pairs == {(a, b) for a in truth for b in truth if a < b}
     assert float(s.flat.sum()) == pytest.approx(1.0)
     # the pair matrix is what ranked the pairs: the joint-code distance (mean over the ensemble), named so
-    want = torch.stack([joint_distance(c.codes, m, c.labels[:, None])[0] for c, m in zip(d.member_codes, d.count_masks)])
+    want = torch.stack([joint_distance(c.codes, m, c.labels[:, None])[0] for c, m in zip(d.member_codes, d.count_masks, strict=True)])
     assert torch.allclose(s.pairs, want.mean(0), atol=1e-6) and not torch.equal(s.pairs, paper.edge.pairs)
     assert s.stats["pair_matrix"].startswith("D[h1,h2]") and paper.edge.stats["pair_matrix"].startswith("U[h1,h2]")
     from circuitscan.run import scores_to_json
