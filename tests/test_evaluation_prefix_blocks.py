@@ -101,3 +101,17 @@ def test_baselines_through_the_shared_prefix_equal_whole_passes(tiny_llama):
     # (not bit for bit: the blocks batch different prompts together than one whole pass does)
     assert torch.allclose(ev.clean["logit_diff"], ev._score(clean.logits, index)["logit_diff"], atol=1e-5, rtol=1e-5)
     assert torch.allclose(ev.corrupted_input["logit_diff"], ev._score(corrupt.logits, index)["logit_diff"], atol=1e-5)
+
+
+def test_bf16_evaluation_runs_through_the_prefix_blocks(tiny_llama):
+    """--eval-precision bf16 on the Hugging Face path with shared prefixes (the clean logits
+    come back in bf16 and are kept in float32); close to the fp32 values."""
+    from circuitscan.evaluation import CircuitEvaluator
+
+    prompts = _prompts()
+    ev16 = CircuitEvaluator.build(tiny_llama, prompts, ablation="corrupt", metrics=["logit_diff"], max_rows=64,
+                                  precision="bf16")
+    ev32 = CircuitEvaluator.build(tiny_llama, prompts, ablation="corrupt", metrics=["logit_diff"], max_rows=64)
+    assert ev16.clean["logit_diff"].dtype == torch.float32
+    assert torch.allclose(ev16.clean["logit_diff"], ev32.clean["logit_diff"], atol=0.1)
+    assert not torch.equal(ev16.clean["logit_diff"], ev32.clean["logit_diff"])  # bf16 did run

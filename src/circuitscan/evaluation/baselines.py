@@ -113,7 +113,8 @@ def _prefixed(model: ModelHandle, rows: Any, n: int, blocks: list[tuple[int, lis
             tok, mask = rows.pos_tok[idx], None if rows.pos_mask is None else rows.pos_mask[idx]
             neg, neg_mask = rows.neg[idx], None if rows.neg_mask is None else rows.neg_mask[idx]
             state.update(rows=idx, positions=(0, length))
-            clean[idx], past = run_keeping_prefix(model, tok, hooks, positions, length, attention_mask=mask)
+            logits, past = run_keeping_prefix(model, tok, hooks, positions, length, attention_mask=mask)
+            clean[idx] = logits.float()  # bf16 under --eval-precision bf16
             prefixes.put(length, idx, past)
             state["positions"] = (length, seq)
             corrupt[idx] = logits_at(model, neg, positions, hooks=hooks, attention_mask=neg_mask, past=past).float()
