@@ -106,6 +106,20 @@ def test_silent_rows_get_their_own_code():
     assert c0.codes.tolist() == [[0, 0], [1, 0]] and c0.n_codes == 3
 
 
+def test_discretise_gives_the_same_codes_whatever_the_block():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(16, 40)
+    with torch.no_grad():
+        sae.W_E.copy_(torch.randn(16, 40))
+        sae.b_E.fill_(-12.0)  # some rows silent
+    x = torch.randn(37, 5, 16)
+    labels = torch.arange(37) < 18
+    whole = discretise(sae, x, labels, HeadLayout(1, 5), chunk=37).codes
+    assert len(torch.unique(whole)) > 5 and bool((whole == 40).any())  # codes vary, some rows silent
+    for chunk in (None, 1, 4, 36):
+        assert torch.equal(discretise(sae, x, labels, HeadLayout(1, 5), chunk=chunk).codes, whole)
+
+
 def test_node_scores_returns_raw_and_softmax():
     layout = HeadLayout(1, 2)
     c = _codes([[1, 1], [2, 1], [1, 1], [1, 1]], [True, True, False, False], layout)
