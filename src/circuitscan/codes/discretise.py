@@ -9,7 +9,6 @@ from ..errors import CircuitscanError
 from ..sae.model import SparseAutoencoder
 from ..types import Codes, HeadLayout
 
-
 ROWS_PER_BLOCK = 4096
 
 
