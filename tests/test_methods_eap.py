@@ -248,3 +248,8 @@ def test_metrics_that_read_suffix_tokens_are_handled_like_the_evaluator(toy, toy
             p.requires_grad_(True)
     assert torch.allclose(scores.stats["signed"].flatten(), -grad, rtol=1e-4, atol=1e-7)
     assert grad.abs().max() > 0
+    # batch_size bounds the rows of a pass: whole prompts of 10 rows, at least one
+    assert (obj.examples_per_batch, obj.batch_rows) == (1, 10)
+    assert build_objective(toy, prompts, BaselineConfig(batch_size=25)).batch_rows == 20
+    big = eap_scores(toy, prompts, EAPConfig(edges=False, batch_size=10 * n))  # every prompt in one pass
+    assert torch.allclose(big.stats["signed"], scores.stats["signed"], rtol=1e-4, atol=1e-7)

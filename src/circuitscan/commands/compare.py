@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "its mean over the prompts, or zero")
     p.add_argument("--baseline-examples", type=positive_int, default=None,
                    help="positive prompts (with their corrupted partners) the baselines use (default: all)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="prompts per forward pass (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="prompts per forward pass; for two-digit years (each prompt run once per digit: 10 rows) whole prompts in about this many rows (default 32)")
     p.add_argument("--max-seconds", type=finite_float, default=None,
                    help="time limit of each slow method (acdc, acdc-edge, sp); a stopped run says so and "
                    "extrapolates its full time")

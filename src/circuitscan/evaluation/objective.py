@@ -50,7 +50,10 @@ class ObjectiveConfig:
             the task's prompts) or ``zero``.
         n_examples: use the first n positive prompts (and their corrupted partners);
             None = all.
-        batch_size: prompts per forward pass.
+        batch_size: token rows per forward pass: prompts, or, for a metric that runs each
+            prompt several times (two-digit years: once per digit, 10 rows), as many whole
+            prompts as fit in ``batch_size`` rows (at least one). EAP-IG on SmolLM2
+            greater-than with 32 prompts of 10 rows per pass peaked at 22.7 GB.
     """
 
     metric: str | None = None
@@ -198,7 +201,7 @@ def build_objective(
     run_seq = tok.shape[1]
     positions = torch.arange(run_seq) if metric.positions == "all" else torch.arange(seq - 1, run_seq)
     last = seq - 1 - int(positions[0])
-    batch_rows = max(1, cfg.batch_size) * group
+    batch_rows = max(1, cfg.batch_size // group) * group  # whole prompts, about batch_size rows
 
     reference, clean_input, clean_z = _clean_pass(model, tok, mask, positions, last, group, batch_rows, counter,
                                                   need_reference=metric.needs_reference, need_z=keep_clean_z)
