@@ -2,9 +2,10 @@
 
 A product of 0/1 matrices counts co-occurrences. In bfloat16 it is several times faster
 than in float32 on CPUs with bf16 units (AVX512-BF16, AMX), and still exact: every
-product is 0 or 1, the accumulation is in float32, and every integer up to 256 is a
-bfloat16. So the contracted dimension goes in blocks of at most 256 and the blocks'
-counts are added in float32 (exact up to 2^24).
+product is 0 or 1, so every partial sum is an integer no larger than the contracted
+length, and every integer up to 256 is a bfloat16 (whether the kernel accumulates in
+float32 or in bfloat16). So the contracted dimension goes in blocks of at most 256 and
+the blocks' counts are added in float32 (exact up to 2^24).
 """
 
 from __future__ import annotations
