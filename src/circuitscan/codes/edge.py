@@ -68,13 +68,17 @@ def cooccurrence_both(
     return U, J
 
 
+def _rows_by_label(codes: Codes, mask: Bool[torch.Tensor, " n"] | None) -> tuple[list[list[int]], list[list[int]]]:
+    """The counted positive and negative code rows as Python lists (for the slow references)."""
+    keep = torch.ones_like(codes.labels) if mask is None else mask
+    return codes.codes[keep & codes.labels].tolist(), codes.codes[keep & ~codes.labels].tolist()
+
+
 def cooccurrence_unique_reference(
     codes: Codes, *, mask: Bool[torch.Tensor, " n"] | None = None
 ) -> Float[torch.Tensor, "heads heads"]:
     """The obvious, slow definition of U with Python sets (for tests)."""
-    keep = torch.ones_like(codes.labels) if mask is None else mask
-    pos = codes.codes[keep & codes.labels].tolist()
-    neg = codes.codes[keep & ~codes.labels].tolist()
+    pos, neg = _rows_by_label(codes, mask)
     heads = codes.codes.shape[1]
     U = torch.zeros(heads, heads)
     for h1 in range(heads):
@@ -163,9 +167,7 @@ def joint_distance_reference(codes: Codes, *, mask: Bool[torch.Tensor, " n"] | N
     """The obvious, slow definition of :func:`joint_distance` with dictionaries (for tests)."""
     from collections import Counter
 
-    keep = torch.ones_like(codes.labels) if mask is None else mask
-    pos = codes.codes[keep & codes.labels].tolist()
-    neg = codes.codes[keep & ~codes.labels].tolist()
+    pos, neg = _rows_by_label(codes, mask)
     heads = codes.codes.shape[1]
     out = torch.zeros(heads, heads)
     for h1 in range(heads):
