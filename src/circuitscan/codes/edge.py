@@ -54,16 +54,14 @@ def cooccurrence_both(
         hi = min(n_pos, lo + chunk)
         block = pos[lo:hi]  # [b, heads]
         # equality with every negative: [b, n_neg, heads] -> batched [b, heads, n_neg] @ [b, n_neg, heads]
-        eq_neg = (block[:, None, :] == neg[None, :, :]).to(dtype)
-        seen_neg = torch.bmm(eq_neg.transpose(1, 2), eq_neg)
+        eq_neg = block[:, None, :] == neg[None, :, :]
+        seen_neg = count_gram(eq_neg)  # exact counts (codes/exact.py)
         # equality with earlier positives (strictly before p)
-        eq_pos = (block[:, None, :] == pos[None, :hi, :]).to(dtype)  # [b, hi, heads]
         earlier = torch.arange(hi)[None, :] < torch.arange(lo, hi)[:, None]  # [b, hi]
-        eq_pos = eq_pos * earlier[:, :, None].to(dtype)
-        seen_before = torch.bmm(eq_pos.transpose(1, 2), eq_pos)
+        seen_before = count_gram((block[:, None, :] == pos[None, :hi, :]) & earlier[:, :, None])
         hit = (seen_neg == 0) & (seen_before == 0)
         U += hit.to(dtype).sum(0)
-        marginal = eq_neg.sum(1) > 0  # [b, heads]: the code at this head also occurs on a negative
+        marginal = eq_neg.any(1)  # [b, heads]: the code at this head also occurs on a negative
         J += (hit & marginal[:, :, None] & marginal[:, None, :]).to(dtype).sum(0)
     return U, J
 
@@ -134,7 +132,7 @@ def edge_scores(
 def exact_counts(block: Int[torch.Tensor, "b 1 heads"], other: Int[torch.Tensor, "m heads"]) -> Float[torch.Tensor, "b heads heads"]:
     """For every example of ``block`` and head pair (h1, h2): how many rows of ``other``
     share its codes at both heads (exact; :mod:`circuitscan.codes.exact`)."""
-    return count_gram((block == other[None]).to(torch.bfloat16))
+    return count_gram(block == other[None])
 
 
 def joint_distance(

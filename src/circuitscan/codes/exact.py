@@ -27,7 +27,7 @@ def count_matmul(a: Float[Tensor, "m k"], b: Float[Tensor, "k p"]) -> Float[Tens
 
 
 def count_gram(eq: Float[Tensor, "b k h"]) -> Float[Tensor, "b h h"]:
-    """``eq^T eq`` per batch for a 0/1 ``eq``, exactly, in float32."""
+    """``eq^T eq`` per batch for a 0/1 (or boolean) ``eq``, exactly, in float32."""
     out = torch.zeros(eq.shape[0], eq.shape[2], eq.shape[2])
     for lo in range(0, eq.shape[1], BLOCK):
         part = eq[:, lo : lo + BLOCK].to(torch.bfloat16)
