@@ -126,3 +126,38 @@ def test_node_scores_returns_raw_and_softmax():
     u, s = node_scores(c)
     assert u.tolist() == [1.0, 0.0]
     assert s[0] > s[1]
+
+
+def _factored(n=41, heads=6, d_head=4, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, heads, d_head, generator=g)
+    w_o = torch.randn(heads, d_head, d, generator=g)
+    return z, w_o, torch.einsum("nhe,hed->nhd", z, w_o)
+
+
+@pytest.mark.parametrize("silent", ["own-code", "zero"])
+def test_discretise_folded_into_w_o_gives_the_codes_of_x(silent):
+    z, w_o, x = _factored()
+    sae = SparseAutoencoder(16, 30)
+    with torch.no_grad():
+        sae.W_E.copy_(torch.randn(16, 30, generator=torch.Generator().manual_seed(1)))
+        sae.b.copy_(torch.randn(16, generator=torch.Generator().manual_seed(2)))
+        sae.b_E.fill_(-6.0)  # some rows silent
+    labels = torch.arange(41) < 20
+    direct = discretise(sae, x, labels, HeadLayout(2, 3), silent=silent).codes
+    folded = discretise(sae, x, labels, HeadLayout(2, 3), silent=silent, z=z, w_o=w_o).codes
+    assert len(torch.unique(direct)) > 6
+    if silent == "own-code":
+        assert bool((direct == 30).any())
+    assert torch.equal(folded, direct)
+    # virtual heads (slots x heads, column slot * H + h) map back to head v % H
+    folded2 = discretise(sae, x.repeat(1, 2, 1), labels, HeadLayout(2, 3), silent=silent,
+                         z=z.repeat(1, 2, 1), w_o=w_o).codes
+    assert torch.equal(folded2, direct.repeat(1, 2))
+
+
+def test_discretise_refuses_factors_that_do_not_match_x():
+    z, w_o, x = _factored()
+    sae = SparseAutoencoder(16, 30)
+    with pytest.raises(CircuitscanError, match="do not factor"):
+        discretise(sae, x, torch.arange(41) < 20, HeadLayout(2, 3), z=z[:, :, :3], w_o=w_o)

@@ -45,6 +45,19 @@ def test_head_outputs_equal_brute_force(planted, planted_prompts, aggregation):
     assert torch.allclose(acts.x, expected, atol=1e-5)
     assert acts.n_slots == {"mean+last": 2, "all": full.shape[1]}.get(aggregation, 1)
     assert torch.equal(acts.labels, labels)
+    # the same outputs before W_O: x = z @ w_o, head by head
+    assert acts.z.shape == (*acts.x.shape[:-1], planted.bridge.cfg.d_head)
+    assert torch.allclose(torch.einsum("...he,hed->...hd", acts.z, acts.w_o), acts.x, atol=1e-6)
+
+
+@pytest.mark.parametrize("how", ["center", "standardise"])
+@pytest.mark.parametrize("aggregation", ["mean", "mean+last"])
+def test_head_normalised_keeps_x_the_product_of_z_and_w_o(planted, planted_prompts, how, aggregation):
+    from circuitscan.methods.sae_codes import head_normalised
+
+    acts = head_normalised(head_outputs(planted, planted_prompts, aggregation=aggregation), how)
+    assert torch.allclose(torch.einsum("...he,hed->...hd", acts.z, acts.w_o), acts.x, atol=1e-5)
+    assert float(acts.x.mean(0).abs().max()) < 1e-5  # centred
 
 
 def test_early_stop_leaves_no_hooks_behind(planted, planted_prompts):

@@ -58,9 +58,10 @@ def _aggregate(z: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Te
     return z[:, -1]
 
 
-def _make_hook(layer: int, layout, w_o: torch.Tensor, out: torch.Tensor, state: dict, aggregation: str):
+def _make_hook(layer: int, layout, w_o: torch.Tensor, out: torch.Tensor, z_out: torch.Tensor, state: dict,
+               aggregation: str):
     """The hook on layer ``layer``'s z: aggregate, map through ``w_o`` [H, d_head, d_model],
-    write rows ``state["lo"]:state["hi"]`` of ``out``."""
+    write rows ``state["lo"]:state["hi"]`` of ``out`` (and the aggregated z to ``z_out``)."""
     import torch
 
     n_heads = layout.n_heads
@@ -70,9 +71,10 @@ def _make_hook(layer: int, layout, w_o: torch.Tensor, out: torch.Tensor, state: 
         z = z_in
         if z.ndim == 3:  # concatenated heads (the Hugging Face path, some adapters)
             z = z.reshape(z.shape[0], z.shape[1], n_heads, -1)
-        agg = _aggregate(z, state.get("mask"), aggregation)
-        res = torch.einsum("...hd,hdm->...hm", agg.to(w_o.dtype), w_o)
+        agg = _aggregate(z, state.get("mask"), aggregation).to(w_o.dtype)
+        res = torch.einsum("...hd,hdm->...hm", agg, w_o)
         out[state["lo"]:state["hi"], ..., cols, :] = res.float()
+        z_out[state["lo"]:state["hi"], ..., cols, :] = agg.float()
         if layer == layout.n_layers - 1:
             raise _StopForward
         return z_in
@@ -122,7 +124,8 @@ def head_outputs(
     out = torch.empty((n, *slots, layout.n_total, d_model), dtype=torch.float32)
     state: dict[str, object] = {}
     w_o = model.bridge.W_O.detach()  # [L, H, d_head, d_model]
-    hooks = [(model.hook_z(layer), _make_hook(layer, layout, w_o[layer], out, state, aggregation))
+    z_out = torch.empty((n, *slots, layout.n_total, w_o.shape[-2]), dtype=torch.float32)
+    hooks = [(model.hook_z(layer), _make_hook(layer, layout, w_o[layer], out, z_out, state, aggregation))
              for layer in range(n_layers)]
     n_batches = (n + batch_size - 1) // batch_size
     show = progress if progress is not None else None
@@ -142,4 +145,5 @@ def head_outputs(
             f"model {model.spec!r} produced non-finite head outputs on {len(bad)} prompt(s) "
             f"(first: example {bad[0]}); check the model weights and the prompts"
         )
-    return HeadActivations(x=out, labels=labels, layout=layout, aggregation=aggregation)
+    return HeadActivations(x=out, labels=labels, layout=layout, aggregation=aggregation, z=z_out,
+                           w_o=w_o.reshape(-1, *w_o.shape[-2:]).float())

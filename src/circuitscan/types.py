@@ -169,12 +169,19 @@ class HeadActivations:
     ``x[e, i]`` is head ``layout.head(i)``'s output (z_h . W_O^h, no bias) on example e;
     with ``aggregation`` ``"mean+last"`` or ``"all"`` a slot axis is kept: ``x[e, s, i]``
     (s = 0 the mean and 1 the last position; or s = the position).
+
+    ``z`` and ``w_o``, where the producer has them (:func:`circuitscan.head_outputs`
+    does), are the same outputs before the output projection: ``x[..., i, :]`` is
+    ``z[..., i, :] @ w_o[i]``. A linear map of x (the SAE's encoder) can then run in
+    d_head instead of d_model (:func:`circuitscan.codes.discretise.discretise`).
     """
 
     x: Float[Tensor, "n_examples n_heads_total d_model"] | Float[Tensor, "n_examples seq n_heads_total d_model"]
     labels: Bool[Tensor, " n_examples"]
     layout: HeadLayout
     aggregation: str = "mean"
+    z: Float[Tensor, "n_examples ... n_heads_total d_head"] | None = None
+    w_o: Float[Tensor, "n_heads_total d_head d_model"] | None = None
 
     @property
     def n_examples(self) -> int:

@@ -80,10 +80,11 @@ def rank_agreement(per_seed: torch.Tensor) -> float | None:
 
 
 def _codes_of(sae, acts: HeadActivations, silent: str) -> Codes:
-    x = acts.x
+    x, z = acts.x, acts.z
     if acts.n_slots > 1:  # [n, slots, heads, d] -> virtual heads (slot, head), column slot * H + h
         x = x.reshape(x.shape[0], -1, x.shape[-1])
-    return discretise(sae, x, acts.labels, acts.layout, silent=silent)
+        z = None if z is None else z.reshape(z.shape[0], -1, z.shape[-1])
+    return discretise(sae, x, acts.labels, acts.layout, silent=silent, z=z, w_o=acts.w_o)
 
 
 def _groups(acts: HeadActivations) -> torch.Tensor:
@@ -192,7 +193,9 @@ def tie_fraction(x: torch.Tensor) -> float:
     x = x.double()
     scale = x.abs().amax(0).clamp_min(1e-300)
     x = torch.round(x / scale * 1e6)
-    _, counts = torch.unique(x, dim=0, return_counts=True)
+    # one column: the flat unique (a sort), far cheaper than unique over rows
+    _, counts = torch.unique(x[:, 0], return_counts=True) if x.shape[1] == 1 else torch.unique(
+        x, dim=0, return_counts=True)
     return float(counts[counts > 1].sum()) / max(1, x.shape[0])
 
 
@@ -299,14 +302,18 @@ def head_normalised(acts: HeadActivations, how: str) -> HeadActivations:
     """Per-head centring (and scaling) of the activations (``SAEConfig.head_norm``)."""
     if how == "none":
         return acts
-    x = acts.x.float()
+    x, z = acts.x.float(), acts.z
     # over examples (and positions, for "all"); "mean+last" centres each slot on its own mean
     dims = (0,) if acts.aggregation == "mean+last" else tuple(range(x.ndim - 2))
     x = x - x.mean(dims, keepdim=True)
+    if z is not None:  # the same centring before W_O (a linear map): x stays z @ w_o
+        z = z.float() - z.float().mean(dims, keepdim=True)
     if how == "standardise":
-        rms = x.square().sum(-1, keepdim=True).mean(dims, keepdim=True).sqrt()
-        x = x / rms.clamp_min(1e-12)
-    return HeadActivations(x=x, labels=acts.labels, layout=acts.layout, aggregation=acts.aggregation)
+        rms = x.square().sum(-1, keepdim=True).mean(dims, keepdim=True).sqrt().clamp_min(1e-12)
+        x = x / rms
+        z = None if z is None else z / rms
+    return HeadActivations(x=x, labels=acts.labels, layout=acts.layout, aggregation=acts.aggregation, z=z,
+                           w_o=acts.w_o)
 
 
 def discover_from_activations(

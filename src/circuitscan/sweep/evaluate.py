@@ -62,7 +62,8 @@ def subset(acts, examples: int | None, easy: int):
         n_pos + torch.arange(min(examples, n_paired)),
         n_pos + torch.arange(n_paired, n_neg),
     ])
-    return HeadActivations(x=acts.x[idx], labels=labels[idx], layout=acts.layout, aggregation=acts.aggregation)
+    return HeadActivations(x=acts.x[idx], labels=labels[idx], layout=acts.layout, aggregation=acts.aggregation,
+                           z=None if acts.z is None else acts.z[idx], w_o=acts.w_o)
 
 
 def _threshold_curve(scores, truth, thetas) -> dict[str, list[float]]:
@@ -165,7 +166,8 @@ def _score_row(row: RowTask, unit: UnitTask, data, train, truth, codes_by_silent
 
     sc = ScoringConfig(**row.scoring)
     if sc.silent not in codes_by_silent:
-        codes_by_silent[sc.silent] = discretise(train.sae, data.x, data.labels, data.layout, silent=sc.silent)
+        codes_by_silent[sc.silent] = discretise(train.sae, data.x, data.labels, data.layout, silent=sc.silent,
+                                                z=data.z, w_o=data.w_o)
     codes = codes_by_silent[sc.silent]
     mask = torch.ones(data.n_examples, dtype=torch.bool)
     if sc.count_on == "held-out":
