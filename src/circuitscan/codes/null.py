@@ -88,19 +88,17 @@ def _counts(
     shown = X.float().sum(1, keepdim=True)  # examples showing each (head, code)
     owner = groups[uniq // n_codes]
     Lk = L[keep].float()
-    out = torch.zeros(L.shape[1], n_groups)
+    out = torch.zeros(n_groups, L.shape[1])  # transposed: ids add along dim 0, no copy of [ids, b]
     for lo in range(0, L.shape[1], chunk):
         block = Lk[:, lo : lo + chunk]
         pos = count_matmul(X, block)  # exact counts, in bfloat16 blocks
         neg = shown - pos
-        if statistic == "tv":
-            n_pos = block.sum(0).clamp_min(1)
-            n_neg = (1.0 - block).sum(0).clamp_min(1)
-            only = 0.5 * (pos / n_pos - neg / n_neg).abs()
+        if statistic == "tv":  # |p - q| in place; the 1/2 after the sum (exact: a power of two)
+            only = pos.div_(block.sum(0).clamp_min(1)).sub_(neg.div_((1.0 - block).sum(0).clamp_min(1))).abs_()
         else:
             only = ((pos > 0) & (neg == 0)).float()  # [ids, b]
-        out[lo : lo + chunk].index_add_(1, owner, only.T.contiguous())
-    return out
+        out[:, lo : lo + chunk].index_add_(0, owner, only)
+    return (0.5 * out if statistic == "tv" else out).T
 
 
 def combine(stats: Float[Tensor, "S ..."], how: str) -> Tensor:
