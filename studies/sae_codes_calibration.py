@@ -122,6 +122,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     # cheaper ensembles (issue 14: sae-codes <= EAP at 12 + 12 prompts): half the rows or half the steps
     "sc-preset-b128-e200-cos-ens5": {"_compat": {}, "sae": {**_B256, "batch_rows": 128, "n_seeds": 5}},
     "sc-preset-b256-e100-cos-ens5": {"_compat": {}, "sae": {**_B256, "epochs": 100, "n_seeds": 5}},
+    # issue 14: the preset's SAE matmuls in bfloat16 (float32 accumulation, float32 Adam state)
+    "sc-preset-bf16": {"_compat": {}, "sae": {"precision": "bf16"}},
     "sc-preset-b256-e200-cos-ens5-me10": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"min_effect": 0.1}},
     "sc-preset-b256-e200-cos-ens5-fdr01": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"fdr": 0.01}},
     # issue 13 item 4: the edge level's rule, on the preset with the ensemble default (5 SAEs, 256-row steps)

@@ -92,3 +92,24 @@ def test_bad_ensemble_and_target_settings_are_clear_errors():
     for how in ("online", "bisect"):
         with pytest.raises(CircuitscanError, match="cannot be reached"):  # 4-d rows never need 11 of 12 atoms
             fit(x, labels, build_sae_cfg(n_features=12, epochs=60, train_examples=4, target_l0=11.5, calibrate=how))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_it(monkeypatch, fast, single_thread):
+    from circuitscan.sae import train as train_mod
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: fast)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert train_mod.resolve_precision("auto") == ("bf16" if fast else "fp32")
+    assert train_mod.resolve_precision("fp32") == "fp32" and train_mod.resolve_precision("bf16") == "bf16"
+    x, labels = _acts()
+    auto = fit(x, labels, build_sae_cfg(n_features=10, epochs=20, n_seeds=2, precision="auto"))
+    explicit = fit(x, labels, build_sae_cfg(n_features=10, epochs=20, n_seeds=2, precision="bf16" if fast else "fp32"))
+    assert auto.precision == explicit.precision == ("bf16" if fast else "fp32")
+    assert all(m.precision == auto.precision for m in auto.members)
+    assert all(_same(a.sae, b.sae) for a, b in zip(auto.members, explicit.members, strict=True))
+
+
+def test_an_unknown_precision_is_a_clear_error():
+    with pytest.raises(CircuitscanError, match="precision must be one of fp32, bf16, auto"):
+        build_sae_cfg(precision="fp16")

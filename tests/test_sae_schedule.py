@@ -193,3 +193,18 @@ def test_cli_epochs_and_schedule_follow_the_preset_unless_given(argv, want):
     args = build_parser().parse_args(["discover", "--model", "toy-planted", "--task", "planted", "--out", "x", *argv])
     sae, _ = configs_from_args(args)
     assert (sae.epochs, sae.lr_schedule, sae.batch_rows, sae.n_seeds) == want
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    ([], "auto"),  # the preset: bf16 where the hardware has it
+    (["--compat", "paper"], "fp32"),
+    (["--compat", "authors"], "fp32"),
+    (["--precision", "fp32"], "fp32"),  # a given --precision wins over the preset's
+    (["--compat", "paper", "--precision", "bf16"], "bf16"),
+])
+def test_cli_precision_follows_the_preset_unless_given(argv, want):
+    from circuitscan.cli import build_parser
+    from circuitscan.commands.discover import configs_from_args
+
+    args = build_parser().parse_args(["discover", "--model", "toy-planted", "--task", "planted", "--out", "x", *argv])
+    assert configs_from_args(args)[0].precision == want

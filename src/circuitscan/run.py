@@ -225,7 +225,7 @@ def sae_summary(d: Discovery) -> dict[str, Any]:
         "final_mse": t.final_mse, "final_l0": t.final_l0, "losses": t.losses,
         "train_indices": t.train_indices.tolist(), "seconds": t.seconds,
         "l1": t.l1, "dead_features": t.dead_features, "input_scale": t.input_scale, "epochs_run": t.epochs_run,
-        "n_seeds": len(members),
+        "precision": t.precision, "n_seeds": len(members),
         "mean_l0": sum(m.final_l0 for m in members) / len(members),
         "mean_dead_features": sum(m.dead_features for m in members) / len(members),
         "mean_distinct_codes_per_head": None if codes is None else float(codes.float().mean()),

@@ -14,6 +14,7 @@ from ..config import (
     EDGE_RULES,
     FDR_RULES,
     LR_SCHEDULES,
+    SAE_PRECISIONS,
     SAEConfig,
     ScoringConfig,
     apply_compat,
@@ -66,8 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="SAE training steps, full batch unless --batch-rows (default: the --compat preset's; "
                    "circuitscan 100, paper and authors 500)")
     g.add_argument("--train-examples", type=positive_int, default=10, help="SAE training examples (default 10)")
-    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="SAE training matmuls; bf16 is ~2x faster on CPUs with bf16 units (default fp32)")
+    g.add_argument("--precision", choices=SAE_PRECISIONS, default=None,
+                   help="SAE training matmuls; bf16 is ~2x faster on hardware with bf16 units, auto = bf16 there "
+                   "and fp32 elsewhere (default: the --compat preset's; circuitscan auto, paper and authors fp32)")
     s = p.add_argument_group("scoring")
     s.add_argument("--normalise", action="store_true", help="divide unique codes by all codes at the head")
     s.add_argument("--softmax", choices=("global", "layer"), default="global")
@@ -150,7 +152,7 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
 def configs_from_args(args: argparse.Namespace):
     """(SAEConfig, ScoringConfig) from the paper's flags, the --compat preset, then explicit flags."""
     sae = SAEConfig(n_features=args.features, l1=args.l1, lr=args.lr,
-                    train_examples=args.train_examples, precision=args.precision, seed=args.seed)
+                    train_examples=args.train_examples, seed=args.seed)
     scoring = ScoringConfig(silent=args.silent, count_on=args.count_on, normalise=args.normalise,
                             softmax=args.softmax, threshold=args.threshold, edge_k=args.edge_k)
     sae, scoring = apply_compat(args.compat, sae, scoring)
@@ -158,6 +160,8 @@ def configs_from_args(args: argparse.Namespace):
         scoring = replace(scoring, count_on=args.count_on if args.count_on != "held-out" else "all")
     if args.epochs is not None:  # after the preset, which sets its own
         sae = replace(sae, epochs=args.epochs)
+    if args.precision is not None:
+        sae = replace(sae, precision=args.precision)
     given_sae = {f: getattr(args, a) for a, f in BEYOND_PAPER_SAE.items() if getattr(args, a) is not None}
     if given_sae.get("batch_rows") == 0:
         given_sae["batch_rows"] = None  # --batch-rows 0: the paper's full batch

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .. import circuits
-from ..config import SAEConfig, ScoringConfig, authors_compat
+from ..config import SAE_PRECISIONS, SAEConfig, ScoringConfig, authors_compat
 from ..errors import CircuitscanError
 from ..models import load_model
 from ..report.sweep_figures import write_sweep_report
@@ -115,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--lr", type=finite_float, default=1e-3)
     s.add_argument("--epochs", type=positive_int, default=500)
     s.add_argument("--train-examples", type=positive_int, default=10)
-    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    s.add_argument("--precision", choices=SAE_PRECISIONS, default="fp32")
     s.add_argument("--contrastive", type=finite_float, default=0.0,
                    help="weight alpha of the contrastive loss of Appendix J (default 0: off)")
     s.add_argument("--contrastive-epsilon", type=finite_float, default=1.0, help="its hinge margin (default 1)")

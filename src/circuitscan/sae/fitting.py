@@ -14,7 +14,14 @@ from ..config import SAEConfig
 from ..errors import CircuitscanError
 from .calibrate import calibrate_l1
 from .ensemble import train_ensemble
-from .train import ExtraTerm, TrainResult, loss_and_grads, select_train_examples, train_sae
+from .train import (
+    ExtraTerm,
+    TrainResult,
+    loss_and_grads,
+    resolve_precision,
+    select_train_examples,
+    train_sae,
+)
 
 
 def fit(
@@ -49,6 +56,7 @@ def fit(
         A :class:`TrainResult`.
     """
     t0 = time.perf_counter()
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, x.device))
     if extra_for is not None:
         return _fit_single_with_extra(x, labels, cfg, paired=paired, log_every=log_every, extra_for=extra_for)
     gens = [torch.Generator().manual_seed(cfg.seed + s) for s in range(cfg.n_seeds)]
@@ -69,7 +77,8 @@ def fit(
     members = tuple(
         TrainResult(sae=ens.saes[s], train_indices=idx[s], losses=ens.losses[s], final_mse=ens.mse[s],
                     final_l0=ens.l0[s], seconds=seconds, l1=ens.l1[s], dead_features=ens.dead[s],
-                    input_scale=ens.scales[s], epochs_run=ens.epochs_run, seed=cfg.seed + s, calibration=tried)
+                    input_scale=ens.scales[s], epochs_run=ens.epochs_run, seed=cfg.seed + s, calibration=tried,
+                    precision=cfg.precision)
         for s in range(cfg.n_seeds)
     )
     return replace(members[0], members=members)
@@ -113,5 +122,6 @@ def _fit_single_with_extra(x, labels, cfg: SAEConfig, *, paired, log_every, extr
         dead_features=int((~active.any(0)).sum()),
         epochs_run=cfg.epochs,
         seed=cfg.seed,
+        precision=cfg.precision,
     )
     return replace(result, members=(result,))
