@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "circuitscan"
 #: lower layers never import higher ones; packages of one layer may import each other
 #: (without circles). "(root)" is ``circuitscan/__init__.py``.
 LAYERS: list[set[str]] = [
-    {"errors", "types", "progress", "config", "data", "_version", "integrity", "_timings"},
+    {"errors", "types", "progress", "config", "data", "_version", "integrity", "_timings", "precision"},
     {"rundir", "runfiles", "models", "tasks", "guards"},
     {"circuits", "activations", "sae", "codes"},
     {"evaluation"},

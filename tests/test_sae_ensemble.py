@@ -96,7 +96,7 @@ def test_bad_ensemble_and_target_settings_are_clear_errors():
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_it(monkeypatch, fast, single_thread):
-    from circuitscan.sae import train as train_mod
+    from circuitscan import precision as train_mod
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: fast)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .errors import CircuitscanError
+from .precision import PRECISIONS
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -41,7 +42,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 
-SAE_PRECISIONS = ("fp32", "bf16", "auto")
+SAE_PRECISIONS = PRECISIONS  # circuitscan.precision
 
 @dataclass(frozen=True)
 class SAEConfig:
@@ -64,7 +65,7 @@ class SAEConfig:
             (parameters, elementwise maths and Adam stay fp32; 2x faster on CPUs with bf16
             units, slightly different codes); ``"auto"``: bf16 where the hardware multiplies
             bf16 natively (AVX512-BF16 or AMX CPUs, CUDA GPUs with bf16), else fp32
-            (:func:`circuitscan.sae.train.resolve_precision`; the run records which).
+            (:func:`circuitscan.precision.resolve_precision`; the run records which).
         seed: all randomness (initialisation, example selection).
         input_scale: ``"none"`` (the paper) or ``"d_model"``: multiply the training rows by
             one constant so their mean squared norm is d_model (as SAELens does), folded

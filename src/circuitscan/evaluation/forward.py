@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
 from ..models.hf import hf_view, run_hooked, supports
+from ..precision import resolve_precision
 
 if TYPE_CHECKING:
     from jaxtyping import Float, Int
@@ -19,19 +20,15 @@ if TYPE_CHECKING:
 
 _UNEMBED_IN = "unembed.hook_in"
 
-PRECISIONS = ("fp32", "bf16")  # the SAE's names (SAEConfig.precision)
-
-
 def precision_context(model: ModelHandle, precision: str) -> Any:
-    """How passes run: ``fp32`` as loaded, or ``bf16``: bfloat16 matrix products (``torch.autocast``;
-    norms, softmax and the cached values stay float32). On CPUs with AVX-512 BF16 the products
-    run about 4x faster; values move by bfloat16 rounding (docs/METHODS.md "Speed (issue 14)")."""
+    """How passes run: ``fp32`` as loaded, ``bf16``: bfloat16 matrix products (``torch.autocast``;
+    norms, softmax and the cached values stay float32), or ``auto`` (:mod:`circuitscan.precision`).
+    On CPUs with AVX-512 BF16 the products run about 4x faster; values move by bfloat16 rounding
+    (docs/METHODS.md "Speed (issue 14)"). Nested, the inner context decides."""
     import torch
 
-    if precision not in PRECISIONS:
-        raise CircuitscanError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     device = next(model.bridge.parameters()).device.type
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
 
 
 class _StopForward(Exception):

@@ -12,13 +12,13 @@ from torch import Tensor
 
 from ..config import SAEConfig
 from ..errors import CircuitscanError
+from ..precision import resolve_precision
 from .calibrate import calibrate_l1
 from .ensemble import train_ensemble
 from .train import (
     ExtraTerm,
     TrainResult,
     loss_and_grads,
-    resolve_precision,
     select_train_examples,
     train_sae,
 )

@@ -34,24 +34,6 @@ parameter names (``W_E``, ``b_E``, ``W_D``, ``b``) to gradients added to the han
 ones, and ``loss`` is added to the logged loss."""
 
 
-def fast_bf16(device: torch.device | str = "cpu") -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively (elsewhere torch emulates
-    them, slower than float32)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """``"auto"`` -> ``"bf16"`` where :func:`fast_bf16`, else ``"fp32"``; other values as given."""
-    if precision != "auto":
-        return precision
-    return "bf16" if fast_bf16(device) else "fp32"
-
-
 @dataclass(frozen=True)
 class TrainResult:
     """What training produced: the SAE, which examples it saw, and its loss curve."""
