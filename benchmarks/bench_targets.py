@@ -8,7 +8,8 @@ resident memory of the process so far beside it:
   2. sae-codes against EAP at 12 + 12 and at 48 + 48 prompts       target <= 1.0
   3. discover --evaluate: evaluate_run (performance table + faithfulness, defaults)
      against discover alone, at --eval-examples (60)               target <= 3.0
-     (and the same with --eval-precision bf16, with its CPR and CMD beside fp32's)
+     (random circuits at the default --random-precision auto; the same with them in fp32, and
+     with --eval-precision bf16, with its CPR and CMD beside fp32's)
   4. `report RUN_DIR` on that run                                  target <= 5 s
   and the checks against the slow paths: the Hugging Face activations path against the
   TransformerBridge one (node ranking equal), the shared-prefix evaluator against the
@@ -115,7 +116,14 @@ def main() -> None:
         e_s = time.perf_counter() - t
         _line(f"3. evaluate / discover ({args.eval_examples} examples)", e_s / d_s, "<= 3.0",
               f"{e_s:.1f}s vs {d_s:.1f}s, {ev.stats['forward_passes']} passes, {ev.stats['rows']} rows")
-        print(f"   {_cpr_cmd(ev)}", flush=True)
+        print(f"   {_cpr_cmd(ev)}; random precision {ev.metrics_json['circuit_performance']['random_precision']}",
+              flush=True)
+        t = time.perf_counter()
+        r32 = evaluate_run(res.out, faithfulness=True, model=model, prompts=p, random_precision="fp32")
+        r_s = time.perf_counter() - t
+        _line("   the same, random circuits in fp32 (before)", r_s / d_s, "<= 3.0",
+              f"{r_s:.1f}s; {_cpr_cmd(r32)}; cpr_random {r32.faithfulness['cpr_random']} vs "
+              f"{ev.faithfulness['cpr_random']}")
         t = time.perf_counter()
         bf = evaluate_run(res.out, faithfulness=True, model=model, prompts=p, precision="bf16")
         b_s = time.perf_counter() - t

@@ -132,6 +132,11 @@ def test_cli_records_random_examples(run_dir):
     assert perf["random_examples"] == 5 and perf["random_samples"] == 3 and perf["n_examples"] == 24
     assert all(r["examples"] == 5 for r in perf["rows"] if r["kind"] == "random")
     assert all(c["random_examples"] == 5 for c in m["faithfulness"]["curves"].values())
+    from circuitscan.precision import resolve_precision
+
+    assert perf["random_precision"] == resolve_precision("auto") and perf["precision"] == "fp32"
+    assert main(["evaluate", str(run_dir), "--random-samples", "2", "--random-precision", "fp32"]) == 0
+    assert read_run_json(run_dir, "metrics.json")["circuit_performance"]["random_precision"] == "fp32"
     assert main(["evaluate", str(run_dir), "--random-samples", "2", "--random-examples", "0"]) == 0
     assert read_run_json(run_dir, "metrics.json")["circuit_performance"]["random_examples"] == 24
 
@@ -155,3 +160,63 @@ def test_cli_and_library_share_the_random_examples_default():
     assert cmd.RANDOM_EXAMPLES == RANDOM_EXAMPLES
     for fn in (performance.evaluate_run, circuit_performance, faithfulness_curves, compare):
         assert inspect.signature(fn).parameters["random_examples"].default == RANDOM_EXAMPLES
+
+
+def test_random_precision_moves_only_the_random_circuits(planted, planted_prompts):
+    """bf16 random circuits: the fixed rows are the fp32 ones bit for bit, the random rows
+    within bfloat16 rounding; the evaluator records what ran."""
+    ev32 = CircuitEvaluator.build(planted, planted_prompts, random_precision="fp32")
+    ev16 = CircuitEvaluator.build(planted, planted_prompts, random_precision="bf16")
+    assert ev16.describe()["random_precision"] == "bf16" and ev32.describe()["random_precision"] == "fp32"
+    t32, t16 = _table(ev32, 8).to_dict()["rows"], _table(ev16, 8).to_dict()["rows"]
+    moved = 0.0
+    for a, b in zip(t32, t16, strict=True):
+        assert a["name"] == b["name"]
+        if a["kind"] == "random":
+            for k, v in a["normalised"].items():
+                assert b["normalised"][k] == pytest.approx(v, abs=5e-2)
+                moved = max(moved, abs(b["normalised"][k] - v))
+        else:
+            assert a == b
+    assert moved > 0  # the random rows did run in bfloat16
+    c32, c16 = _curves(ev32, 8), _curves(ev16, 8)
+    for m in c32:
+        assert c32[m].values == c16[m].values and c32[m].cpr == c16[m].cpr  # the methods' curves: fp32 both
+        assert c32[m].random_mean != c16[m].random_mean
+
+
+def test_random_precision_default_is_shared_and_bad_values_are_refused(planted, planted_prompts):
+    import inspect
+
+    from circuitscan.commands import evaluate as cmd
+    from circuitscan.comparison import compare
+    from circuitscan.evaluation import performance
+    from circuitscan.evaluation.curve_stats import RANDOM_PRECISION
+    from circuitscan.precision import PRECISIONS
+
+    assert cmd.RANDOM_PRECISION == RANDOM_PRECISION == "auto" and cmd.PRECISIONS == PRECISIONS
+    for fn in (performance.evaluate_run, compare):
+        assert inspect.signature(fn).parameters["random_precision"].default == RANDOM_PRECISION
+    with pytest.raises(CircuitscanError, match="precision 'fp16' is not one of fp32, bf16, auto"):
+        CircuitEvaluator.build(planted, planted_prompts, random_precision="fp16").evaluate(
+            torch.ones(1, 12, dtype=torch.bool), precision="fp16")
+
+
+@pytest.mark.slow
+def test_bf16_random_circuits_leave_the_shared_prefixes_fp32(gpt2_random):
+    """Prefixes are cached per length and shared by every circuit: computed during a bf16 random
+    pass they must still be the fp32 ones, or the method circuits after it would change."""
+    from circuitscan.tasks import build_task
+
+    prompts = build_task("ioi", gpt2_random, 10, seed=0)
+    n_total = gpt2_random.layout.n_total
+    fixed = random_masks(n_total, 20, 3, generator=torch.Generator().manual_seed(0))
+    rand = random_masks(n_total, 30, 4, generator=torch.Generator().manual_seed(1))
+    ev = CircuitEvaluator.build(gpt2_random, prompts, random_precision="bf16")
+    assert ev.shared is not None and int(ev.shared.max()) > 0  # the prompts do share prefixes
+    ev._prefixes = type(ev._prefixes)(gpt2_random)  # forget the build's prefixes: the bf16 pass computes them
+    ev.evaluate(rand, precision="bf16")
+    got = ev.evaluate(fixed)
+    want = CircuitEvaluator.build(gpt2_random, prompts).evaluate(fixed)
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-5), name

@@ -21,7 +21,7 @@ from .common import (
     load_model_from_args,
     positive_int,
 )
-from .evaluate import add_random_examples_arg
+from .evaluate import add_random_circuit_args
 
 METHOD_HELP = ("comma-separated registered methods (`circuitscan methods` lists them: sae-codes, eap, eap-ig, "
                "patching, acdc, acdc-edge, hisp, sp, norm-diff, edge-pruning, ...) or 'all' (default: those "
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-faithfulness", action="store_true", help="skip the faithfulness curves (CPR, CMD)")
     p.add_argument("--faithfulness-samples", type=int, default=10,
                    help="random circuits per size on the faithfulness curves (default 10)")
-    add_random_examples_arg(p, what="faithfulness curves")
+    add_random_circuit_args(p, what="faithfulness curves")
     p.add_argument("--report", action="store_true", help="also write RUN_DIR/report.html")
     p.set_defaults(func=run)
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     result = compare(
         model, prompts, methods, gt, out, settings=settings, edge_ground_truth=args.edge_ground_truth,
         faithfulness=not args.no_faithfulness, faithfulness_samples=args.faithfulness_samples,
-        random_examples=args.random_examples, overwrite=args.overwrite, extra_config={"argv": vars(args) | {"func": None}},
+        random_examples=args.random_examples, random_precision=args.random_precision, overwrite=args.overwrite, extra_config={"argv": vars(args) | {"func": None}},
         timings={"load_model": t_model, "build_task": t_task}, log=log, seed=args.seed,
     )
     print(f"model  {model.spec}  ({model.layout.n_layers} layers x {model.layout.n_heads} heads); task {prompts.task} "

@@ -203,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
         print_evaluation(evaluate_run(result.out, ablation=args.ablation, faithfulness=True,
                                       random_samples=args.random_samples, model=result.model,
                                       prompts=result.prompts, precision=args.eval_precision,
-                                      random_examples=args.random_examples))
+                                      random_examples=args.random_examples,
+                                      random_precision=args.random_precision))
     if args.report:
         print(f"wrote  {write_report(result.out)}")
     return 0
@@ -220,10 +221,10 @@ def print_sae_line(d) -> None:
         mse = sum(m.final_mse for m in members) / n
         print(f"SAE    {n} SAEs (seeds {members[0].seed}..{members[-1].seed}) of {t.sae.n_features} features, mean "
               f"final MSE {mse:.4g}, L0 {l0:.2f}, dead {dead:g}; l1 {t.l1:.3g}, input scale {t.input_scale:.3g} (first "
-              f"SAE), {t.epochs_run} epochs, trained on {len(t.train_indices)} examples each")
+              f"SAE), {t.epochs_run} epochs ({t.precision} products), trained on {len(t.train_indices)} examples each")
     else:
         print(f"SAE    {t.sae.n_features} features, final MSE {t.final_mse:.4g}, L0 {l0:.2f}, dead {dead:g}, "
-              f"l1 {t.l1:.3g}, input scale {t.input_scale:.3g}, {t.epochs_run} epochs, "
+              f"l1 {t.l1:.3g}, input scale {t.input_scale:.3g}, {t.epochs_run} epochs ({t.precision} products), "
               f"trained on {len(t.train_indices)} examples")
     if codes is not None:
         c = codes.reshape(-1).float()

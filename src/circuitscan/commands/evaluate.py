@@ -30,16 +30,24 @@ def non_negative_int(text: str) -> int:
 
 RANDOM_SAMPLES = 30  # = evaluation.performance.RANDOM_SAMPLES (why 30: there); importing it here would load torch
 RANDOM_EXAMPLES = 16  # = evaluation.curve_stats.RANDOM_EXAMPLES (why 16: there)
+RANDOM_PRECISION = "auto"  # = evaluation.curve_stats.RANDOM_PRECISION (why: there)
+PRECISIONS = ("fp32", "bf16", "auto")  # = circuitscan.precision.PRECISIONS
 CURVE_POINTS = 9  # = evaluation.curve_stats.CURVE_POINTS (why 9: there)
 
 
-def add_random_examples_arg(p: argparse.ArgumentParser, *, prefix_help: str = "", what: str) -> None:
-    """``--random-examples N``, shared by ``evaluate``, ``discover --evaluate`` and ``compare``; ``what``
-    names where its random circuits are (a negative N stops argparse: exit 2)."""
+def add_random_circuit_args(p: argparse.ArgumentParser, *, prefix_help: str = "", what: str) -> None:
+    """``--random-examples N`` and ``--random-precision``, shared by ``evaluate``, ``discover
+    --evaluate`` and ``compare``; ``what`` names where its random circuits are (a negative N
+    stops argparse: exit 2)."""
     p.add_argument("--random-examples", type=non_negative_int, default=RANDOM_EXAMPLES, metavar="N",
                    help=f"{prefix_help}run the random circuits ({what}) on the first N "
                    "prompts only, normalised over the same prompts (0, or N at least the number of prompts: "
                    f"every prompt); the method circuits always use every prompt (default {RANDOM_EXAMPLES})")
+    p.add_argument("--random-precision", choices=PRECISIONS, default=RANDOM_PRECISION,
+                   help=f"{prefix_help}the random circuits' passes: fp32, bf16 matrix products, or auto = bf16 "
+                   "where the hardware multiplies it natively, else fp32; a random baseline's spread over draws "
+                   "(~0.4) dwarfs bf16 rounding (~1e-3). The method circuits keep --eval-precision "
+                   f"(default {RANDOM_PRECISION})")
 
 
 def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") -> None:
@@ -49,8 +57,8 @@ def add_intervention_args(p: argparse.ArgumentParser, *, prefix_help: str = "") 
     p.add_argument("--random-samples", type=non_negative_int, default=RANDOM_SAMPLES,
                    help=f"{prefix_help}random circuits of each predicted circuit's size, reported as mean ± std "
                    f"(default {RANDOM_SAMPLES})")
-    add_random_examples_arg(p, prefix_help=prefix_help, what="table and faithfulness curves")
-    p.add_argument("--eval-precision", choices=("fp32", "bf16"), default="fp32",
+    add_random_circuit_args(p, prefix_help=prefix_help, what="table and faithfulness curves")
+    p.add_argument("--eval-precision", choices=PRECISIONS, default="fp32",
                    help=f"{prefix_help}the head-level evaluation's passes: fp32, or bf16 matrix products "
                    "(about 3x faster on CPUs with AVX-512 BF16; faithfulness moves by ~0.005) (default: fp32)")
 
@@ -99,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             faithfulness_points=args.faithfulness_points, ground_truth=args.ground_truth,
             threshold=args.threshold, size=args.size, metric=args.metric, n_examples=args.examples,
             max_rows=args.max_rows, seed=args.seed, circuit=args.circuit, precision=args.eval_precision,
-            random_examples=args.random_examples,
+            random_examples=args.random_examples, random_precision=args.random_precision,
         )
     print_evaluation(result)
     print(f"wrote  {args.run_dir}/metrics.json")

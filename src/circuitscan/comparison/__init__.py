@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
-from ..evaluation.curve_stats import CURVE_POINTS, RANDOM_EXAMPLES, random_example_count
+from ..evaluation.curve_stats import (
+    CURVE_POINTS,
+    RANDOM_EXAMPLES,
+    RANDOM_PRECISION,
+    random_example_count,
+)
+from ..precision import resolve_precision
 from ..run import scores_to_json
 from ..rundir import CONFIG, METRICS, SCORES, open_run
 from ..runfiles import config_header, ground_truth_block, task_block
@@ -90,6 +96,7 @@ def compare(
     faithfulness_samples: int = 10,
     faithfulness_points: int = CURVE_POINTS,
     random_examples: int = RANDOM_EXAMPLES,
+    random_precision: str = RANDOM_PRECISION,
     overwrite: bool = False,
     extra_config: dict[str, Any] | None = None,
     timings: dict[str, float] | None = None,
@@ -111,6 +118,8 @@ def compare(
         random_examples: the curves' random circuits run on the first this many prompts (0 or
             >= their number: all; :data:`~circuitscan.evaluation.curve_stats.RANDOM_EXAMPLES`);
             each curve records the count it used (``random_examples``).
+        random_precision: their passes' precision (``fp32``, ``bf16``, ``auto``;
+            :data:`~circuitscan.evaluation.curve_stats.RANDOM_PRECISION`).
         log: where progress lines go (default: nowhere).
 
     Returns:
@@ -119,6 +128,7 @@ def compare(
     methods = parse_methods(list(methods))
     settings = settings or CompareSettings()
     random_example_count(1, random_examples)  # refuse a bad value before any method runs
+    resolve_precision(random_precision)
     say = log or (lambda _msg: None)
     if ground_truth is not None:
         ground_truth.check_layout(model.layout)
@@ -131,7 +141,8 @@ def compare(
         if faithfulness:
             say("faithfulness curves ...")
             metrics["faithfulness"] = faithfulness_block(model, prompts, all_scores, settings, faithfulness_samples,
-                                                         faithfulness_points, seed, random_examples)
+                                                         faithfulness_points, seed, random_examples,
+                                                         random_precision)
         rows = comparison_rows(all_scores, metrics)
         metrics["comparison"] = comparison_block(rows)
         metrics["timings_s"] = {**(timings or {}), **{f"method:{k}": v for k, v in method_time.items()}}

@@ -116,11 +116,12 @@ def faithfulness_block(
     points: int,
     seed: int,
     random_examples: int,
+    random_precision: str = "auto",
 ) -> dict[str, Any]:
     names = table_metrics(prompts, settings.metric)
     ev = CircuitEvaluator.build(model, prompts, ablation=settings.ablation, metrics=names,
                                 n_examples=settings.n_examples, batch_size=settings.batch_size,
-                                progress=settings.progress)
+                                progress=settings.progress, random_precision=random_precision)
     sizes = curve_sizes(model.layout.n_total, points)
     curves = faithfulness_curves(ev, scores, sizes=sizes, random_samples=samples, seed=seed,
                                  random_examples=random_examples)

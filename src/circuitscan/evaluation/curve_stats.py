@@ -104,6 +104,14 @@ the same examples. The method circuits and the baselines use every example (docs
 "Speed (issue 14)")."""
 
 
+RANDOM_PRECISION = "auto"
+"""Default precision of the random circuits' passes: bf16 where the hardware multiplies it
+natively, else fp32 (:mod:`circuitscan.precision`). A random baseline is a mean and std over
+draws; bfloat16 products move its values by ~1e-3, against a spread over draws of ~0.4 and a
+standard error of its mean of ~0.06 (docs/METHODS.md "Speed (issue 14)"). The method circuits,
+the clean and the empty baselines keep the evaluator's ``precision`` (fp32 by default)."""
+
+
 def random_example_count(n: int, random_examples: int) -> int:
     """How many of ``n`` examples random circuits use: ``random_examples``, or all ``n`` when it is 0 or >= n."""
     if random_examples < 0:
@@ -113,16 +121,18 @@ def random_example_count(n: int, random_examples: int) -> int:
 
 def evaluate_with_random(evaluator: Any, fixed: Any, rand: Any, random_examples: int) -> tuple[dict, dict]:
     """Per-example values of the ``fixed`` circuits on every example and of the ``rand`` ones on the
-    first :func:`random_example_count` examples; one :meth:`evaluate` call when that is all of them."""
+    first :func:`random_example_count` examples, at the evaluator's ``random_precision``
+    (:data:`RANDOM_PRECISION`); one :meth:`evaluate` call when both are the fixed circuits' own."""
     import torch
 
-    def run(block: Any, n: int) -> dict:
+    def run(block: Any, n: int, precision: str | None = None) -> dict:
         if not len(block):
             return {k: torch.empty(0, n) for k in evaluator.metrics}
-        return evaluator.evaluate(block, n)
+        return evaluator.evaluate(block, n, precision)
 
     r = random_example_count(evaluator.n, random_examples)
-    if r == evaluator.n:  # as before random_examples existed: one call, bit for bit
+    same_precision = evaluator.resolved(evaluator.random_precision) == evaluator.resolved(evaluator.precision)
+    if r == evaluator.n and same_precision:  # as before random_examples existed: one call, bit for bit
         values = run(torch.cat([fixed, rand]), r)
         return {k: v[: len(fixed)] for k, v in values.items()}, {k: v[len(fixed) :] for k, v in values.items()}
-    return run(fixed, evaluator.n), run(rand, r)
+    return run(fixed, evaluator.n), run(rand, r, evaluator.random_precision)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitscanError
+from ..precision import resolve_precision
 from ..progress import bar
 from .ablation import (
     AblationSource,
@@ -191,6 +192,7 @@ class CircuitEvaluator:
     shared: Int[Tensor, " rows"] | None = None
     prefix_sharing: bool = True
     precision: str = "fp32"
+    random_precision: str = "fp32"
     _known: dict[tuple[bool, bytes], dict[str, Tensor]] = field(default_factory=dict, repr=False)
     _prefixes: PrefixCache | None = field(default=None, repr=False)
 
@@ -211,6 +213,7 @@ class CircuitEvaluator:
         batch_size: int = 64,
         progress: bool | None = None,
         precision: str = "fp32",
+        random_precision: str = "fp32",
     ) -> CircuitEvaluator:
         """Check inputs, cache the ablation source and run the clean and empty baselines.
 
@@ -224,8 +227,11 @@ class CircuitEvaluator:
                 when the logits kept would pass :data:`LOGITS_BUDGET` (all-position metrics).
             batch_size: prompts per pass when caching.
             progress: progress bar for long evaluations (default: on a terminal).
-            precision: ``fp32`` or ``bf16`` (every pass, baselines included:
+            precision: ``fp32``, ``bf16`` or ``auto`` (every pass, baselines included:
                 :func:`~circuitscan.evaluation.forward.precision_context`).
+            random_precision: the same for random circuits
+                (:func:`~.curve_stats.evaluate_with_random`); the clean and empty baselines
+                that normalise them keep ``precision``.
         """
         import time
 
@@ -249,13 +255,14 @@ class CircuitEvaluator:
         ev = cls(model=model, prompts=prompts, ablation=ablation, metrics=names, source=source, n=n,
                  max_rows=max_rows, positions=rows.positions, last=last, group=group, tokens=rows.pos_tok,
                  mask=rows.pos_mask, reference_logprobs=ref, stats=stats, progress=progress, shared=shared,
-                 precision=precision, _prefixes=prefixes)
+                 precision=precision, random_precision=random_precision, _prefixes=prefixes)
         index = torch.arange(n)
         ev.clean = ev._score(clean_logits, index)
         if ablation == "corrupt":
             ev.corrupted_input = ev._score(corrupt_cache.logits, index)
         every = torch.ones(model.layout.n_total, dtype=torch.bool)
-        ev._known.update({ev._key(every, s): ev.clean for s in (True, False)})  # every head kept: the clean model
+        for p in {ev.resolved(precision), ev.resolved(random_precision)}:  # every head kept: the clean model
+            ev._known.update({ev._key(every, s, p): ev.clean for s in (True, False)})
         ev.empty = {k: v[0] for k, v in ev.evaluate(~every[None]).items()}
         ev.stats.seconds = time.perf_counter() - t0  # the empty circuit's evaluate() added its part: counted once
         return ev
@@ -270,9 +277,11 @@ class CircuitEvaluator:
         logits = logits.float()
         return {name: get_metric(name)(logits, batch).detach().float().cpu() for name in self.metrics}
 
-    def evaluate(self, keep: Bool[Tensor, "C n_heads_total"], n: int | None = None) -> dict[str, Float[Tensor, "C n"]]:
+    def evaluate(self, keep: Bool[Tensor, "C n_heads_total"], n: int | None = None,
+                 precision: str | None = None) -> dict[str, Float[Tensor, "C n"]]:
         """Per-example metric values of each circuit in ``keep`` (True = head kept clean), on the
-        first ``n`` examples (default: all ``self.n``); a circuit known on at least ``n`` is not run."""
+        first ``n`` examples (default: all ``self.n``), its passes at ``precision`` (default:
+        ``self.precision``); a circuit known on at least ``n`` at that precision is not run."""
         import time
 
         import torch
@@ -280,23 +289,29 @@ class CircuitEvaluator:
         t0 = time.perf_counter()
         if not 1 <= (n := self.n if n is None else int(n)) <= self.n:
             raise CircuitscanError(f"n must be in 1..{self.n} (the evaluator's examples), got {n}")
+        precision = self.resolved(self.precision if precision is None else precision)
         keep = _as_keep(keep, self.model.layout).bool()
         unique, inverse = torch.unique(keep, dim=0, return_inverse=True)
-        keys = [self._key(row, self.prefix_sharing) for row in unique]
+        keys = [self._key(row, self.prefix_sharing, precision) for row in unique]
         todo = [i for i, key in enumerate(keys) if key not in self._known or len(self._known[key][self.metrics[0]]) < n]
         if todo:
-            new = self._run(unique[todo], n)
+            new = self._run(unique[todo], n, precision)
             for j, i in enumerate(todo):
                 self._known[keys[i]] = {name: values[j] for name, values in new.items()}
         out = {name: torch.stack([self._known[key][name][:n] for key in keys]) for name in self.metrics}
         self.stats.seconds += time.perf_counter() - t0
         return {name: values[inverse] for name, values in out.items()}
 
-    @staticmethod
-    def _key(keep: Tensor, sharing: bool) -> tuple[bool, bytes]:  # per prefix-sharing setting (tests compare them)
-        return sharing, keep.cpu().numpy().tobytes()
+    def resolved(self, precision: str) -> str:
+        """``precision`` with ``auto`` resolved for this model's device (:mod:`circuitscan.precision`)."""
+        return resolve_precision(precision, next(self.model.bridge.parameters()).device)
 
-    def _run(self, unique: Bool[Tensor, "C n_heads_total"], n: int) -> dict[str, Float[Tensor, "C n"]]:
+    def _key(self, keep: Tensor, sharing: bool, precision: str | None = None) -> tuple[bool, str, bytes]:
+        """Per prefix-sharing setting (tests compare them) and precision (default the evaluator's)."""
+        return sharing, precision or self.resolved(self.precision), keep.cpu().numpy().tobytes()
+
+    def _run(self, unique: Bool[Tensor, "C n_heads_total"], n: int,
+             precision: str | None = None) -> dict[str, Float[Tensor, "C n"]]:
         """Run distinct circuits on the first ``n`` examples, as many circuits and examples per pass as
         ``max_rows`` allows, the examples in blocks of one shared-prefix length (:mod:`.prefix_blocks`)."""
         import torch
@@ -311,14 +326,15 @@ class CircuitEvaluator:
         plan = [(length, ex, max(1, budget // (len(ex) * g))) for length, ex in blocks]  # + circuits per pass
         n_passes = sum(-(-n_unique // per_pass) for _, _, per_pass in plan)
         show = self.progress if self.progress is not None else None
-        with torch.inference_mode(), precision_context(self.model, self.precision), \
+        with torch.inference_mode(), precision_context(self.model, precision or self.precision), \
                 bar("evaluating circuits", n_passes, show=show if n_passes > 4 else False) as advance:
             for length, examples, per_pass in plan:
                 index = torch.tensor(examples)
                 rows = (index[:, None] * g + torch.arange(g)).reshape(-1)
                 tokens = self.tokens[rows]
                 mask = None if self.mask is None else self.mask[rows]
-                past = self._prefix(length, tokens, mask, rows)
+                with precision_context(self.model, self.precision):  # prefixes are shared: the base precision
+                    past = self._prefix(length, tokens, mask, rows)
                 for c0 in range(0, n_unique, per_pass):
                     c1 = min(n_unique, c0 + per_pass)
                     logits = run_with_heads(self.model, tokens, unique[c0:c1], self.source, rows=rows,
@@ -359,4 +375,5 @@ class CircuitEvaluator:
 
     def describe(self) -> dict[str, Any]:
         return {"ablation": self.ablation, "metrics": list(self.metrics), "n_examples": self.n,
-                "max_rows": self.max_rows, "group": self.group, "precision": self.precision}
+                "max_rows": self.max_rows, "group": self.group, "precision": self.precision,
+                "random_precision": self.resolved(self.random_precision)}

@@ -15,12 +15,13 @@ from .. import circuits
 from ..errors import CircuitscanError
 from ..integrity import check_same_task
 from ..models import load_model
+from ..precision import resolve_precision
 from ..rundir import METRICS, write_run_json
 from ..runfiles import RunFiles, read_run
 from ..tasks import build_prompts
 from ..types import GroundTruth, Scores
 from .circuit_rule import predicted_circuit
-from .curve_stats import RANDOM_EXAMPLES, random_example_count
+from .curve_stats import RANDOM_EXAMPLES, RANDOM_PRECISION, random_example_count
 from .faithfulness import (
     CURVE_POINTS,
     curve_sizes,
@@ -202,6 +203,21 @@ def _updated(metrics_json: dict[str, Any], perf_json: dict[str, Any], faith_json
     return updated
 
 
+def _performance_json(table: PerformanceTable, ev: CircuitEvaluator, random_samples: int, random_examples: int,
+                      rule: str, stats: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's ``circuit_performance`` block."""
+    return {
+        **table.to_dict(),
+        "n_examples": ev.n,
+        "random_samples": random_samples,
+        "random_examples": random_example_count(ev.n, random_examples),
+        "precision": ev.resolved(ev.precision),
+        "random_precision": ev.resolved(ev.random_precision),
+        "circuit_rule": rule,
+        "cost": stats,
+    }
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -222,6 +238,7 @@ def evaluate_run(
     circuit: str | None = None,
     precision: str = "fp32",
     random_examples: int = RANDOM_EXAMPLES,
+    random_precision: str = RANDOM_PRECISION,
 ) -> RunEvaluation:
     """Evaluate every method of a run directory by intervention; rewrite its metrics.json.
 
@@ -233,10 +250,12 @@ def evaluate_run(
     edges are measured as an edge circuit (``imported_circuit``). ``precision``: the head-level
     evaluator's (table and node curves; :func:`~circuitscan.evaluation.forward.precision_context`).
     ``random_examples``: the random circuits of the table and the node curves run on the first
-    this many examples (0: all; :data:`~circuitscan.evaluation.curve_stats.RANDOM_EXAMPLES`).
+    this many examples (0: all; :data:`~circuitscan.evaluation.curve_stats.RANDOM_EXAMPLES`), their
+    passes at ``random_precision`` (:data:`~circuitscan.evaluation.curve_stats.RANDOM_PRECISION`).
     """
     t0 = time.perf_counter()
-    random_example_count(1, random_examples)  # refuse a bad value before any work
+    random_example_count(1, random_examples)  # refuse bad values before any work
+    resolve_precision(precision), resolve_precision(random_precision)
     run = Path(run_dir)
     files = _read_run(run, threshold, size)
     config, scores_json, metrics_json = files.config, files.scores, files.metrics
@@ -253,7 +272,7 @@ def evaluate_run(
 
     names = table_metrics(prompts, metric)
     ev = CircuitEvaluator.build(model, prompts, ablation=ablation, metrics=names, n_examples=n_examples,
-                                max_rows=max_rows, precision=precision)
+                                max_rows=max_rows, precision=precision, random_precision=random_precision)
     table = circuit_performance(ev, chosen, ground_truth=gt, random_samples=random_samples, seed=seed,
                                 random_examples=random_examples)
     curves: dict[str, Any] = {}
@@ -267,16 +286,9 @@ def evaluate_run(
     if mib_json:
         faith_json["mib"] = mib_json
     stats = {**ev.stats.to_dict(), "total_seconds": time.perf_counter() - t0}
-    perf_json = {
-        **table.to_dict(),
-        "n_examples": ev.n,
-        "random_samples": random_samples,
-        "random_examples": random_example_count(ev.n, random_examples),
-        "precision": precision,
-        "circuit_rule": "given size" if size is not None else "given threshold" if threshold is not None
-        else "the run's circuits (metrics.json 'circuits')",
-        "cost": stats,
-    }
+    rule = ("given size" if size is not None else "given threshold" if threshold is not None
+            else "the run's circuits (metrics.json 'circuits')")
+    perf_json = _performance_json(table, ev, random_samples, random_examples, rule, stats)
     updated = _updated(metrics_json, perf_json, faith_json, imported_json, stats["total_seconds"])
     write_run_json(run, METRICS, updated)
     return RunEvaluation(performance=table, faithfulness=faith_json, curves=curves, stats=stats,
