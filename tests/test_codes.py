@@ -161,3 +161,34 @@ def test_discretise_refuses_factors_that_do_not_match_x():
     sae = SparseAutoencoder(16, 30)
     with pytest.raises(CircuitscanError, match="do not factor"):
         discretise(sae, x, torch.arange(41) < 20, HeadLayout(2, 3), z=z[:, :, :3], w_o=w_o)
+
+
+def _sae_for(d, features=30, seed=1):
+    sae = SparseAutoencoder(d, features)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sae.W_E.copy_(torch.randn(d, features, generator=g))
+        sae.b.copy_(torch.randn(d, generator=g))
+        sae.b_E.fill_(-4.0)
+    return sae
+
+
+def test_paired_feature_change_is_its_definition_on_both_paths():
+    from circuitscan.codes.discretise import discretise_with_change
+
+    z, w_o, x = _factored(n=40)
+    sae = _sae_for(16)
+    labels = torch.arange(40) < 20
+    keep = torch.ones(40, dtype=torch.bool)
+    keep[[3, 25, 30]] = False  # pairs 3, 5 and 10 lose a member
+    f = sae.encode(x)
+    pk = keep[:20] & keep[20:]
+    want = (f[:20][pk] - f[20:][pk]).abs().sum(-1).mean(0) / f[keep].abs().sum(-1).mean(0)
+    for kw in ({}, {"z": z, "w_o": w_o}):
+        for chunk in (None, 3):
+            codes, change = discretise_with_change(sae, x, labels, HeadLayout(2, 3), keep=keep, chunk=chunk, **kw)
+            assert torch.allclose(change, want, rtol=1e-5), (kw.keys(), chunk)
+            assert torch.equal(codes.codes, discretise(sae, x, labels, HeadLayout(2, 3)).codes)
+    assert discretise_with_change(sae, x, labels, HeadLayout(2, 3))[1] is None
+    with pytest.raises(CircuitscanError, match="positives then their paired negatives"):
+        discretise_with_change(sae, x, labels.flip(0), HeadLayout(2, 3), keep=keep)

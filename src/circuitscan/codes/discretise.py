@@ -1,6 +1,9 @@
-"""Argmax discretisation of SAE features."""
+"""Argmax discretisation of SAE features (and, from the same encoding, how much a head's
+features change between a prompt and its paired corruption)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from jaxtyping import Bool, Float
@@ -22,24 +25,41 @@ def _argmax_code(z: Tensor, n_features: int, silent: str) -> Tensor:
     return best.indices
 
 
-def _folded_codes(sae: SparseAutoencoder, z: Tensor, w_o: Tensor, silent: str) -> Tensor:
-    """Codes [n, V] from ``z`` [n, V, d_head], virtual head v being head ``v % H`` of ``w_o``
-    [H, d_head, d_model]: the encoder ``(x - b) W_E + b_E`` with x = z w_o is
+def _folded_blocks(sae: SparseAutoencoder, z: Tensor, w_o: Tensor) -> Iterator[tuple[slice, Tensor]]:
+    """(columns, features [n, v, F]) over blocks of virtual heads, virtual head v being head ``v % H``
+    of ``w_o`` [H, d_head, d_model]: the encoder ``(x - b) W_E + b_E`` with x = z w_o is
     ``z (w_o W_E) + (b_E - b W_E)``, d_head-sized products instead of d_model-sized ones."""
     n, V, d_head = z.shape
     H = w_o.shape[0]
-    with torch.no_grad():
-        W_E = sae.W_E.detach().float()
-        fold = (w_o.reshape(H * d_head, -1) @ W_E).reshape(H, d_head, -1)  # [H, d_head, F]
-        shift = sae.b_E.detach().float() - sae.b.detach().float() @ W_E
-        out = torch.empty(n, V, dtype=torch.long)
-        step = max(1, FOLDED_ROWS_PER_BLOCK // max(1, n))
-        zt = z.float().transpose(0, 1)  # [V, n, d_head]
-        for lo in range(0, V, step):
-            heads = torch.arange(lo, min(V, lo + step)) % H
-            pre = torch.baddbmm(shift, zt[lo : lo + step], fold[heads])  # [v, n, F]
-            out[:, lo : lo + step] = _argmax_code(pre.relu_(), sae.n_features, silent).T
-    return out
+    W_E = sae.W_E.detach().float()
+    fold = (w_o.reshape(H * d_head, -1) @ W_E).reshape(H, d_head, -1)  # [H, d_head, F]
+    shift = sae.b_E.detach().float() - sae.b.detach().float() @ W_E
+    step = max(1, FOLDED_ROWS_PER_BLOCK // max(1, n))
+    zt = z.float().transpose(0, 1)  # [V, n, d_head]
+    for lo in range(0, V, step):
+        heads = torch.arange(lo, min(V, lo + step)) % H
+        yield slice(lo, lo + len(heads)), torch.baddbmm(shift, zt[lo : lo + step], fold[heads]).relu_().transpose(0, 1)
+
+
+def _direct_blocks(sae: SparseAutoencoder, x: Tensor, chunk: int, paired: bool) -> Iterator[tuple[Tensor, Tensor]]:
+    """(example rows, features [rows, heads, F]) over blocks of examples; ``paired``: each block is
+    pairs ``lo..hi`` of the first half followed by the same pairs of the second half."""
+    n = x.shape[0]
+    half = n // 2
+    for lo in range(0, half if paired else n, chunk):
+        hi = min(half if paired else n, lo + chunk)
+        rows = torch.cat([torch.arange(lo, hi), torch.arange(half + lo, half + hi)]) if paired else torch.arange(lo, hi)
+        yield rows, sae.encode(x[rows].float())
+
+
+def _check(x: Tensor, z: Tensor | None, w_o: Tensor | None, silent: str) -> bool:
+    if silent not in ("own-code", "zero"):
+        raise CircuitscanError(f"silent must be 'own-code' or 'zero', got {silent!r}")
+    if z is None or w_o is None:
+        return False
+    if z.shape[:2] != x.shape[:2] or w_o.shape[-2] != z.shape[-1] or w_o.shape[-1] != x.shape[-1]:
+        raise CircuitscanError(f"z {tuple(z.shape)} and w_o {tuple(w_o.shape)} do not factor x {tuple(x.shape)}")
+    return True
 
 
 def discretise(
@@ -70,20 +90,56 @@ def discretise(
             d_model 576) about a quarter of the products. The codes are those of x, up to
             float32 rounding between features within about 1e-6 of each other.
     """
-    if silent not in ("own-code", "zero"):
-        raise CircuitscanError(f"silent must be 'own-code' or 'zero', got {silent!r}")
+    return discretise_with_change(sae, x, labels, layout, silent=silent, chunk=chunk, z=z, w_o=w_o)[0]
+
+
+def discretise_with_change(
+    sae: SparseAutoencoder,
+    x: Float[torch.Tensor, "n heads d"],
+    labels: Bool[torch.Tensor, " n"],
+    layout: HeadLayout,
+    *,
+    keep: Bool[torch.Tensor, " n"] | None = None,
+    silent: str = "own-code",
+    chunk: int | None = None,
+    z: Float[torch.Tensor, "n heads d_head"] | None = None,
+    w_o: Float[torch.Tensor, "real_heads d_head d"] | None = None,
+) -> tuple[Codes, Float[torch.Tensor, " heads"] | None]:
+    """:func:`discretise`, and with ``keep`` (examples to count on) the **paired feature change**
+    of every head from the same encoding: over the pairs (i, i + n/2) with both examples kept
+    (positives first, the i-th negative the corruption of the i-th positive), the mean L1
+    distance between the head's SAE features on the two, divided by the mean L1 norm of its
+    features on the kept examples (how far corrupting the input moves the head, in units of its
+    typical activation). None without ``keep``."""
+    folded = _check(x, z, w_o, silent)
     n, heads, _ = x.shape
-    n_codes = sae.n_features + (1 if silent == "own-code" else 0)
-    if z is not None and w_o is not None:
-        if z.shape[:2] != x.shape[:2] or w_o.shape[-2] != z.shape[-1] or w_o.shape[-1] != x.shape[-1]:
-            raise CircuitscanError(
-                f"z {tuple(z.shape)} and w_o {tuple(w_o.shape)} do not factor x {tuple(x.shape)}"
-            )
-        return Codes(codes=_folded_codes(sae, z, w_o, silent), labels=labels.clone(), layout=layout,
-                     n_codes=n_codes)
-    chunk = chunk or max(1, ROWS_PER_BLOCK // max(1, heads))
+    if keep is not None and (n % 2 or not bool(labels[: n // 2].all()) or bool(labels[n // 2 :].any())):
+        raise CircuitscanError("the paired feature change needs positives then their paired negatives (n even)")
     out = torch.empty(n, heads, dtype=torch.long)
+    diff, mass = torch.zeros(heads), torch.zeros(heads)
+    half = n // 2
+    pair_keep = None if keep is None else keep[:half] & keep[half:]
+    pair_w = None if keep is None else pair_keep.float()
+    keep_w = None if keep is None else keep.float()
     with torch.no_grad():
-        for lo in range(0, n, chunk):
-            out[lo : lo + chunk] = _argmax_code(sae.encode(x[lo : lo + chunk].float()), sae.n_features, silent)
-    return Codes(codes=out, labels=labels.clone(), layout=layout, n_codes=n_codes)
+        if folded:
+            for cols, f in _folded_blocks(sae, z, w_o):
+                out[:, cols] = _argmax_code(f, sae.n_features, silent)
+                if keep is not None:  # weighted sums, no copies of the kept rows
+                    diff[cols] = pair_w @ (f[:half] - f[half:]).abs_().sum(2)
+                    mass[cols] = keep_w @ f.sum(2)
+        else:
+            chunk = chunk or max(1, ROWS_PER_BLOCK // max(1, heads))
+            for rows, f in _direct_blocks(sae, x, chunk, keep is not None):
+                out[rows] = _argmax_code(f, sae.n_features, silent)
+                if keep is not None:
+                    b = len(rows) // 2
+                    pk = pair_keep[rows[:b]]
+                    diff += (f[:b][pk] - f[b:][pk]).abs().sum((0, 2))
+                    mass += f[keep[rows]].sum((0, 2))
+    n_codes = sae.n_features + (1 if silent == "own-code" else 0)
+    codes = Codes(codes=out, labels=labels.clone(), layout=layout, n_codes=n_codes)
+    if keep is None:
+        return codes, None
+    n_pairs, n_kept = max(1, int(pair_keep.sum())), max(1, int(keep.sum()))
+    return codes, (diff / n_pairs) / (mass / n_kept).clamp_min(1e-12)
