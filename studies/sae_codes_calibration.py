@@ -124,6 +124,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "sc-preset-b256-e100-cos-ens5": {"_compat": {}, "sae": {**_B256, "epochs": 100, "n_seeds": 5}},
     # issue 14: the preset's SAE matmuls in bfloat16 (float32 accumulation, float32 Adam state)
     "sc-preset-bf16": {"_compat": {}, "sae": {"precision": "bf16"}},
+    # issue 13: the node score = mean rank by the TV statistic and by the paired feature change
+    "sc-preset-rank-change": {"_compat": {}, "sae": {"precision": "bf16"}, "scoring": {"node_score": "rank-change"}},
     "sc-preset-b256-e200-cos-ens5-me10": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"min_effect": 0.1}},
     "sc-preset-b256-e200-cos-ens5-fdr01": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"fdr": 0.01}},
     # issue 13 item 4: the edge level's rule, on the preset with the ensemble default (5 SAEs, 256-row steps)
@@ -295,7 +297,7 @@ def run_variant(bed: Bed, name: str, faith: bool) -> list[tuple[str, dict[str, A
     s = d.edge if "_edge" in VARIANTS[name] else d.node
     import torch
 
-    from circuitscan.methods.sae_codes import tie_fraction
+    from circuitscan.methods.sae_codes_edge import tie_fraction
 
     extra["head_ties"] = tie_fraction(s.flat)  # at full precision ("scores" are rounded)
     extra["head_largest_tie"] = int(torch.unique(s.flat, return_counts=True)[1].max())

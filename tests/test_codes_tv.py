@@ -173,6 +173,7 @@ def test_circuit_above_uniform_on_the_default_drops_the_presets_floor():
     assert isinstance(args, argparse.Namespace)
     _, scoring = configs_from_args(args)
     assert scoring.circuit == "above-uniform" and scoring.min_effect == 0.0
+    assert scoring.node_score == "softmax"  # the rule reads softmaxed scores, not the preset's ranks
     _, default = configs_from_args(parser.parse_args(["discover", "--model", "toy-planted", "--task", "planted",
                                                         "--out", "x"]))
     assert default.circuit == "fdr-top" and default.min_effect == 0.05
@@ -206,3 +207,38 @@ def test_fdr_top_takes_as_many_heads_as_are_significant_from_the_top_of_the_rank
         ScoringConfig(circuit="top")
     with pytest.raises(CircuitscanError, match="permutation null"):
         ScoringConfig(circuit="fdr-top")
+
+
+def test_rank_change_scores_the_planted_circuit_first_and_falls_back_without_pairs(planted, single_thread):
+    from dataclasses import replace
+
+    from circuitscan.activations import head_outputs
+    from circuitscan.circuits import for_model
+    from circuitscan.methods.sae_codes import SAECodesConfig, discover_from_activations
+    from circuitscan.tasks import build_task
+
+    acts = head_outputs(planted, build_task("planted", planted, 60, seed=0))
+    truth = sorted(h.name for h in for_model(None, planted, "planted").heads)
+    cfg = SAECodesConfig()  # the preset
+    cfg = replace(cfg, scoring=replace(cfg.scoring, node_score="rank-change"))
+    d = discover_from_activations(acts, cfg)
+    change = d.node.stats["paired_feature_change"].reshape(-1)
+    tv = d.node.stats["code_distance"].reshape(-1)
+    assert sorted(h.name for h in d.node.ranking()[:3]) == truth
+    assert float(d.node.flat.max()) <= 1.0 and float(d.node.flat.min()) > 0
+    # the score is the mean of the two tie-aware ranks
+    from scipy.stats import rankdata
+
+    want = 0.5 * (rankdata(tv.numpy()) + rankdata(change.numpy())) / tv.numel()
+    assert torch.allclose(d.node.flat.double(), torch.tensor(want), atol=1e-6)
+    alone = discover_from_activations(acts, cfg, paired=False)  # no pairs: the statistic's rank alone
+    assert "paired_feature_change" not in alone.node.stats and "not paired" in alone.node.stats["node_score"]
+    tv_alone = alone.node.stats["code_distance"].reshape(-1)
+    assert torch.allclose(alone.node.flat.double(), torch.tensor(rankdata(tv_alone.numpy()) / tv.numel()), atol=1e-6)
+
+
+def test_unknown_node_score_and_ranks_above_uniform_are_refused():
+    with pytest.raises(CircuitscanError, match="node_score must be one of 'softmax', 'count', 'z', 'rank-change'"):
+        ScoringConfig(node_score="rank")
+    with pytest.raises(CircuitscanError, match="node_score='rank-change' gives ranks"):
+        ScoringConfig(node_score="rank-change", circuit="above-uniform")

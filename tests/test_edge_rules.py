@@ -10,7 +10,7 @@ from circuitscan.codes import code_distance
 from circuitscan.codes.edge import joint_distance, joint_distance_reference
 from circuitscan.config import EDGE_RULES, SAEConfig, ScoringConfig
 from circuitscan.errors import CircuitscanError
-from circuitscan.methods.sae_codes import tie_fraction
+from circuitscan.methods.sae_codes_edge import tie_fraction
 from circuitscan.types import Codes, HeadLayout
 
 
@@ -127,7 +127,7 @@ def test_tv_rule_ranks_the_planted_heads_and_pairs_on_top(planted_run, single_th
 
 
 def test_top_k_tv_keeps_the_top_k_circuit_and_breaks_its_ties(planted_run, single_thread):
-    from circuitscan.methods.sae_codes import _edge_level
+    from circuitscan.methods.sae_codes_edge import _edge_level
     from circuitscan.run import predicted_circuit
     from circuitscan.types import HeadActivations
 
@@ -156,7 +156,7 @@ def test_top_k_tv_keeps_the_top_k_circuit_and_breaks_its_ties(planted_run, singl
 
 def test_two_codes_per_head_keep_the_distance_in_0_1(planted, planted_prompts, single_thread):
     from circuitscan.activations import head_outputs
-    from circuitscan.methods.sae_codes import _groups, _pair_distance
+    from circuitscan.methods.sae_codes_edge import _groups, _pair_distance
 
     acts = head_outputs(planted, planted_prompts, aggregation="mean+last")
     d, sc = _edge(acts, "tv")

@@ -787,3 +787,15 @@ def test_report_of_a_real_compare_run(tmp_path):
     fig = F.faithfulness_curves(load_run(out))
     labelled = [ln.get_label() for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]
     assert len(labelled) == len(metrics["faithfulness"]["curves"])
+
+
+def test_rank_change_scores_are_shaded_as_scores(toy_run):
+    """With node_score rank-change no raw value is monotone in the score: the pictures shade the score."""
+    run = load_run(toy_run)
+    ms = run.methods["sae-codes"]
+    assert "paired_feature_change" in ms.extras  # the preset scores by rank-change
+    values, label = ms.display_values()
+    np.testing.assert_allclose(values, ms.scores)
+    assert "paired feature change" in label
+    del ms.extras["paired_feature_change"]  # a softmax-scored run: shaded by its raw distance, as before
+    assert ms.display_values()[1].startswith("code distance")

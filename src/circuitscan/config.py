@@ -42,6 +42,8 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 
+NODE_SCORES = ("softmax", "count", "z", "rank-change")
+
 SAE_PRECISIONS = PRECISIONS  # circuitscan.precision
 
 @dataclass(frozen=True)
@@ -204,7 +206,11 @@ class ScoringConfig:
             Significance grows with the number of prompts, the effect does not, so this
             keeps the circuit's size from growing with ``-n``. 0 = significance alone.
         node_score: the per-head score: ``"softmax"`` of the count (the paper), the
-            ``"count"`` itself, or its ``"z"``-score under the null (needs ``permutations``).
+            ``"count"`` itself, its ``"z"``-score under the null (needs ``permutations``), or
+            ``"rank-change"``: the mean of the head's rank by the statistic and its rank by
+            the paired feature change (how far its SAE features move between a prompt and
+            its paired corruption, :func:`circuitscan.codes.discretise.discretise_with_change`),
+            in (0, 1]; without paired prompts the statistic's rank alone.
         combine: ``"mean"`` or ``"median"`` over the SAEs of an ensemble.
         edge_rule: ``"top-k"`` (``edge_k`` pairs, the paper) or ``"fdr"``: pairs whose
             count U is significant under ``edge_permutations`` label swaps (per-pair z,
@@ -262,9 +268,12 @@ class ScoringConfig:
         _check(self.min_effect == 0 or self.circuit in FDR_RULES,
                f"min_effect ({self.min_effect:g}) is a floor on the FDR circuit: it needs circuit='fdr' or "
                f"'fdr-top' (got circuit={self.circuit!r}); set min_effect=0 or circuit='fdr'")
-        _check(self.node_score in ("softmax", "count", "z"),
-               f"node_score must be 'softmax', 'count' or 'z', got {self.node_score!r}")
+        _check(self.node_score in NODE_SCORES,
+               f"node_score must be one of {', '.join(map(repr, NODE_SCORES))}, got {self.node_score!r}")
         _check(self.combine in ("mean", "median"), f"combine must be 'mean' or 'median', got {self.combine!r}")
+        _check(not (self.node_score == "rank-change" and self.circuit == "above-uniform"),
+               "circuit='above-uniform' compares softmaxed scores with 1 / n_heads; node_score='rank-change' gives "
+               "ranks: use circuit='fdr-top' or 'fdr', or node_score='softmax'")
         _check(self.edge_rule in EDGE_RULES,
                f"edge_rule must be one of {', '.join(map(repr, EDGE_RULES))}, got {self.edge_rule!r}")
         _check(self.edge_permutations >= 2, f"edge_permutations must be >= 2, got {self.edge_permutations}")
@@ -283,7 +292,8 @@ AUTHORS_COMPAT = {
 CIRCUITSCAN_COMPAT = {
     "sae": {"input_scale": "d_model", "head_norm": "center", "epochs": 100, "lr_schedule": "cosine",
             "batch_rows": 256, "n_seeds": 5, "precision": "auto"},
-    "scoring": {"statistic": "tv", "permutations": 1000, "circuit": "fdr-top", "min_effect": 0.05, "edge_rule": "tv"},
+    "scoring": {"statistic": "tv", "permutations": 1000, "circuit": "fdr-top", "min_effect": 0.05, "edge_rule": "tv",
+                "node_score": "rank-change"},
 }
 """``--compat circuitscan``, the default of ``discover``, ``compare`` and :class:`SAECodesConfig`:
 rows scaled to mean squared norm d_model and each head's mean output removed before the
@@ -295,8 +305,10 @@ testbed at half the SAE time, docs/CALIBRATION.md "bf16 SAE training"), their st
 100 steps as good as 200 on every testbed: docs/CALIBRATION.md "SAE ensemble (issues 13 and
 14)"; the schedule: "SAE schedule (issue 14)"),
 the total-variation distance between a head's codes on positives and negatives
-instead of the count of positive-only codes, and the circuit = the top k heads by that
-distance, k = the number of heads significant at FDR 0.05 under the label-swap null whose
+instead of the count of positive-only codes, the node score the mean of a head's rank by
+that distance and by its paired feature change (``node_score="rank-change"``: AUC up on
+five testbeds, down on none, docs/CALIBRATION.md "Node score"), and the circuit = the top k
+heads by that score, k = the number of heads significant at FDR 0.05 under the label-swap null whose
 distance exceeds its null mean by at least 0.05 (``circuit="fdr-top"``: the null's set itself
 recovers far less of the task on SmolLM2, docs/CALIBRATION.md "Round 4"; ``min_effect``:
 without it the circuit grows with the number of prompts; 0.05 is the largest floor that changes

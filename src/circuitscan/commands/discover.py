@@ -14,6 +14,7 @@ from ..config import (
     EDGE_RULES,
     FDR_RULES,
     LR_SCHEDULES,
+    NODE_SCORES,
     SAE_PRECISIONS,
     SAEConfig,
     ScoringConfig,
@@ -139,8 +140,9 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
     b.add_argument("--min-effect", type=finite_float, default=None,
                    help="with --circuit fdr or fdr-top: count a significant head only if its statistic exceeds its "
                    "null mean by at least this (TV: in [0, 1]; 0 = significance alone)")
-    b.add_argument("--node-score", choices=("softmax", "count", "z"), default=None,
-                   help="per-head score: softmax of the count (paper), the count, or its z under the null")
+    b.add_argument("--node-score", choices=NODE_SCORES, default=None,
+                   help="per-head score: softmax of the count (paper), the count, its z under the null, or "
+                   "rank-change: the mean rank by the statistic and by the paired feature change")
     b.add_argument("--combine", choices=("mean", "median"), default=None, help="over the ensemble's SAEs")
     b.add_argument("--edge-rule", choices=EDGE_RULES, default=None,
                    help="edge level: top-k pairs by U (paper); fdr: pairs significant under label swaps; tv: head "
@@ -171,6 +173,8 @@ def configs_from_args(args: argparse.Namespace):
     given = {f: getattr(args, a) for a, f in BEYOND_PAPER_SCORING.items() if getattr(args, a) is not None}
     if given.get("circuit", "fdr") not in FDR_RULES:  # the preset's effect floor belongs to its FDR circuit
         given.setdefault("min_effect", 0.0)
+        if scoring.node_score == "rank-change":  # and "above uniform" reads softmaxed scores, not ranks
+            given.setdefault("node_score", "softmax")
     if given.get("circuit") in FDR_RULES or given.get("node_score") == "z":
         given.setdefault("permutations", scoring.permutations or 1000)
     return sae, replace(scoring, **given)

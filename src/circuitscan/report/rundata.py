@@ -74,6 +74,8 @@ class MethodScores:
 
     def display_values(self) -> tuple[np.ndarray, str]:
         """What a picture of this method should shade heads by, and its label."""
+        if "paired_feature_change" in self.extras:  # node_score rank-change: no raw value is monotone in it
+            return self.scores, "score (mean rank by code distance and paired feature change)"
         for key, label in RAW_VALUES.items():
             if key in self.extras:
                 return self.extras[key], label
