@@ -88,13 +88,6 @@ def _codes_of(sae, acts: HeadActivations, silent: str, keep: torch.Tensor | None
     return discretise_with_change(sae, x, acts.labels, acts.layout, keep=keep, silent=silent, z=z, w_o=acts.w_o)
 
 
-def _tied_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Tie-aware ranks in (0, 1] (equal values share their mean rank)."""
-    from scipy.stats import rankdata
-
-    return torch.tensor(rankdata(x.double().numpy(), method="average") / max(1, x.numel()), dtype=torch.float32)
-
-
 def _per_seed_stats(members: list[Codes], masks: list[torch.Tensor], acts: HeadActivations, sc: ScoringConfig,
                     statistic: str | None = None):
     """The per-head statistic of every SAE of the ensemble [S, heads] (per-position codes summed per head)."""
@@ -165,14 +158,14 @@ def _rank_change(u: torch.Tensor, changes: list[torch.Tensor] | None, acts: Head
     feature change (mean over the ensemble; per-position changes summed per head)."""
     if not changes:  # prompts without pairs: the statistic's rank alone
         stats["node_score"] = "rank of the statistic (the prompts are not paired: no paired feature change)"
-        return _tied_ranks(u)
+        return (_ranks(u) / u.numel()).float()
     groups, H = _groups(acts), acts.layout.n_total
     ch = torch.stack([torch.zeros(H).index_add_(0, groups, c) for c in changes]).mean(0)
     stats["paired_feature_change"] = ch.reshape(acts.layout.n_layers, acts.layout.n_heads)
     stats["node_score"] = ("mean of the ranks (in (0, 1]) by the statistic and by the paired feature change "
                            "(mean L1 distance of the head's SAE features between a prompt and its paired corruption, "
                            "over its mean L1 norm)")
-    return 0.5 * (_tied_ranks(u) + _tied_ranks(ch))
+    return (0.5 * (_ranks(u) + _ranks(ch)) / u.numel()).float()  # tie-aware ranks, in (0, 1]
 
 
 def head_normalised(acts: HeadActivations, how: str) -> HeadActivations:
