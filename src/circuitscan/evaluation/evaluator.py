@@ -231,7 +231,9 @@ class CircuitEvaluator:
                 :func:`~circuitscan.evaluation.forward.precision_context`).
             random_precision: the same for random circuits
                 (:func:`~.curve_stats.evaluate_with_random`); the clean and empty baselines
-                that normalise them keep ``precision``.
+                that normalise them keep ``precision``. fp32 here (the evaluator on its own is
+                exact); ``evaluate_run`` and ``compare`` pass
+                :data:`~.curve_stats.RANDOM_PRECISION` (auto).
         """
         import time
 

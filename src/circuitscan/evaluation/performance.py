@@ -255,7 +255,8 @@ def evaluate_run(
     """
     t0 = time.perf_counter()
     random_example_count(1, random_examples)  # refuse bad values before any work
-    resolve_precision(precision), resolve_precision(random_precision)
+    resolve_precision(precision)
+    resolve_precision(random_precision)
     run = Path(run_dir)
     files = _read_run(run, threshold, size)
     config, scores_json, metrics_json = files.config, files.scores, files.metrics
