@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (40 / 12 prompts): a smoke run")
     ap.add_argument("--before", action="store_true",
                     help="also time step 3 the way it ran before issue 14 (bridge hooks, no shared prefix, "
-                    "100 random circuits per size, 20 curve points) and with the 20 curve points of before "
+                    "100 random circuits per size in fp32, 20 curve points) and with the 20 curve points of before "
                     "issue 14's last round, in this process")
     args = ap.parse_args()
     if args.quick:
@@ -137,7 +137,7 @@ def main() -> None:
             with bridge_only(model):
                 t = time.perf_counter()
                 old = evaluate_run(res.out, faithfulness=True, model=model, prompts=p, random_samples=100,
-                                   faithfulness_points=20)
+                                   faithfulness_points=20, random_precision="fp32")
                 o_s = time.perf_counter() - t
             old_cpr = ", ".join(f"{m} {v:.3f}" for m, v in (old.faithfulness or {}).get("cpr", {}).items())
             _line("   before: evaluate / discover", o_s / d_s, "<= 3.0",
