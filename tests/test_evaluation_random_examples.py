@@ -141,6 +141,15 @@ def test_cli_records_random_examples(run_dir):
     assert read_run_json(run_dir, "metrics.json")["circuit_performance"]["random_examples"] == 24
 
 
+@pytest.mark.parametrize("flag", ["--random-precision", "--eval-precision"])
+def test_cli_rejects_an_unknown_precision(run_dir, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", str(run_dir), flag, "fp16"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "fp16" in err and "'fp32', 'bf16', 'auto'" in err
+
+
 @pytest.mark.parametrize("bad", ["-1", "two", "1.5"])
 def test_cli_rejects_bad_random_examples(run_dir, bad, capsys):
     with pytest.raises(SystemExit) as exit_:
