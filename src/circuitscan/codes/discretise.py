@@ -88,7 +88,8 @@ def discretise(
             w_o[v % len(w_o)]`` (:class:`~circuitscan.types.HeadActivations`). Given both, the
             encoder is folded into each head's ``w_o`` and runs on z: on SmolLM2 (d_head 64,
             d_model 576) about a quarter of the products. The codes are those of x, up to
-            float32 rounding between features within about 1e-6 of each other.
+            rounding between features within about 1e-6 of each other (float32 models; a
+            half-precision model's x carries its own rounding, so nearer ties may differ).
     """
     return discretise_with_change(sae, x, labels, layout, silent=silent, chunk=chunk, z=z, w_o=w_o)[0]
 
