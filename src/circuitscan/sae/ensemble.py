@@ -31,7 +31,7 @@ from torch import Tensor
 from ..config import SAEConfig
 from ..errors import TrainingError
 from .model import SparseAutoencoder
-from .train import init_sae, lr_at, row_batches, set_lr
+from .train import batched_loss_and_grads, init_sae, lr_at, row_batches, set_lr
 
 L1_RATE = 0.05  # per-step log-change of l1 under target_l0 at a 100 % L0 error
 
@@ -48,41 +48,6 @@ class EnsembleFit:
     dead: list[int]  # features that never fire on the member's training rows
     mse: list[float]  # per element, in the scaled units
     l1: list[float]  # the final l1 of each member (steered when target_l0 is set)
-
-
-def _mm(low: torch.dtype | None, a: Tensor, m: Tensor, bias: Tensor | None = None) -> Tensor:
-    if low is None:
-        return torch.bmm(a, m) if bias is None else torch.baddbmm(bias, a, m)
-    out = torch.bmm(a.to(low), m.to(low)).float()
-    return out if bias is None else out.add_(bias)
-
-
-def batched_loss_and_grads(
-    p: dict[str, Tensor], x: Float[Tensor, "S n d"], l1: Float[Tensor, " S"], cfg: SAEConfig, *, with_grads: bool = True
-) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor] | None]:
-    """Per-member loss [S], mse [S], z [S, n, F] and gradients (see :func:`.train.loss_and_grads`)."""
-    S, n, d = x.shape
-    low = torch.bfloat16 if cfg.precision == "bf16" else None
-    W_E, b_E, W_D, b = p["W_E"], p["b_E"], p["W_D"], p["b"]
-    xc = x - b[:, None, :]
-    pre = _mm(low, xc, W_E, b_E[:, None, :])
-    z = torch.relu(pre)
-    r = _mm(low, z, W_D, (b[:, None, :] - x))  # h_hat - h
-    sq = r.square().sum((1, 2))
-    a = 1.0 / n if cfg.loss == "paper" else 1.0 / (n * d)
-    c = (l1 / n)[:, None, None]
-    loss = a * sq + c.flatten() * z.sum((1, 2))
-    mse = sq / (n * d)
-    if not with_grads:
-        return loss, mse, z, None
-    g = r.mul_(2 * a)
-    grad_W_D = _mm(low, z.transpose(1, 2), g)
-    dz = _mm(low, g, W_D.transpose(1, 2), (z > 0).to(z.dtype) * c)
-    dpre = dz.mul_(pre > 0)
-    grad_W_E = _mm(low, xc.transpose(1, 2), dpre)
-    sum_dpre = dpre.sum(1)
-    grad_b = g.sum(1) - torch.bmm(W_E, sum_dpre[:, :, None])[:, :, 0]
-    return loss, mse, z, {"W_E": grad_W_E, "b_E": sum_dpre, "W_D": grad_W_D, "b": grad_b}
 
 
 def _argmax_codes(z: Tensor, n_features: int) -> Tensor:

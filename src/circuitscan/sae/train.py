@@ -146,47 +146,56 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def loss_and_grads(
-    sae: SparseAutoencoder, x: Float[Tensor, "n d"], cfg: SAEConfig, *, with_grads: bool = True
+def _mm(low: torch.dtype | None, a: Tensor, m: Tensor, bias: Tensor | None = None) -> Tensor:
+    if low is None:
+        return torch.bmm(a, m) if bias is None else torch.baddbmm(bias, a, m)
+    out = torch.bmm(a.to(low), m.to(low)).float()  # bf16 products, fp32 accumulation and results
+    return out if bias is None else out.add_(bias)
+
+
+def batched_loss_and_grads(
+    p: dict[str, Tensor], x: Float[Tensor, "S n d"], l1: Float[Tensor, " S"], cfg: SAEConfig, *, with_grads: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor] | None]:
-    """Loss, its reconstruction part, z, and (optionally) hand-derived gradients.
-
-    Returns:
-        (loss, mse_per_element, z, grads) where grads maps parameter names to tensors.
-    """
-    n, d = x.shape
-    W_E, b_E, W_D, b = sae.W_E.detach(), sae.b_E.detach(), sae.W_D.detach(), sae.b.detach()
+    """Per-SAE loss [S], mse [S], z [S, n, F] and hand-derived gradients of ``S`` SAEs at once
+    (parameters stacked on a first axis): the one loss every SAE of circuitscan trains on."""
+    S, n, d = x.shape
     low = torch.bfloat16 if cfg.precision == "bf16" else None
-
-    def mm(bias: Tensor | None, a: Tensor, m: Tensor) -> Tensor:
-        # matmuls in bf16 when asked (fp32 accumulate, fp32 results and parameters)
-        if low is None:
-            return a @ m if bias is None else torch.addmm(bias, a, m)
-        out = a.to(low) @ m.to(low)
-        return out.float() if bias is None else out.float().add_(bias)
-
-    xc = x - b
-    pre = mm(b_E, xc, W_E)
+    W_E, b_E, W_D, b = p["W_E"], p["b_E"], p["W_D"], p["b"]
+    xc = x - b[:, None, :]
+    pre = _mm(low, xc, W_E, b_E[:, None, :])
     z = torch.relu(pre)
-    r = mm(b - x, z, W_D)  # h_hat - h
-    sq = r.square().sum()
-    l1 = z.sum()  # z >= 0
+    r = _mm(low, z, W_D, (b[:, None, :] - x))  # h_hat - h
+    sq = r.square().sum((1, 2))
     a = 1.0 / n if cfg.loss == "paper" else 1.0 / (n * d)
-    c = cfg.l1 / n
-    loss = a * sq + c * l1
+    c = (l1 / n)[:, None, None]
+    loss = a * sq + c.flatten() * z.sum((1, 2))
     mse = sq / (n * d)
     if not with_grads:
         return loss, mse, z, None
     g = r.mul_(2 * a)  # dL/dh_hat, reuses r's storage
-    grad_W_D = mm(None, z.T, g)
-    dz = mm((z > 0).to(z.dtype) * c, g, W_D.T)  # = g W_D^T + c * 1[z > 0]
+    grad_W_D = _mm(low, z.transpose(1, 2), g)
+    dz = _mm(low, g, W_D.transpose(1, 2), (z > 0).to(z.dtype) * c)  # = g W_D^T + c * 1[z > 0]
     dpre = dz.mul_(pre > 0)
-    grad_W_E = mm(None, xc.T, dpre)
-    sum_dpre = dpre.sum(0)
-    grad_b_E = sum_dpre
-    grad_b = g.sum(0) - W_E @ sum_dpre
-    grads = {"W_E": grad_W_E, "b_E": grad_b_E, "W_D": grad_W_D, "b": grad_b}
-    return loss, mse, z, grads
+    grad_W_E = _mm(low, xc.transpose(1, 2), dpre)
+    sum_dpre = dpre.sum(1)
+    grad_b = g.sum(1) - torch.bmm(W_E, sum_dpre[:, :, None])[:, :, 0]
+    return loss, mse, z, {"W_E": grad_W_E, "b_E": sum_dpre, "W_D": grad_W_D, "b": grad_b}
+
+
+def loss_and_grads(
+    sae: SparseAutoencoder, x: Float[Tensor, "n d"], cfg: SAEConfig, *, with_grads: bool = True
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor] | None]:
+    """Loss, its reconstruction part, z, and (optionally) hand-derived gradients of one SAE:
+    :func:`batched_loss_and_grads` for a batch of one (the same kernels as an ensemble's, so an
+    ensemble of one trains bit for bit as this SAE does).
+
+    Returns:
+        (loss, mse_per_element, z, grads) where grads maps parameter names to tensors.
+    """
+    p = {k: getattr(sae, k).detach()[None] for k in ("W_E", "b_E", "W_D", "b")}
+    l1 = torch.full((1,), float(cfg.l1), dtype=x.dtype)
+    loss, mse, z, grads = batched_loss_and_grads(p, x[None], l1, cfg, with_grads=with_grads)
+    return loss[0], mse[0], z[0], None if grads is None else {k: v[0] for k, v in grads.items()}
 
 
 def train_sae(
