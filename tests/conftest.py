@@ -43,6 +43,27 @@ def smollm2():
     return load_model("smollm2-135m")
 
 
+def tiny_llama_model(directory, n_layers: int = 2):
+    """A Llama of ``n_layers`` layers, 4 heads each, at random init (seed 0) with a word-level
+    tokenizer of 64 words: a Hugging Face model (the shared-prefix and layer-skip paths run)
+    built offline in a second."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from circuitscan.models import load_model
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(64)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", eos_token="t1", bos_token="t2").save_pretrained(
+        directory)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(directory)
+    return load_model(str(directory))
+
+
 def build_sae_cfg(**overrides):
     """An SAEConfig from defaults with keyword overrides (tests state only what matters)."""
     from circuitscan.config import SAEConfig

@@ -25,22 +25,9 @@ def test_prefix_blocks_known_answer():
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    """A 2-layer, 4-head Llama at random init with a word-level tokenizer: a Hugging Face model
-    (so the shared prefix runs) built offline in a second."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from conftest import tiny_llama_model
 
-    from circuitscan.models import load_model
-
-    d = tmp_path_factory.mktemp("tiny-llama")
-    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(64)}, unk_token="t0"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", eos_token="t1", bos_token="t2").save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    return load_model(str(d))
+    return tiny_llama_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def _prompts():
@@ -91,8 +78,10 @@ def test_baselines_through_the_shared_prefix_equal_whole_passes(tiny_llama):
     prompts = _prompts()
     ev = CircuitEvaluator.build(tiny_llama, prompts, ablation="corrupt", metrics=["logit_diff"], max_rows=64)
     # per block (3 and 5): the clean prompts (keeping the prefix), the corrupted ones after it; then
-    # the empty circuit, one pass per block, from the kept prefixes (no prefix pass of its own)
-    assert ev.stats.forward_passes == 2 * 2 + 2 and ev.stats.rows == 2 * 24 + 24
+    # the empty circuit, one pass per block, from the kept prefixes (no prefix pass of its own), and
+    # the layer-skip check: one prompt from half-way (.layer_skip)
+    assert ev._skip is not None
+    assert ev.stats.forward_passes == 2 * 2 + 2 + 1 and ev.stats.rows == 2 * 24 + 24 + 1
     clean = cache_heads(tiny_llama, prompts.positive, positions=ev.positions, with_z=False)
     corrupt = cache_heads(tiny_llama, prompts.negative, positions=ev.positions)
     assert torch.allclose(ev.source.cache.z, corrupt.z, atol=1e-5, rtol=1e-5)

@@ -9,19 +9,28 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CircuitscanError
 from ..precision import resolve_precision
 from ..progress import bar
-from .ablation import (
-    AblationSource,
-    check_ablation,
-    paired_negatives,
+from .ablation import AblationSource
+from .baselines import baselines
+from .eval_rows import (
+    _blocks,
+    _budget,
+    _checked_metrics,
+    _EvalRows,
+    shared_prefix_lengths,
 )
-from .baselines import baselines, expand_with_suffixes
 from .forward import precision_context
-from .head_masks import (
-    _as_keep,
-    run_with_heads,
+from .head_masks import _as_keep, run_with_heads
+from .layer_skip import (
+    CAPTURE_MIN,
+    SkipCache,
+    capture_empty,
+    check_skip,
+    first_layers,
+    pass_order,
+    plan_passes,
 )
-from .metrics import MetricBatch, get_metric, normalise, table_metrics
-from .prefix_blocks import PrefixCache, example_lengths, prefix_blocks
+from .metrics import MetricBatch, get_metric, normalise
+from .prefix_blocks import PrefixCache
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
@@ -31,115 +40,22 @@ if TYPE_CHECKING:
     from ..models.hf import Prefix
     from ..types import PromptSet
 
-
-LOGITS_BUDGET = 2**27  # most logits one evaluation pass may hold (512 MiB in float32)
 # --------------------------------------------------------------------------- the evaluator
 
 
 @dataclass
 class EvaluatorStats:
-    """Forward-pass accounting: ``forward_passes`` bridge calls over ``rows`` token rows."""
+    """Forward-pass accounting: ``forward_passes`` bridge calls over ``rows`` token rows, ``layer_rows``
+    the circuit passes' rows times the layers each ran (fewer than all: :mod:`.layer_skip`)."""
 
     forward_passes: int = 0
     rows: int = 0
     circuits: int = 0
     seconds: float = 0.0
+    layer_rows: int = 0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-def shared_prefix_lengths(
-    a: Int[Tensor, "n seq"], b: Int[Tensor, "n seq"], mask_a: Tensor | None, mask_b: Tensor | None
-) -> Int[Tensor, " n"]:
-    """Per row, the number of first positions where ``a`` and ``b`` (tokens and masks) agree."""
-    import torch
-
-    diff = a != b
-    if mask_a is not None or mask_b is not None:
-        ones = torch.ones_like(a)
-        diff |= (ones if mask_a is None else mask_a) != (ones if mask_b is None else mask_b)
-    first = diff.int().argmax(1)
-    return torch.where(diff.any(1), first, torch.full_like(first, a.shape[1]))
-
-
-def _checked_metrics(model: ModelHandle, prompts: PromptSet, ablation: str, metrics: Sequence[str] | None,
-                     n_examples: int | None, max_rows: int) -> tuple[list[str], list[Any], int]:
-    """The evaluator's inputs checked: metric names, their objects, and the number of examples."""
-    check_ablation(ablation)
-    if max_rows < 1:
-        raise CircuitscanError(f"max_rows must be >= 1, got {max_rows}")
-    names = list(metrics) if metrics is not None else table_metrics(prompts)
-    if not names:
-        raise CircuitscanError("give at least one metric")
-    metric_objs = [get_metric(name) for name in names]
-    for m in metric_objs:
-        m.check(prompts)
-    n = prompts.n_positive if n_examples is None else int(n_examples)
-    if not 1 <= n <= prompts.n_positive:
-        raise CircuitscanError(
-            f"n_examples must be in 1..{prompts.n_positive} (the task's positive prompts), got {n}"
-        )
-    vocab = int(model.bridge.cfg.d_vocab)
-    all_tokens, _ = prompts.all_tokens()
-    if int(all_tokens.min()) < 0 or int(all_tokens.max()) >= vocab:
-        raise CircuitscanError(f"task {prompts.task!r} has token ids outside the model's vocabulary 0..{vocab - 1}")
-    return names, metric_objs, n
-
-
-@dataclass
-class _EvalRows:
-    """The token rows an evaluator runs: one per example, or one per (example, suffix)."""
-
-    pos_tok: Tensor
-    pos_mask: Tensor | None
-    neg: Tensor
-    neg_mask: Tensor | None
-    suffix: tuple[int, ...] | None
-    group: int
-    prefix: int | None
-    positions: Tensor
-    last: int
-
-    @classmethod
-    def of(cls, prompts: PromptSet, metric_objs: list[Any], names: list[str], n: int, ablation: str) -> _EvalRows:
-        import torch
-
-        neg, neg_mask = paired_negatives(prompts) if ablation == "corrupt" else (prompts.negative, prompts.negative_mask)
-        # rows: one per example, or one per (example, suffix) when a metric reads suffixes
-        suffixes = {tuple(s) for m in metric_objs if (s := m.suffixes(prompts)) is not None}
-        if len(suffixes) > 1:
-            raise CircuitscanError(f"metrics {names} need different prompt suffixes; evaluate them separately")
-        seq = prompts.seq_len
-        pos_tok, pos_mask = prompts.positive[:n], None if prompts.positive_mask is None else prompts.positive_mask[:n]
-        if ablation == "corrupt":
-            neg, neg_mask = neg[:n], None if neg_mask is None else neg_mask[:n]
-        group, prefix, suffix = 1, None, None
-        if suffixes:
-            suffix = next(iter(suffixes))
-            group, prefix = len(suffix), seq
-            pos_tok, pos_mask = expand_with_suffixes(pos_tok, pos_mask, suffix)
-            neg, neg_mask = expand_with_suffixes(neg, neg_mask, suffix)
-        run_seq = pos_tok.shape[1]
-        if any(m.positions == "all" for m in metric_objs):
-            positions = torch.arange(run_seq)
-        else:
-            positions = torch.arange(seq - 1, run_seq)  # the prompt's last position (+ suffix positions)
-        last = int((positions == seq - 1).nonzero()[0, 0])
-        return cls(pos_tok, pos_mask, neg, neg_mask, suffix, group, prefix, positions, last)
-
-
-def _budget(max_rows: int, n_positions: int, vocab: int, group: int) -> int:
-    """Token rows per circuit pass: ``max_rows``, and at most :data:`LOGITS_BUDGET` logits (all-position metrics)."""
-    return max(group, min(max_rows, LOGITS_BUDGET // (n_positions * vocab)))
-
-
-def _blocks(model: ModelHandle, shared: Tensor | None, n: int, group: int, positions: Tensor,
-            max_rows: int) -> list[tuple[int, list[int]]]:
-    """The first ``n`` examples in blocks of one shared-prefix length (:func:`.prefix_blocks.prefix_blocks`),
-    each at most one pass of rows; one length 0 without sharing (``shared`` None)."""
-    budget = _budget(max_rows, len(positions), int(model.bridge.cfg.d_vocab), group)
-    return prefix_blocks(example_lengths(shared, n, group, int(positions.min())), max(1, min(n, budget // group)))
 
 
 @dataclass
@@ -193,8 +109,10 @@ class CircuitEvaluator:
     prefix_sharing: bool = True
     precision: str = "fp32"
     random_precision: str = "fp32"
+    layer_skip: bool = True
     _known: dict[tuple[bool, bytes], dict[str, Tensor]] = field(default_factory=dict, repr=False)
     _prefixes: PrefixCache | None = field(default=None, repr=False)
+    _skip: SkipCache | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self._prefixes is None:
@@ -214,6 +132,7 @@ class CircuitEvaluator:
         progress: bool | None = None,
         precision: str = "fp32",
         random_precision: str = "fp32",
+        layer_skip: bool = True,
     ) -> CircuitEvaluator:
         """Check inputs, cache the ablation source and run the clean and empty baselines.
 
@@ -234,6 +153,8 @@ class CircuitEvaluator:
                 that normalise them keep ``precision``. fp32 here (the evaluator on its own is
                 exact); ``evaluate_run`` and ``compare`` pass
                 :data:`~.curve_stats.RANDOM_PRECISION` (auto).
+            layer_skip: start each circuit pass at its circuits' first kept layer
+                (:mod:`.layer_skip`; False runs every layer, the reference path).
         """
         import time
 
@@ -257,7 +178,7 @@ class CircuitEvaluator:
         ev = cls(model=model, prompts=prompts, ablation=ablation, metrics=names, source=source, n=n,
                  max_rows=max_rows, positions=rows.positions, last=last, group=group, tokens=rows.pos_tok,
                  mask=rows.pos_mask, reference_logprobs=ref, stats=stats, progress=progress, shared=shared,
-                 precision=precision, random_precision=random_precision, _prefixes=prefixes)
+                 precision=precision, random_precision=random_precision, layer_skip=layer_skip, _prefixes=prefixes)
         index = torch.arange(n)
         ev.clean = ev._score(clean_logits, index)
         if ablation == "corrupt":
@@ -265,7 +186,10 @@ class CircuitEvaluator:
         every = torch.ones(model.layout.n_total, dtype=torch.bool)
         for p in {ev.resolved(precision), ev.resolved(random_precision)}:  # every head kept: the clean model
             ev._known.update({ev._key(every, s, p): ev.clean for s in (True, False)})
-        ev.empty = {k: v[0] for k, v in ev.evaluate(~every[None]).items()}
+        ev._skip = SkipCache() if layer_skip and prefixes.has_view() else None
+        ev.empty = {k: v[0] for k, v in ev.evaluate(~every[None]).items()}  # captures the start states
+        if ev._skip is not None and not check_skip(ev):
+            ev._skip = None
         ev.stats.seconds = time.perf_counter() - t0  # the empty circuit's evaluate() added its part: counted once
         return ev
 
@@ -326,7 +250,16 @@ class CircuitEvaluator:
         sharing = self.prefix_sharing and self._prefixes.has_view()
         blocks = _blocks(self.model, self.shared if sharing else None, n, g, self.positions, self.max_rows)
         plan = [(length, ex, max(1, budget // (len(ex) * g))) for length, ex in blocks]  # + circuits per pass
-        n_passes = sum(-(-n_unique // per_pass) for _, _, per_pass in plan)
+        n_layers = self.model.layout.n_layers
+        starts = first_layers(unique, self.model.layout)
+        order = pass_order(starts)
+        ordered = starts[order].tolist()
+
+        def segments(rows: int, per_pass: int, skip: bool) -> list[tuple[int, int]]:
+            return plan_passes(ordered if skip else [0] * n_unique, rows, per_pass, n_layers)
+
+        skipping = self._skip is not None
+        n_passes = sum(len(segments(len(ex) * g, per_pass, skipping)) for _, ex, per_pass in plan)
         show = self.progress if self.progress is not None else None
         with torch.inference_mode(), precision_context(self.model, precision or self.precision), \
                 bar("evaluating circuits", n_passes, show=show if n_passes > 4 else False) as advance:
@@ -335,20 +268,43 @@ class CircuitEvaluator:
                 rows = (index[:, None] * g + torch.arange(g)).reshape(-1)
                 tokens = self.tokens[rows]
                 mask = None if self.mask is None else self.mask[rows]
-                with precision_context(self.model, self.precision):  # prefixes are shared: the base precision
+                with precision_context(self.model, self.precision):  # prefixes and captures: the base precision
                     past = self._prefix(length, tokens, mask, rows)
-                for c0 in range(0, n_unique, per_pass):
-                    c1 = min(n_unique, c0 + per_pass)
-                    logits = run_with_heads(self.model, tokens, unique[c0:c1], self.source, rows=rows,
-                                            positions=self.positions, attention_mask=mask, past=past)
-                    for c in range(c1 - c0):
+                    hidden, empty_logits = self._start_states(length, tokens, mask, rows, past, unique)
+                if empty_logits is not None:  # m(∅) itself, from the pass that captured its residual stream
+                    for name, values in self._score(empty_logits[0], index).items():
+                        out[name][0, index] = values
+                    advance()
+                    continue
+                for lo, hi in segments(len(rows), per_pass, hidden is not None):
+                    idx = order[lo:hi]
+                    s = int(starts[idx].min()) if hidden is not None else 0
+                    logits = run_with_heads(self.model, tokens, unique[idx], self.source, rows=rows,
+                                            positions=self.positions, attention_mask=mask, past=past,
+                                            start=(s, hidden[s]) if s > 0 else None)
+                    for c, ci in enumerate(idx.tolist()):
                         for name, values in self._score(logits[c], index).items():
-                            out[name][c0 + c, index] = values
+                            out[name][ci, index] = values
                     self.stats.forward_passes += 1
-                    self.stats.rows += (c1 - c0) * len(rows)
+                    self.stats.rows += len(idx) * len(rows)
+                    self.stats.layer_rows += len(idx) * len(rows) * (n_layers - s)
                     advance()
         self.stats.circuits += n_unique
         return out
+
+    def _start_states(self, length: int, tokens: Tensor, mask: Tensor | None, rows: Tensor, past: Prefix | None,
+                      unique: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The empty circuit's residual stream entering each layer for these rows (:mod:`.layer_skip`),
+        or None (run every layer), captured now (one pass of the empty circuit) when missing and worth
+        it; and that pass's logits when the empty circuit is all there is to run (else None)."""
+        if self._skip is None:
+            return None, None
+        hidden = self._skip.get(length, rows)
+        only_empty = unique.shape[0] == 1 and not bool(unique.any())
+        if hidden is not None or (unique.shape[0] < CAPTURE_MIN and not only_empty):
+            return hidden, None
+        hidden, logits = capture_empty(self, length, tokens, mask, rows, past)
+        return hidden, logits if only_empty else None
 
     def _prefix(self, length: int, tokens: Tensor, mask: Tensor | None, rows: Tensor) -> Prefix | None:
         """The cached first ``length`` positions of these rows (computed once per length), or None."""

@@ -63,6 +63,8 @@ def logits_at(
     hooks: Sequence[tuple[str, Any]] = (),
     attention_mask: Int[Tensor, "b seq"] | None = None,
     past: Prefix | None = None,
+    start: tuple[int, Tensor] | None = None,
+    capture: list[Tensor] | None = None,
 ) -> Float[Tensor, "b P vocab"]:
     """One forward pass with ``hooks``; logits only at ``positions`` (None: all).
 
@@ -70,27 +72,29 @@ def logits_at(
     requested positions are unembedded. Hugging Face models run on their unwrapped
     module tree (:func:`circuitscan.models.hf.run_hooked`) when every hook has a site
     there; the bridge runs the rest. ``past``: a cached prefix (see ``run_hooked``);
-    ``positions`` still index the whole sequence and must all lie after it.
+    ``positions`` still index the whole sequence and must all lie after it. ``start``,
+    ``capture``: the residual stream entering a layer given, or captured (``run_hooked``).
     """
     bridge = model.bridge
-    start = 0 if past is None else past.length
+    first = 0 if past is None else past.length
     if positions is None or _UNEMBED_IN not in bridge.hook_dict:
-        out = run_hooked(model, tokens, hooks, attention_mask=attention_mask, past=past)
-        return out if positions is None else out[:, positions.to(out.device) - start]
+        out = run_hooked(model, tokens, hooks, attention_mask=attention_mask, past=past, start=start,
+                         capture=capture)
+        return out if positions is None else out[:, positions.to(out.device) - first]
     captured: dict[str, Tensor] = {}
 
     def grab(x: Tensor, hook: Any) -> Tensor:  # noqa: ARG001
-        captured["x"] = x[:, positions.to(x.device) - start]
+        captured["x"] = x[:, positions.to(x.device) - first]
         raise _StopForward
 
     try:
         run_hooked(model, tokens, [*hooks, (_UNEMBED_IN, grab)], attention_mask=attention_mask, logits=False,
-                   past=past)
+                   past=past, start=start, capture=capture)
     except _StopForward:
         pass
     if "x" not in captured:  # pragma: no cover - an adapter that skips its unembedding hook
-        out = run_hooked(model, tokens, hooks, attention_mask=attention_mask, past=past)
-        return out[:, positions.to(out.device) - start]
+        out = run_hooked(model, tokens, hooks, attention_mask=attention_mask, past=past, start=start)
+        return out[:, positions.to(out.device) - first]
     view = hf_view(model)
     if supports(view, [*hooks, (_UNEMBED_IN, grab)]):
         return view.lm_head(captured["x"])

@@ -122,12 +122,17 @@ def run_with_heads(
     positions: str | Sequence[int] | Tensor | None = "last",
     attention_mask: Int[Tensor, "r seq"] | None = None,
     past: Prefix | None = None,
+    start: tuple[int, Tensor] | None = None,
+    capture: list[Tensor] | None = None,
 ) -> Float[Tensor, "C r P vocab"]:
     """Logits of every circuit in ``keep`` on the r prompts ``tokens``: one forward pass.
 
     ``rows`` maps the prompts to the source's rows (corrupt ablation); by default prompt
     i is paired with source row i. ``past``: the r prompts' cached first positions,
-    which no circuit may change (:meth:`CircuitEvaluator.evaluate` decides).
+    which no circuit may change (:meth:`CircuitEvaluator.evaluate` decides). ``start``:
+    ``(s, hidden)``, the r prompts' residual stream entering layer ``s`` (``[r, pos, d]``,
+    tiled here over the circuits), which every circuit shares (:mod:`.layer_skip`);
+    ``capture``: a list that gets the residual stream entering each layer.
     """
     import torch
 
@@ -141,7 +146,9 @@ def run_with_heads(
     batch = tokens.repeat(n_circuits, 1)
     mask = None if attention_mask is None else attention_mask.repeat(n_circuits, 1)
     hooks = head_mask_hooks(model, keep, source, None if rows is None else torch.as_tensor(rows))
-    out = logits_at(model, batch, pos, hooks=hooks, attention_mask=mask, past=past)
+    if start is not None:
+        start = (start[0], start[1].repeat(n_circuits, 1, 1))
+    out = logits_at(model, batch, pos, hooks=hooks, attention_mask=mask, past=past, start=start, capture=capture)
     return out.reshape(n_circuits, r, *out.shape[1:])
 
 

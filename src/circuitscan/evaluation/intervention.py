@@ -46,13 +46,9 @@ from .ablation import (
     masked_position_mean,
     paired_negatives,
 )
-from .evaluator import (
-    LOGITS_BUDGET,
-    CircuitEvaluator,
-    EvaluatorStats,
-    expand_with_suffixes,
-    shared_prefix_lengths,
-)
+from .baselines import expand_with_suffixes
+from .eval_rows import LOGITS_BUDGET, shared_prefix_lengths
+from .evaluator import CircuitEvaluator, EvaluatorStats
 from .forward import HeadCache, cache_heads, logits_at, resolve_positions
 from .head_masks import (
     circuit_mask,

@@ -49,12 +49,14 @@ class HFView:
         out_proj: per layer, the attention output projection (its input is every head's z).
         final_norm: the norm whose output enters ``lm_head``.
         lm_head: the unembedding.
+        layers: the decoder layers (a ``ModuleList``), in order.
     """
 
     model: Any
     out_proj: tuple[Any, ...]
     final_norm: Any
     lm_head: Any
+    layers: Any = None
 
 
 def _is_bridge(m: nn.Module) -> bool:
@@ -90,8 +92,8 @@ def _unwrap(m: nn.Module, memo: dict[int, Any]) -> nn.Module:
     return m
 
 
-def _sites(model: Any, n_layers: int) -> tuple[tuple[Any, ...], Any, Any] | None:
-    """(output projections, final norm, lm_head) of a Llama-style or GPT-2-style model, else None."""
+def _sites(model: Any, n_layers: int) -> tuple[tuple[Any, ...], Any, Any, Any] | None:
+    """(output projections, final norm, lm_head, decoder layers) of a Llama-style or GPT-2-style model, else None."""
     lm_head = getattr(model, "lm_head", None)
     body = getattr(model, "model", None) or getattr(model, "transformer", None)
     if lm_head is None or body is None:
@@ -107,7 +109,7 @@ def _sites(model: Any, n_layers: int) -> tuple[tuple[Any, ...], Any, Any] | None
         if proj is None:
             return None
         projs.append(proj)
-    return tuple(projs), norm, lm_head
+    return tuple(projs), norm, lm_head, layers
 
 
 def hf_view(handle: ModelHandle) -> HFView | None:
@@ -157,6 +159,8 @@ def run_hooked(
     attention_mask: Tensor | None = None,
     logits: bool = True,
     past: Prefix | None = None,
+    start: tuple[int, Tensor] | None = None,
+    capture: list[Tensor] | None = None,
 ) -> Tensor | None:
     """``bridge.run_with_hooks(tokens, fwd_hooks)`` on the fastest path that gives the same values.
 
@@ -171,12 +175,17 @@ def run_hooked(
     the returned logits see only those. Callers use it where the hooks cannot change
     those positions (corrupt ablation with prompts that share their first tokens with
     their corrupted partners). ``tokens`` may hold the prefix's rows repeated (circuit-major).
+
+    ``start = (s, hidden)`` (Hugging Face path only): the residual stream entering layer ``s`` is
+    ``hidden`` (``[batch, positions run, d_model]``) and layers ``0 .. s-1`` do not run (see
+    :mod:`circuitscan.evaluation.layer_skip` for when that is exact). ``capture``: a list that gets
+    the residual stream entering each layer, in order.
     """
     view = hf_view(handle)
     kwargs: dict[str, Any] = {} if attention_mask is None else {"attention_mask": attention_mask}
     if not supports(view, fwd_hooks):
-        if past is not None:
-            raise ValueError("a cached prefix needs the Hugging Face path")
+        if past is not None or start is not None or capture is not None:
+            raise ValueError("a cached prefix, a start layer or a residual capture needs the Hugging Face path")
         return handle.bridge.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks), **kwargs)
     kwargs.update(_positions(attention_mask, 0 if past is None else past.length))
     if past is not None:
@@ -190,12 +199,77 @@ def run_hooked(
                 handles.append(view.out_proj[int(m.group(1))].register_forward_pre_hook(_pre(fn)))
             else:
                 handles.append(view.final_norm.register_forward_hook(_post(fn)))
+        handles += _layer_hooks(view, start, capture)
         body = view.model.base_model
         out = body(input_ids=tokens.to(view.lm_head.weight.device), use_cache=past is not None, **kwargs)
         return view.lm_head(out.last_hidden_state) if logits else None
     finally:
-        for h in handles:
+        for h in reversed(handles):
             h.remove()
+
+
+class _Skipped:
+    """A decoder layer that does not run: it hands its input on (restored by :meth:`remove`)."""
+
+    def __init__(self, layers: Any, i: int) -> None:
+        self.layers, self.i, self.layer = layers, i, layers[i]
+        layers[i] = _passthrough()
+
+    def remove(self) -> None:
+        self.layers[self.i] = self.layer
+
+
+def _passthrough() -> nn.Module:
+    """A module whose forward returns its first argument (a decoder layer that does not run)."""
+    import torch
+
+    global _PASS
+    if _PASS is None:
+        class Pass(torch.nn.Module):
+            def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # noqa: ARG002
+                return hidden_states
+
+        _PASS = Pass
+    return _PASS()
+
+
+_PASS: Any = None
+
+
+def _layer_hooks(view: HFView, start: tuple[int, Tensor] | None, capture: list[Tensor] | None) -> list[Any]:
+    """Handles (with ``remove()``) that skip the layers before ``start``'s and capture each layer's input."""
+    if (start is not None or capture is not None) and view.layers is None:
+        raise ValueError("this model's view has no decoder layers to start from or capture")
+    handles: list[Any] = []
+    if capture is not None:
+        for layer in view.layers:
+            handles.append(layer.register_forward_pre_hook(_grab(capture), with_kwargs=True))
+    if start is not None and start[0] > 0:
+        s, hidden = start
+        handles.append(view.layers[s].register_forward_pre_hook(_put(hidden), with_kwargs=True))
+        handles += [_Skipped(view.layers, i) for i in range(s)]
+    return handles
+
+
+def _hidden_of(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _grab(into: list[Tensor]) -> Any:
+    def hook(module: Any, args: tuple, kwargs: dict) -> None:  # noqa: ARG001
+        into.append(_hidden_of(args, kwargs).detach())
+
+    return hook
+
+
+def _put(hidden: Tensor) -> Any:
+    def hook(module: Any, args: tuple, kwargs: dict) -> Any:  # noqa: ARG001
+        h = hidden.to(device=_hidden_of(args, kwargs).device, dtype=_hidden_of(args, kwargs).dtype)
+        if args:
+            return (h, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": h}
+
+    return hook
 
 
 def _positions(attention_mask: Tensor | None, start: int) -> dict[str, Tensor]:
