@@ -126,6 +126,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "sc-preset-bf16": {"_compat": {}, "sae": {"precision": "bf16"}},
     # issue 13: the node score = mean rank by the TV statistic and by the paired feature change
     "sc-preset-rank-change": {"_compat": {}, "sae": {"precision": "bf16"}, "scoring": {"node_score": "rank-change"}},
+    # issue 13: the paired feature change in the SAE's units (one scale for all heads), not per head
+    "sc-preset-change-rel": {"_compat": {}, "scoring": {"node_score": "rank-change", "feature_change": "relative"}},
+    "sc-preset-change-abs": {"_compat": {}, "scoring": {"node_score": "rank-change", "feature_change": "absolute"}},
     "sc-preset-b256-e200-cos-ens5-me10": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"min_effect": 0.1}},
     "sc-preset-b256-e200-cos-ens5-fdr01": {"_compat": {}, "sae": {**_B256, "n_seeds": 5}, "scoring": {"fdr": 0.01}},
     # issue 13 item 4: the edge level's rule, on the preset with the ensemble default (5 SAEs, 256-row steps)

@@ -183,12 +183,39 @@ def test_paired_feature_change_is_its_definition_on_both_paths():
     keep[[3, 25, 30]] = False  # pairs 3, 5 and 10 lose a member
     f = sae.encode(x)
     pk = keep[:20] & keep[20:]
-    want = (f[:20][pk] - f[20:][pk]).abs().sum(-1).mean(0) / f[keep].abs().sum(-1).mean(0)
+    absolute = (f[:20][pk] - f[20:][pk]).abs().sum(-1).mean(0)
+    want = absolute / f[keep].abs().sum(-1).mean(0)
     for kw in ({}, {"z": z, "w_o": w_o}):
         for chunk in (None, 3):
             codes, change = discretise_with_change(sae, x, labels, HeadLayout(2, 3), keep=keep, chunk=chunk, **kw)
             assert torch.allclose(change, want, rtol=1e-5), (kw.keys(), chunk)
             assert torch.equal(codes.codes, discretise(sae, x, labels, HeadLayout(2, 3)).codes)
+            _, change = discretise_with_change(sae, x, labels, HeadLayout(2, 3), keep=keep, chunk=chunk,
+                                               change="absolute", **kw)
+            assert torch.allclose(change, absolute, rtol=1e-5), (kw.keys(), chunk)
     assert discretise_with_change(sae, x, labels, HeadLayout(2, 3))[1] is None
     with pytest.raises(CircuitscanError, match="positives then their paired negatives"):
         discretise_with_change(sae, x, labels.flip(0), HeadLayout(2, 3), keep=keep)
+    with pytest.raises(CircuitscanError, match="change must be 'relative' or 'absolute', got 'raw'"):
+        discretise_with_change(sae, x, labels, HeadLayout(2, 3), keep=keep, change="raw")
+
+
+def test_absolute_change_ranks_the_head_that_moves_more_first():
+    """Two heads whose features move by the same fraction of their size: relative units tie
+    them, absolute units put the larger one first."""
+    from circuitscan.codes.discretise import discretise_with_change
+
+    sae = SparseAutoencoder(2, 2)
+    with torch.no_grad():
+        sae.W_E.copy_(torch.eye(2))
+        sae.b_E.zero_()
+        sae.b.zero_()
+    base = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # head 0 writes feature 0, head 1 feature 1
+    pos = torch.stack([base * torch.tensor([[1.0], [10.0]])] * 4)  # head 1 ten times larger
+    neg = pos * 0.5  # the corruption halves both
+    x, labels = torch.cat([pos, neg]), torch.arange(8) < 4
+    keep = torch.ones(8, dtype=torch.bool)
+    rel = discretise_with_change(sae, x, labels, HeadLayout(1, 2), keep=keep)[1]
+    ab = discretise_with_change(sae, x, labels, HeadLayout(1, 2), keep=keep, change="absolute")[1]
+    assert torch.allclose(rel, torch.full((2,), 0.5 / 0.75))  # |1 - 0.5| over the mean of 1 and 0.5
+    assert torch.allclose(ab, torch.tensor([0.5, 5.0]))

@@ -182,6 +182,10 @@ def test_cli_circuitscan_preset_and_bad_settings_exit_2(tmp_path, capsys):
         assert main([*base, "--out", str(bad_out), *bad]) == 2, bad
         assert msg in capsys.readouterr().err
         assert not bad_out.exists()
+    with pytest.raises(SystemExit) as exc:  # a choice argparse refuses itself
+        main([*base, "--out", str(tmp_path / "bad"), "--feature-change", "raw"])
+    assert exc.value.code == 2 and "invalid choice: 'raw' (choose from 'absolute', 'relative')" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("variant", [{}, {"statistic": "tv", "input_scale": "d_model", "head_norm": "center"}],

@@ -242,3 +242,5 @@ def test_unknown_node_score_and_ranks_above_uniform_are_refused():
         ScoringConfig(node_score="rank")
     with pytest.raises(CircuitscanError, match="node_score='rank-change' gives ranks"):
         ScoringConfig(node_score="rank-change", circuit="above-uniform")
+    with pytest.raises(CircuitscanError, match="feature_change must be one of 'absolute', 'relative', got 'raw'"):
+        ScoringConfig(feature_change="raw")

@@ -105,14 +105,18 @@ def discretise_with_change(
     chunk: int | None = None,
     z: Float[torch.Tensor, "n heads d_head"] | None = None,
     w_o: Float[torch.Tensor, "real_heads d_head d"] | None = None,
+    change: str = "relative",
 ) -> tuple[Codes, Float[torch.Tensor, " heads"] | None]:
     """:func:`discretise`, and with ``keep`` (examples to count on) the **paired feature change**
     of every head from the same encoding: over the pairs (i, i + n/2) with both examples kept
     (positives first, the i-th negative the corruption of the i-th positive), the mean L1
-    distance between the head's SAE features on the two, divided by the mean L1 norm of its
-    features on the kept examples (how far corrupting the input moves the head, in units of its
-    typical activation). None without ``keep``."""
+    distance between the head's SAE features on the two (how far corrupting the input moves
+    the head). ``change="relative"`` divides it by the mean L1 norm of the head's features on
+    the kept examples (in units of its typical activation); ``"absolute"`` keeps the SAE's
+    units, the same for every head. None without ``keep``."""
     folded = _check(x, z, w_o, silent)
+    if change not in ("relative", "absolute"):
+        raise CircuitscanError(f"change must be 'relative' or 'absolute', got {change!r}")
     n, heads, _ = x.shape
     if keep is not None and (n % 2 or not bool(labels[: n // 2].all()) or bool(labels[n // 2 :].any())):
         raise CircuitscanError("the paired feature change needs positives then their paired negatives (n even)")
@@ -143,4 +147,6 @@ def discretise_with_change(
     if keep is None:
         return codes, None
     n_pairs, n_kept = max(1, int(pair_keep.sum())), max(1, int(keep.sum()))
+    if change == "absolute":
+        return codes, diff / n_pairs
     return codes, (diff / n_pairs) / (mass / n_kept).clamp_min(1e-12)

@@ -13,6 +13,7 @@ from ..config import (
     CIRCUIT_RULES,
     EDGE_RULES,
     FDR_RULES,
+    FEATURE_CHANGES,
     LR_SCHEDULES,
     NODE_SCORES,
     SAE_PRECISIONS,
@@ -103,7 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 BEYOND_PAPER_SAE = {"input_scale": "input_scale", "head_norm": "head_norm", "target_l0": "target_l0", "sae_seeds": "n_seeds", "stop": "stop",
                     "check_every": "check_every", "lr_schedule": "lr_schedule", "batch_rows": "batch_rows"}
 BEYOND_PAPER_SCORING = {"statistic": "statistic", "permutations": "permutations", "fdr": "fdr", "circuit": "circuit",
-                        "min_effect": "min_effect", "node_score": "node_score", "combine": "combine", "edge_rule": "edge_rule",
+                        "min_effect": "min_effect", "node_score": "node_score", "feature_change": "feature_change",
+                        "combine": "combine", "edge_rule": "edge_rule",
                         "edge_permutations": "edge_permutations"}
 
 
@@ -143,6 +145,9 @@ def add_beyond_paper_args(p: argparse.ArgumentParser) -> None:
     b.add_argument("--node-score", choices=NODE_SCORES, default=None,
                    help="per-head score: softmax of the count (paper), the count, its z under the null, or "
                    "rank-change: the mean rank by the statistic and by the paired feature change")
+    b.add_argument("--feature-change", choices=FEATURE_CHANGES, default=None,
+                   help="rank-change's paired feature change: absolute (the SAE's units, one scale for every head) "
+                   "or relative (each head's change over its own typical activation)")
     b.add_argument("--combine", choices=("mean", "median"), default=None, help="over the ensemble's SAEs")
     b.add_argument("--edge-rule", choices=EDGE_RULES, default=None,
                    help="edge level: top-k pairs by U (paper); fdr: pairs significant under label swaps; tv: head "

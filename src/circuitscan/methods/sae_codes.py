@@ -78,14 +78,15 @@ def rank_agreement(per_seed: torch.Tensor) -> float | None:
     return sum(vals) / len(vals)
 
 
-def _codes_of(sae, acts: HeadActivations, silent: str, keep: torch.Tensor | None = None
+def _codes_of(sae, acts: HeadActivations, silent: str, keep: torch.Tensor | None = None, change: str = "relative"
               ) -> tuple[Codes, torch.Tensor | None]:
-    """Codes, and with ``keep`` every virtual head's paired feature change."""
+    """Codes, and with ``keep`` every virtual head's paired feature change (in ``change`` units)."""
     x, z = acts.x, acts.z
     if acts.n_slots > 1:  # [n, slots, heads, d] -> virtual heads (slot, head), column slot * H + h
         x = x.reshape(x.shape[0], -1, x.shape[-1])
         z = None if z is None else z.reshape(z.shape[0], -1, z.shape[-1])
-    return discretise_with_change(sae, x, acts.labels, acts.layout, keep=keep, silent=silent, z=z, w_o=acts.w_o)
+    return discretise_with_change(sae, x, acts.labels, acts.layout, keep=keep, silent=silent, z=z, w_o=acts.w_o,
+                                  change=change)
 
 
 def _per_seed_stats(members: list[Codes], masks: list[torch.Tensor], acts: HeadActivations, sc: ScoringConfig,
@@ -205,8 +206,8 @@ def discover_from_activations(
             mask[m.train_indices] = False
         masks.append(mask)
     want_change = cfg.scoring.node_score == "rank-change" and paired
-    coded = [_codes_of(m.sae, acts, cfg.scoring.silent, mask if want_change else None) for m, mask in zip(fits, masks,
-                                                                                                       strict=True)]
+    coded = [_codes_of(m.sae, acts, cfg.scoring.silent, mask if want_change else None, cfg.scoring.feature_change)
+             for m, mask in zip(fits, masks, strict=True)]
     members = [c for c, _ in coded]
     changes = [ch for _, ch in coded] if want_change else None
     timings["discretise"] = time.perf_counter() - t
