@@ -255,15 +255,14 @@ class CircuitEvaluator:
         order = pass_order(starts)
         ordered = starts[order].tolist()
 
-        def segments(rows: int, per_pass: int, skip: bool) -> list[tuple[int, int]]:
-            return plan_passes(ordered if skip else [0] * n_unique, rows, per_pass, n_layers)
-
-        skipping = self._skip is not None
-        n_passes = sum(len(segments(len(ex) * g, per_pass, skipping)) for _, ex, per_pass in plan)
+        # passes per block as if every block may start late (a block without a capture splits evenly)
+        planned = [plan_passes(ordered if self._skip is not None else [0] * n_unique, len(ex) * g, per_pass, n_layers)
+                   for _, ex, per_pass in plan]
+        n_passes = sum(map(len, planned))
         show = self.progress if self.progress is not None else None
         with torch.inference_mode(), precision_context(self.model, precision or self.precision), \
                 bar("evaluating circuits", n_passes, show=show if n_passes > 4 else False) as advance:
-            for length, examples, per_pass in plan:
+            for (length, examples, per_pass), passes in zip(plan, planned, strict=True):
                 index = torch.tensor(examples)
                 rows = (index[:, None] * g + torch.arange(g)).reshape(-1)
                 tokens = self.tokens[rows]
@@ -276,7 +275,9 @@ class CircuitEvaluator:
                         out[name][0, index] = values
                     advance()
                     continue
-                for lo, hi in segments(len(rows), per_pass, hidden is not None):
+                if hidden is None and self._skip is not None:
+                    passes = plan_passes([0] * n_unique, len(rows), per_pass, n_layers)
+                for lo, hi in passes:
                     idx = order[lo:hi]
                     s = int(starts[idx].min()) if hidden is not None else 0
                     logits = run_with_heads(self.model, tokens, unique[idx], self.source, rows=rows,

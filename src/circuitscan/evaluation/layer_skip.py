@@ -7,8 +7,9 @@ layer is the empty circuit's, whatever the circuit keeps later. :class:`~.evalua
 captures the empty circuit's residual stream entering every layer once (its ``m(∅)`` pass),
 and each circuit pass starts at the first kept layer of its circuits, from those values: exact
 up to floating-point summation order, and what it saves is the fraction of layers below each
-circuit's first kept head (on SmolLM2-135M IOI at 60 examples about a fifth of the layer-rows
-an evaluation runs: the top-ranked heads of small circuits sit in late layers).
+pass's first kept head (on SmolLM2-135M IOI at 60 examples 11.5 % of the layer-rows an
+evaluation runs, about 5 % of its seconds: the top-ranked heads of small circuits sit in late
+layers, random circuits of more than a few heads keep one in an early layer).
 
 Hugging Face models only (:func:`circuitscan.models.hf.run_hooked`); the evaluator checks once,
 on a few prompts, that a pass started half-way gives the empty circuit's values, and runs every
