@@ -119,6 +119,24 @@ def test_a_capture_is_made_for_a_block_the_empty_circuit_did_not_run(deep_llama)
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_over_the_budget_no_capture_is_made_and_every_layer_runs(deep_llama, monkeypatch):
+    """A capture that would pass SKIP_BUDGET is not run (no pass spent on it), and the values
+    stay those of full passes."""
+    from circuitscan.evaluation import CircuitEvaluator
+
+    prompts = _prompts()
+    keep = _late_circuits(deep_llama.layout)
+    monkeypatch.setattr(layer_skip, "SKIP_BUDGET", 0)
+    ev = CircuitEvaluator.build(deep_llama, prompts, ablation="corrupt", metrics=["logit_diff"], max_rows=64)
+    assert ev._skip is None  # nothing captured in the empty circuit's pass: no start to check
+    ref = CircuitEvaluator.build(deep_llama, prompts, ablation="corrupt", metrics=["logit_diff"], max_rows=64,
+                                 layer_skip=False)
+    passes = ev.stats.forward_passes, ref.stats.forward_passes
+    got, want = ev.evaluate(keep)["logit_diff"], ref.evaluate(keep)["logit_diff"]
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert ev.stats.forward_passes - passes[0] == ref.stats.forward_passes - passes[1]
+
+
 def test_a_wrong_start_is_caught_and_every_layer_runs(deep_llama, monkeypatch):
     """When a pass started half-way does not give the full pass's logits (here: a capture that
     stores the wrong residual stream), the evaluator runs every layer and its values stay right."""

@@ -302,7 +302,8 @@ class CircuitEvaluator:
             return None, None
         hidden = self._skip.get(length, rows)
         only_empty = unique.shape[0] == 1 and not bool(unique.any())
-        if hidden is not None or (unique.shape[0] < CAPTURE_MIN and not only_empty):
+        size = self.model.layout.n_layers * len(rows) * (tokens.shape[1] - length) * self.model.d_model * 4
+        if hidden is not None or (unique.shape[0] < CAPTURE_MIN and not only_empty) or not self._skip.fits(size):
             return hidden, None
         hidden, logits = capture_empty(self, length, tokens, mask, rows, past)
         return hidden, logits if only_empty else None

@@ -110,13 +110,17 @@ class SkipCache:
             return None
         return have[1][:, at]
 
+    def fits(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more stay within :data:`SKIP_BUDGET` (a capture that would not is not run)."""
+        return self.nbytes + nbytes <= SKIP_BUDGET
+
     def put(self, length: int, rows: Int[Tensor, " r"], hidden: Float[Tensor, "L r pos d"]) -> bool:
         """Keep ``hidden`` for ``rows`` (ascending), merged with the rows kept at ``length``; False
         when :data:`SKIP_BUDGET` is spent (nothing kept)."""
         import torch
 
         size = hidden.numel() * hidden.element_size()
-        if self.nbytes + size > SKIP_BUDGET:
+        if not self.fits(size):
             return False
         self.nbytes += size
         have = self.cached.get(length)
