@@ -179,3 +179,17 @@ def test_gpt2_layer_skip_equals_the_bridge_path(gpt2_random):
     got = fast.evaluate(keep)
     for name in ref:
         assert torch.allclose(got[name], ref[name], atol=1e-4, rtol=1e-4)
+
+
+def test_the_empty_circuit_at_another_precision_runs_at_that_precision(deep_llama):
+    """The capturing pass runs at the base precision, so its logits stand for m(empty) only there:
+    asked in bf16 on a block with no capture yet (here: the whole sequence, prefix sharing off),
+    the empty circuit runs in bf16 (close to, not equal to, fp32)."""
+    from circuitscan.evaluation import CircuitEvaluator
+
+    ev = CircuitEvaluator.build(deep_llama, _prompts(), ablation="corrupt", metrics=["logit_diff"], max_rows=64)
+    empty = torch.zeros(1, deep_llama.layout.n_total, dtype=torch.bool)
+    ev.prefix_sharing = False
+    got = ev.evaluate(empty, precision="bf16")["logit_diff"][0]
+    assert torch.allclose(got, ev.empty["logit_diff"], atol=0.1)
+    assert not torch.equal(got, ev.empty["logit_diff"])

@@ -269,7 +269,8 @@ class CircuitEvaluator:
                 mask = None if self.mask is None else self.mask[rows]
                 with precision_context(self.model, self.precision):  # prefixes and captures: the base precision
                     past = self._prefix(length, tokens, mask, rows)
-                    hidden, empty_logits = self._start_states(length, tokens, mask, rows, past, unique)
+                    hidden, empty_logits = self._start_states(length, tokens, mask, rows, past, unique,
+                                                              self.resolved(precision or self.precision))
                 if empty_logits is not None:  # m(∅) itself, from the pass that captured its residual stream
                     for name, values in self._score(empty_logits[0], index).items():
                         out[name][0, index] = values
@@ -294,14 +295,16 @@ class CircuitEvaluator:
         return out
 
     def _start_states(self, length: int, tokens: Tensor, mask: Tensor | None, rows: Tensor, past: Prefix | None,
-                      unique: Tensor) -> tuple[Tensor | None, Tensor | None]:
+                      unique: Tensor, precision: str) -> tuple[Tensor | None, Tensor | None]:
         """The empty circuit's residual stream entering each layer for these rows (:mod:`.layer_skip`),
-        or None (run every layer), captured now (one pass of the empty circuit) when missing and worth
-        it; and that pass's logits when the empty circuit is all there is to run (else None)."""
+        or None (run every layer), captured now (one pass of the empty circuit, at the base precision)
+        when missing and worth it; and that pass's logits when the empty circuit is all there is to run
+        at the base precision (else None: at another precision it runs at its own)."""
         if self._skip is None:
             return None, None
         hidden = self._skip.get(length, rows)
-        only_empty = unique.shape[0] == 1 and not bool(unique.any())
+        only_empty = (unique.shape[0] == 1 and not bool(unique.any())
+                      and precision == self.resolved(self.precision))
         size = self.model.layout.n_layers * len(rows) * (tokens.shape[1] - length) * self.model.d_model * 4
         if hidden is not None or (unique.shape[0] < CAPTURE_MIN and not only_empty) or not self._skip.fits(size):
             return hidden, None
